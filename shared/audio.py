@@ -1,0 +1,145 @@
+"""Audio input: loading files of any rate and channel count, validation, resampling.
+
+All sample arrays are float32 with shape ``(n_samples, n_channels)`` (frames first, as
+soundfile returns them) unless a function says it returns mono ``(n_samples,)``.
+Resampling goes through soxr (the library librosa itself uses), never by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from shared.errors import AudioError
+
+#: Anything quieter than this peak (about -100 dBFS) is treated as digital silence.
+SILENCE_PEAK = 1e-5
+#: Longest source we accept (seconds): bounds memory for the analysis.
+MAX_DURATION_S = 4 * 3600.0
+MAX_CHANNELS = 64
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Decoded audio.
+
+    Attributes:
+        samples: float32 array ``(n_samples, n_channels)`` in [-1, 1] (floats may exceed).
+        sr: sample rate in Hz.
+        subtype: soundfile's subtype of the source (e.g. ``"PCM_16"``), for lossless storage.
+    """
+
+    samples: np.ndarray
+    sr: int
+    subtype: str = "FLOAT"
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / float(self.sr)
+
+    def mono(self) -> np.ndarray:
+        """Mean of the channels, float32 ``(n_samples,)``."""
+        return to_mono(self.samples)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Mix ``(n, ch)`` (or already mono ``(n,)``) down to float32 ``(n,)`` by averaging."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def resample(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample along axis 0 with soxr (high quality). Returns float32, same layout."""
+    if sr_in == sr_out:
+        return np.ascontiguousarray(y, dtype=np.float32)
+    return soxr.resample(np.ascontiguousarray(y, dtype=np.float32), sr_in, sr_out, quality="HQ").astype(
+        np.float32, copy=False
+    )
+
+
+def check_readable_file(path: Path, what: str = "audio file") -> Path:
+    """Raise AudioError unless ``path`` is an existing, non-empty regular file."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"{what} is a directory, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{what} is empty (0 bytes): {path}")
+    return path
+
+
+def load_audio(
+    path: str | Path,
+    *,
+    min_duration_s: float = 0.0,
+    allow_silent: bool = False,
+    what: str = "audio file",
+) -> Audio:
+    """Load and validate a WAV/FLAC/OGG/MP3 file at its own rate and channel count.
+
+    Args:
+        path: file to read.
+        min_duration_s: shortest acceptable duration (seconds).
+        allow_silent: accept all-silent audio instead of raising.
+        what: how error messages name the file.
+
+    Raises:
+        AudioError: missing, directory, not audio, corrupt/truncated, empty, too short,
+            too long, too many channels, NaN/Inf samples, or silent.
+    """
+    path = check_readable_file(Path(path), what)
+    try:
+        info = sf.info(str(path))
+        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"cannot decode {what} {path.name}: not a supported or intact audio file ({_short(exc)})") from None
+    except MemoryError:
+        raise AudioError(f"{what} {path.name} is too large to decode in memory") from None
+    if sr <= 0:
+        raise AudioError(f"{what} {path.name} has an invalid sample rate ({sr} Hz)")
+    if samples.shape[0] == 0:
+        raise AudioError(f"{what} {path.name} contains no audio (0 samples)")
+    if samples.shape[1] > MAX_CHANNELS:
+        raise AudioError(f"{what} {path.name} has {samples.shape[1]} channels; at most {MAX_CHANNELS} are supported")
+    duration = samples.shape[0] / sr
+    if duration > MAX_DURATION_S:
+        raise AudioError(f"{what} {path.name} lasts {duration / 3600:.1f} h; at most {MAX_DURATION_S / 3600:.0f} h are supported")
+    if duration < min_duration_s:
+        raise AudioError(
+            f"{what} {path.name} is too short ({duration * 1000:.0f} ms); it needs at least {min_duration_s * 1000:.0f} ms"
+        )
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{what} {path.name} contains NaN or infinite samples")
+    if not allow_silent and float(np.max(np.abs(samples))) < SILENCE_PEAK:
+        raise AudioError(f"{what} {path.name} is silent (peak below -100 dBFS)")
+    return Audio(samples=samples, sr=int(sr), subtype=str(info.subtype))
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes (identifies the source recording)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _short(exc: BaseException) -> str:
+    """First line of an exception's message, without library noise."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

@@ -1,0 +1,279 @@
+"""Spectral analysis shared by prep (offline, on X) and the player (online, on U).
+
+Frequency representation. The observation model compares magnitude spectra on *linear*
+STFT bins between ``fmin_hz`` and ``fmax_hz`` (100 Hz - 5 kHz: the fundamentals and the
+strongest partials of melody instruments; above 5 kHz mostly noise and room). A
+log-frequency mapping would turn detuning into a plain shift, but it blurs the upper
+partials that carry most of the information about *which* note of a melody is playing
+(harmonics are equally spaced on the linear axis), and it loses the fine pitch precision
+needed to tell semitones apart in the low register once bins are merged. Detuning is
+instead handled by precomputed detuned templates (``detune_spectrum``), interpolated on
+the linear axis. Measured on ../shared/corpus (mean of 4 cases, same follower): see
+``docs`` in README.md, "Why linear bins".
+
+Compression. Each frame is divided by its own maximum and compressed with
+``log1p(compression_gain * mag / max)`` before being normalised to sum to one: this makes
+the feature independent of the input level (a microphone's gain is unknown) and keeps
+quiet partials (-40 dB) visible, which a plain magnitude spectrum drowns.
+
+Time convention: frame ``k`` of an offline analysis (``stft_magnitude``) is centred on
+sample ``k * hop``; the online analysis (``OnlineSpectrum``) emits a frame when its last
+sample arrives, so that frame is centred ``n_fft / 2`` samples before "now".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import librosa
+import numpy as np
+import scipy.signal
+
+#: Smallest value a normalised template bin may take, so no template gives log(0).
+TEMPLATE_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class AnalysisParams:
+    """Every parameter of the analysis; stored in the bundle and checked by the player.
+
+    Attributes:
+        sr: analysis sample rate (Hz); both X and U are resampled to it.
+        n_fft: window length = FFT size (samples at ``sr``).
+        fine_hop: hop of U's live analysis (samples); ``sr / fine_hop`` frames/s (~50).
+        coarse_hop: hop of X's HMM states (samples); ``sr / coarse_hop`` states/s (~10).
+        fmin_hz, fmax_hz: band of the observation features (Hz).
+        compression_gain: ``g`` in ``log1p(g * mag / frame_max)`` (dimensionless).
+        detune_cents: detune of each template variant (cents, ascending, includes 0).
+    """
+
+    sr: int = 22050
+    n_fft: int = 2048
+    fine_hop: int = 441
+    coarse_hop: int = 2205
+    fmin_hz: float = 100.0
+    fmax_hz: float = 5000.0
+    compression_gain: float = 100.0
+    detune_cents: tuple[float, ...] = field(default=(-50.0, -25.0, 0.0, 25.0, 50.0))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detune_cents", tuple(float(c) for c in self.detune_cents))
+        problems = []
+        if not 8000 <= self.sr <= 96000:
+            problems.append(f"sr={self.sr} Hz (8000..96000)")
+        if not 256 <= self.n_fft <= 16384:
+            problems.append(f"n_fft={self.n_fft} (256..16384)")
+        if not 16 <= self.fine_hop <= self.n_fft:
+            problems.append(f"fine_hop={self.fine_hop} (16..n_fft)")
+        if self.coarse_hop < self.fine_hop or self.coarse_hop % self.fine_hop:
+            problems.append(f"coarse_hop={self.coarse_hop} (a multiple of fine_hop={self.fine_hop})")
+        if not 0 <= self.fmin_hz < self.fmax_hz <= self.sr / 2:
+            problems.append(f"band {self.fmin_hz}-{self.fmax_hz} Hz (0 <= fmin < fmax <= sr/2)")
+        if not 0 < self.compression_gain <= 1e6:
+            problems.append(f"compression_gain={self.compression_gain} (0..1e6)")
+        cents = self.detune_cents
+        if not 1 <= len(cents) <= 31 or 0.0 not in cents or list(cents) != sorted(set(cents)):
+            problems.append("detune_cents (1..31 ascending distinct values including 0)")
+        elif max(abs(c) for c in cents) > 200:
+            problems.append("detune_cents (within +-200 cents)")
+        if problems:
+            raise ValueError("invalid analysis parameters: " + "; ".join(problems))
+
+    # Derived quantities -------------------------------------------------------------
+    @property
+    def n_bins(self) -> int:
+        """Number of STFT bins ``n_fft // 2 + 1``."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def obs_bins(self) -> slice:
+        """Slice of STFT bins inside [fmin_hz, fmax_hz]."""
+        hz_per_bin = self.sr / self.n_fft
+        lo = int(np.ceil(self.fmin_hz / hz_per_bin))
+        hi = int(np.floor(self.fmax_hz / hz_per_bin)) + 1
+        return slice(lo, min(hi, self.n_bins))
+
+    @property
+    def n_obs_bins(self) -> int:
+        s = self.obs_bins
+        return s.stop - s.start
+
+    @property
+    def fine_period_s(self) -> float:
+        """Seconds between two fine (U) frames."""
+        return self.fine_hop / self.sr
+
+    @property
+    def coarse_period_s(self) -> float:
+        """Seconds between two coarse (X state) frames."""
+        return self.coarse_hop / self.sr
+
+    @property
+    def fine_per_coarse(self) -> int:
+        return self.coarse_hop // self.fine_hop
+
+    @property
+    def window_s(self) -> float:
+        return self.n_fft / self.sr
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["detune_cents"] = list(self.detune_cents)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AnalysisParams":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "detune_cents" in known:
+            known["detune_cents"] = tuple(float(c) for c in np.asarray(known["detune_cents"]).ravel())
+        for key in ("sr", "n_fft", "fine_hop", "coarse_hop"):
+            if key in known:
+                known[key] = int(known[key])
+        for key in ("fmin_hz", "fmax_hz", "compression_gain"):
+            if key in known:
+                known[key] = float(known[key])
+        return cls(**known)
+
+
+def analysis_window(n_fft: int) -> np.ndarray:
+    """Periodic Hann window (float32 ``(n_fft,)``), the same one librosa.stft uses."""
+    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+
+
+def stft_magnitude(y: np.ndarray, params: AnalysisParams, hop: int) -> np.ndarray:
+    """Offline magnitude STFT of mono ``y`` (at ``params.sr``).
+
+    Returns float32 ``(n_frames, n_bins)``; frame ``k`` is centred on sample ``k * hop``.
+    """
+    spec = librosa.stft(
+        np.ascontiguousarray(y, dtype=np.float32),
+        n_fft=params.n_fft,
+        hop_length=hop,
+        window="hann",
+        center=True,
+        pad_mode="constant",
+    )
+    return np.abs(spec).T.astype(np.float32, copy=False)
+
+
+def detune_spectrum(mag: np.ndarray, cents: float, params: AnalysisParams) -> np.ndarray:
+    """Magnitude spectra as they would sound ``cents`` higher (frequency axis scaled).
+
+    Args:
+        mag: ``(n_frames, n_bins)`` or ``(n_bins,)`` magnitudes on the linear STFT axis.
+        cents: detune in cents (positive = sharper).
+
+    Returns:
+        Same shape, float32: ``out[f] = mag[f / 2**(cents/1200)]`` by linear interpolation.
+    """
+    if cents == 0:
+        return np.asarray(mag, dtype=np.float32)
+    ratio = 2.0 ** (cents / 1200.0)
+    src = np.arange(mag.shape[-1], dtype=np.float64) / ratio
+    lo = np.floor(src).astype(np.int64)
+    frac = (src - lo).astype(np.float32)
+    hi = np.minimum(lo + 1, mag.shape[-1] - 1)
+    lo = np.minimum(lo, mag.shape[-1] - 1)
+    return (mag[..., lo] * (1.0 - frac) + mag[..., hi] * frac).astype(np.float32)
+
+
+def observation_features(mag: np.ndarray, params: AnalysisParams) -> np.ndarray:
+    """Normalised, compressed observation vectors from magnitude spectra.
+
+    Args:
+        mag: ``(..., n_bins)`` magnitudes on the full STFT axis.
+
+    Returns:
+        float32 ``(..., n_obs_bins)``, each vector non-negative and summing to 1
+        (an all-zero input frame gives the uniform vector).
+    """
+    band = np.asarray(mag[..., params.obs_bins], dtype=np.float32)
+    peak = band.max(axis=-1, keepdims=True)
+    comp = np.log1p(params.compression_gain * band / np.maximum(peak, 1e-12))
+    total = comp.sum(axis=-1, keepdims=True)
+    uniform = np.float32(1.0 / band.shape[-1])
+    return np.where(total > 0, comp / np.maximum(total, 1e-30), uniform).astype(np.float32)
+
+
+def log_templates(state_mag: np.ndarray, params: AnalysisParams) -> np.ndarray:
+    """Log observation templates for every detune variant.
+
+    Args:
+        state_mag: ``(n_states, n_bins)`` magnitudes of X at the coarse hop.
+
+    Returns:
+        float32 ``(n_detune, n_states, n_obs_bins)``: ``log`` of the floored, renormalised
+        features, so a template never gives ``log(0)``.
+    """
+    n_obs = params.n_obs_bins
+    out = np.empty((len(params.detune_cents), state_mag.shape[0], n_obs), dtype=np.float32)
+    for d, cents in enumerate(params.detune_cents):
+        feats = observation_features(detune_spectrum(state_mag, cents, params), params)
+        out[d] = np.log((feats + TEMPLATE_FLOOR) / (1.0 + n_obs * TEMPLATE_FLOOR))
+    return out
+
+
+@dataclass(frozen=True)
+class QuantizedTemplates:
+    """Log observation templates stored as 8-bit codes: ``log T = offset + step * q``.
+
+    Why 8 bits: the quantisation step (about 0.035 in log units over the floored range)
+    changes a frame's log-likelihood by far less than the gap between neighbouring states,
+    while it makes templates 4x smaller than float32 (bundle size and the player's memory:
+    a 40-minute piece with 5 detune steps keeps 55 MB instead of 220 MB).
+
+    Attributes:
+        q: uint8 ``(n_detune, n_states, n_obs_bins)`` codes.
+        offset: log value of code 0.
+        step: log increment per code.
+    """
+
+    q: np.ndarray
+    offset: float
+    step: float
+
+    @classmethod
+    def from_log(cls, log_t: np.ndarray) -> "QuantizedTemplates":
+        lo, hi = float(log_t.min()), float(log_t.max())
+        step = max(hi - lo, 1e-6) / 255.0
+        q = np.clip(np.round((log_t - lo) / step), 0, 255).astype(np.uint8)
+        return cls(q=q, offset=lo, step=step)
+
+    def dequantize(self, detune: slice | int = slice(None), states: slice = slice(None)) -> np.ndarray:
+        """float32 log templates for the given detune variant(s) and state range."""
+        return (self.offset + self.step * self.q[detune, states].astype(np.float32)).astype(np.float32)
+
+    @property
+    def n_states(self) -> int:
+        return int(self.q.shape[1])
+
+
+class OnlineSpectrum:
+    """Streaming magnitude STFT: one frame per ``hop`` new samples, causal.
+
+    ``push(hop_samples)`` takes exactly ``hop`` mono samples at ``params.sr`` and returns the
+    magnitude frame ``(n_bins,)`` (float32) of the window ending with them. Buffers are
+    preallocated; the returned array is reused on the next call (copy it to keep it).
+    """
+
+    def __init__(self, params: AnalysisParams, hop: int | None = None) -> None:
+        self.params = params
+        self.hop = int(hop or params.fine_hop)
+        self._window = analysis_window(params.n_fft)
+        self._buffer = np.zeros(params.n_fft, dtype=np.float32)
+        self._frame = np.zeros(params.n_fft, dtype=np.float32)
+        self._mag = np.zeros(params.n_bins, dtype=np.float32)
+
+    def reset(self) -> None:
+        self._buffer[:] = 0.0
+
+    def push(self, hop_samples: np.ndarray) -> np.ndarray:
+        hop = self.hop
+        if hop_samples.shape[0] != hop:
+            raise ValueError(f"OnlineSpectrum.push expects {hop} samples, got {hop_samples.shape[0]}")
+        buf = self._buffer
+        buf[:-hop] = buf[hop:]
+        buf[-hop:] = hop_samples
+        np.multiply(buf, self._window, out=self._frame)
+        np.abs(np.fft.rfft(self._frame), out=self._mag)
+        return self._mag

@@ -1,0 +1,152 @@
+"""The bundle: round trip, block-wise audio, atomic writes, determinism, and validation of
+untrusted files (each broken bundle gives a specific one-line BundleError)."""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+
+from prep.compare import diff_bundles
+from prep.pipeline import build_bundle
+from shared.bundle import FORMAT_VERSION, load_bundle
+from shared.errors import BundleError, OutputError
+from shared.spectral import AnalysisParams
+
+from .conftest import FAST_BUILD
+
+
+def test_round_trip(bundle_path, x_wav, case):
+    with load_bundle(bundle_path) as b:
+        assert b.params == AnalysisParams()
+        assert b.source.name == x_wav.name and len(b.source.sha256) == 64
+        assert abs(b.source.duration_s - len(case.x) / case.sr) < 1e-6
+        assert b.audio.sr == case.sr and b.audio.channels == 2 and b.audio.codec == "flac"
+        assert b.templates.q.shape == (5, b.n_states, b.params.n_obs_bins) and b.templates.q.dtype == np.uint8
+        assert b.state_mag.shape == (b.n_states, b.params.n_bins)
+        assert abs(b.n_states - b.duration_s / b.params.coarse_period_s) <= 2
+        assert b.nmf.w_shape.shape == (FAST_BUILD.n_components, b.params.n_bins)
+        assert b.nmf.data_scale > 0
+
+
+def test_audio_is_lossless_and_blockwise(bundle_path, x_wav):
+    original, sr = sf.read(x_wav, dtype="float32", always_2d=True)
+    with load_bundle(bundle_path) as b:
+        np.testing.assert_array_equal(b.audio.read_all(), original)  # 16-bit PCM kept bit-exact
+        start = b.audio.chunk_samples - 100  # a block straddling two chunks
+        np.testing.assert_array_equal(b.audio.read(start, 300), original[start:start + 300])
+        block = b.audio.read(len(original) - 10, 50)  # past the end: zero-padded
+        np.testing.assert_array_equal(block[:10], original[-10:])
+        assert not block[10:].any()
+        assert len(b.audio._cache) <= b.audio._cache_chunks
+
+
+def test_smaller_than_wav(bundle_path, x_wav):
+    assert bundle_path.stat().st_size < x_wav.stat().st_size
+
+
+def test_deterministic_build(x_wav, bundle_path, tmp_path):
+    again = tmp_path / "again.h5"
+    build_bundle(x_wav, again, FAST_BUILD)
+    result = diff_bundles(bundle_path, again)
+    assert result.identical, result.differences
+
+
+def test_diff_reports_a_change(bundle_path, tmp_path):
+    changed = tmp_path / "changed.h5"
+    shutil.copy(bundle_path, changed)
+    with h5py.File(changed, "a") as f:
+        f["spectra/coarse"][3, 10] += 1.0
+        f.attrs["created_utc"] = "1999-01-01T00:00:00+00:00"
+    result = diff_bundles(bundle_path, changed)
+    assert not result.identical
+    assert any("spectra/coarse" in line and "1 of" in line for line in result.differences)
+    assert any("created_utc" in line for line in result.volatile)
+
+
+def test_no_overwrite_without_force(x_wav, bundle_path, tmp_path):
+    out = tmp_path / "exists.h5"
+    out.write_bytes(b"precious")
+    with pytest.raises(OutputError, match="--force"):
+        build_bundle(x_wav, out, FAST_BUILD)
+    assert out.read_bytes() == b"precious"
+
+
+def test_interrupted_build_leaves_nothing(x_wav, tmp_path):
+    out = tmp_path / "interrupted.h5"
+    out.write_bytes(b"old bundle")
+
+    def interrupt(stage, done, total):
+        if stage == "write" and done >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(x_wav, out, FAST_BUILD, force=True, progress=interrupt)
+    assert out.read_bytes() == b"old bundle"  # the existing file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["interrupted.h5"]  # no temporary left
+
+
+# --------------------------------------------------------------------------- validation
+def broken(bundle_path, tmp_path, edit):
+    path = tmp_path / "broken.h5"
+    shutil.copy(bundle_path, path)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _replace(f, name, data):
+    del f[name]
+    f.create_dataset(name, data=data)
+
+
+CASES = {
+    "wrong version": (lambda f: f.attrs.__setitem__("format_version", FORMAT_VERSION + 1), "newer"),
+    "old version": (lambda f: f.attrs.__setitem__("format_version", 0), "older"),
+    "not ours": (lambda f: f.attrs.__setitem__("format", "something-else"), "not a follow-me"),
+    "missing dataset": (lambda f: f.__delitem__("templates/log_obs"), "missing dataset /templates/log_obs"),
+    "wrong shape": (lambda f: _replace(f, "templates/log_obs", np.zeros((5, 7, 3), np.uint8)), "shape"),
+    "positive log-probs": (lambda f: f["templates/log_obs"].attrs.__setitem__("offset", 0.5), "positive"),
+    "wrong dtype": (lambda f: _replace(f, "spectra/coarse", np.zeros(f["spectra/coarse"].shape, np.int32)), "dtype"),
+    "string dataset": (lambda f: f.create_dataset("extra", data=np.array([b"x"], dtype=h5py.string_dtype())), "dtype"),
+    "external link": (lambda f: f.__setitem__("evil", h5py.ExternalLink("/etc/passwd", "/x")), "external link"),
+    "soft link": (lambda f: f.__setitem__("alias", h5py.SoftLink("/spectra/coarse")), "soft link"),
+    "NaN values": (lambda f: f["spectra/coarse"].__setitem__((0, 0), np.nan), "NaN"),
+    "bad params": (lambda f: f["params"].attrs.__setitem__("coarse_hop", 1000), "invalid analysis parameters"),
+    "huge channels": (lambda f: f["audio"].attrs.__setitem__("channels", 10_000), "channels"),
+    "bad offsets": (lambda f: _replace(f, "audio/offsets", np.zeros(f["audio/offsets"].shape, np.int64)), "offsets"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_refuses_broken_bundle(bundle_path, tmp_path, name):
+    edit, message = CASES[name]
+    path = broken(bundle_path, tmp_path, edit)
+    with pytest.raises(BundleError, match=message) as err:
+        load_bundle(path)
+    assert "\n" not in str(err.value)
+
+
+def test_refuses_virtual_dataset(bundle_path, tmp_path):
+    def edit(f):
+        layout = h5py.VirtualLayout(shape=(4,), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(bundle_path), "nmf/bound_trace", shape=(4,))[:4]
+        f.create_virtual_dataset("virtual", layout)
+
+    with pytest.raises(BundleError, match="virtual"):
+        load_bundle(broken(bundle_path, tmp_path, edit))
+
+
+def test_refuses_truncated_and_garbage(bundle_path, tmp_path):
+    data = bundle_path.read_bytes()
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError):
+        load_bundle(truncated)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"this is not hdf5" * 100)
+    with pytest.raises(BundleError, match="not an HDF5"):
+        load_bundle(garbage)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "missing.h5")

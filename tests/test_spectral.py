@@ -1,0 +1,97 @@
+"""Spectral analysis: shapes, rates, feature normalisation, detuned templates."""
+
+import numpy as np
+import pytest
+
+from shared.spectral import (AnalysisParams, OnlineSpectrum, detune_spectrum, log_templates,
+                             observation_features, stft_magnitude)
+from shared.synth import VIOLIN, Note, TimeMap, render_notes
+
+P = AnalysisParams()
+
+
+def tone(pitch: float, seconds: float = 1.0, detune: float = 0.0) -> np.ndarray:
+    return render_notes([Note(0.0, seconds, pitch)], TimeMap.constant(60.0), P.sr, VIOLIN,
+                        detune_cents=detune, length_s=seconds)
+
+
+def test_rates_and_shapes():
+    y = tone(69, 2.0)
+    fine = stft_magnitude(y, P, P.fine_hop)
+    coarse = stft_magnitude(y, P, P.coarse_hop)
+    assert fine.shape == (len(y) // P.fine_hop + 1, P.n_bins)
+    assert coarse.shape == (len(y) // P.coarse_hop + 1, P.n_bins)
+    assert abs(1 / P.fine_period_s - 50.0) < 1e-9 and abs(1 / P.coarse_period_s - 10.0) < 1e-9
+    assert P.fine_per_coarse == 5
+    lo, hi = P.obs_bins.start * P.sr / P.n_fft, (P.obs_bins.stop - 1) * P.sr / P.n_fft
+    assert P.fmin_hz <= lo < P.fmin_hz + P.sr / P.n_fft and P.fmax_hz - P.sr / P.n_fft < hi <= P.fmax_hz
+
+
+def test_peak_at_fundamental():
+    mag = stft_magnitude(tone(69, 1.0), P, P.coarse_hop)
+    peak_hz = np.argmax(mag[5]) * P.sr / P.n_fft
+    assert abs(peak_hz - 440.0) < P.sr / P.n_fft
+
+
+def test_features_normalised_level_invariant_and_finite():
+    mag = stft_magnitude(tone(72, 1.0), P, P.coarse_hop)
+    f1 = observation_features(mag, P)
+    f2 = observation_features(mag * 0.01, P)
+    assert f1.shape == (mag.shape[0], P.n_obs_bins)
+    np.testing.assert_allclose(f1.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(f1, f2, atol=1e-6)  # a quieter microphone gives the same feature
+    silent = observation_features(np.zeros((1, P.n_bins), np.float32), P)
+    np.testing.assert_allclose(silent, 1.0 / P.n_obs_bins)
+
+
+def test_templates_never_log_zero():
+    mag = stft_magnitude(np.zeros(P.sr, np.float32), P, P.coarse_hop)
+    lt = log_templates(mag, P)
+    assert lt.shape == (len(P.detune_cents), mag.shape[0], P.n_obs_bins)
+    assert np.isfinite(lt).all() and (lt < 0).all()
+
+
+@pytest.mark.parametrize("cents", [-40.0, 30.0])
+def test_detuned_template_matches_detuned_signal_better(cents):
+    """A template detuned by c matches a signal really played c cents off better than the plain one."""
+    params = AnalysisParams(detune_cents=(-50.0, -25.0, 0.0, 25.0, 50.0))
+    for pitch in (64, 71, 79):
+        x = stft_magnitude(tone(pitch, 1.0), params, params.coarse_hop)[3:7]
+        u = observation_features(stft_magnitude(tone(pitch, 1.0, detune=cents), params, params.coarse_hop)[3:7], params)
+        lt = log_templates(x, params)
+        ll = np.einsum("dsb,sb->d", lt, u)  # log-likelihood per detune variant
+        best = int(np.argmax(ll))
+        assert params.detune_cents[best] != 0.0
+        assert abs(params.detune_cents[best] - cents) <= 25.0
+        assert ll[best] > ll[params.detune_cents.index(0.0)]
+
+
+def test_detune_spectrum_moves_peak():
+    mag = stft_magnitude(tone(69, 1.0), P, P.coarse_hop)[5]
+    shifted = detune_spectrum(mag, 100.0, P)  # one semitone up
+    hz = np.argmax(shifted) * P.sr / P.n_fft
+    assert abs(hz - 440 * 2 ** (1 / 12)) < P.sr / P.n_fft
+
+
+def test_online_spectrum_equals_offline_frames():
+    """The streaming STFT gives the offline frames (window ending at the newest sample)."""
+    import librosa
+
+    params = AnalysisParams(n_fft=2048, fine_hop=512, coarse_hop=2048)
+    y = tone(67, 1.0)
+    online = OnlineSpectrum(params)
+    frames = np.array([online.push(y[i:i + 512]).copy() for i in range(0, len(y) - 511, 512)])
+    offline = np.abs(librosa.stft(y, n_fft=2048, hop_length=512, center=False)).T
+    # online frame k ends at sample (k+1)*512, i.e. it starts where offline frame k-3 starts
+    np.testing.assert_allclose(frames[3:3 + len(offline)], offline[: len(frames) - 3], rtol=1e-3,
+                               atol=1e-4 * offline.max())
+    with pytest.raises(ValueError):
+        online.push(np.zeros(3, np.float32))
+
+
+def test_params_validation_and_roundtrip():
+    with pytest.raises(ValueError):
+        AnalysisParams(coarse_hop=1000)  # not a multiple of the fine hop
+    with pytest.raises(ValueError):
+        AnalysisParams(detune_cents=(-10.0, 10.0))  # no 0
+    assert AnalysisParams.from_dict(P.to_dict()) == P
