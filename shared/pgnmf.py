@@ -104,7 +104,7 @@ def _psi_minus_log(y: float) -> float:
 
 @njit(cache=True)
 def _shift(x: float) -> tuple[float, float]:
-    """``(y, s)`` with ``y >= 6`` and ``psi(x) = psi(y) - s`` for ``x > 0``.
+    """``(y, s)`` with ``y >= 6`` and ``psi(x) = psi(y) - s``, for ``x > 0``.
 
     Applies the recurrence ``psi(x) = psi(x + 1) - 1/x`` six times when ``x < 6``; the sum
     ``s = sum_{j<6} 1/(x + j)`` is accumulated as one fraction ``q / p`` (one division).
@@ -423,16 +423,23 @@ def bound(M: ArrayLike, state: PGNMFState, priors: GammaPriors = GammaPriors()) 
     elog_h, eh, kl_h = gamma_terms(state.h_shape, state.h_rate, a, b)
     elog_w, ew, kl_w = gamma_terms(state.w_shape, state.w_rate, c, d)
 
-    # log sum_i exp(Elog H(n,i) + Elog W(i,f)), shifted by row/column maxima against underflow
+    # log sum_i exp(Elog H(n,i) + Elog W(i,f)), shifted by row/column maxima against
+    # underflow; in blocks of rows so that the temporaries stay ~8 MB whatever N is.
     mh = elog_h.max(axis=1, keepdims=True)
     mw = elog_w.max(axis=0, keepdims=True)
-    Z = np.exp(elog_h - mh) @ np.exp(elog_w - mw)
-    pos = M > 0
-    with np.errstate(divide="ignore"):
-        logZ = np.log(Z) + mh + mw
-    lik = float(np.sum(M[pos] * logZ[pos]))
-    lik -= float(eh.sum(axis=0) @ ew.sum(axis=1))
-    lik -= float(gammaln(M + 1.0).sum())
+    exp_w = np.exp(elog_w - mw)
+    lik = -float(eh.sum(axis=0) @ ew.sum(axis=1))
+    step = max(1, (1 << 20) // state.F)
+    for n0 in range(0, state.N, step):
+        Mc = M[n0 : n0 + step]
+        Z = np.exp(elog_h[n0 : n0 + step] - mh[n0 : n0 + step]) @ exp_w
+        with np.errstate(divide="ignore"):
+            logZ = np.log(Z)
+        logZ += mh[n0 : n0 + step]
+        logZ += mw
+        pos = Mc > 0
+        lik += float(Mc[pos] @ logZ[pos])
+        lik -= float(gammaln(Mc + 1.0).sum())
     return float(lik + kl_h + kl_w)
 
 
@@ -536,7 +543,8 @@ def update(
     modified (its cached q(W) statistics may be filled in). Rows of ``q(W)`` flagged in
     ``fixed_components`` (bool ``(K,)``, e.g. accompaniment bases learned offline) are
     kept bit-identical; the other rows are re-estimated from this block (VB on ``M`` alone,
-    ``q(W) = Gamma(c + stat, d + sum_n E[H])``) when ``update_w`` is true.
+    ``q(W) = Gamma(c + stat, d + sum_n E[H])``) when ``update_w`` is true: their incoming
+    ``q(W)`` only seeds the first sweep, it is not carried over as a prior.
 
     Cost per iteration: ``2 N K F`` multiply-adds plus ``N K`` digammas for ``q(H)``, and
     ``N K_free F`` multiply-adds and ``K_free F`` digammas for the free rows of ``q(W)``.
