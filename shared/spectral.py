@@ -53,7 +53,7 @@ class AnalysisParams:
     coarse_hop: int = 2205
     fmin_hz: float = 100.0
     fmax_hz: float = 5000.0
-    compression_gain: float = 100.0
+    compression_gain: float = 10.0
     detune_cents: tuple[float, ...] = field(default=(-50.0, -25.0, 0.0, 25.0, 50.0))
 
     def __post_init__(self) -> None:

@@ -130,7 +130,9 @@ def melody(n_notes: int, seed: int = 0, low: int = 67, high: int = 84) -> list[N
     idx = len(pitches) // 2
     notes, beat = [], 0.0
     for _ in range(n_notes):
-        idx = int(np.clip(idx + rng.choice([-2, -1, -1, 1, 1, 2, 3, -3]), 0, len(pitches) - 1))
+        idx += int(rng.choice([-2, -1, -1, 1, 1, 2, 3, -3]))
+        top = len(pitches) - 1
+        idx = abs(idx) if idx < 0 else (2 * top - idx if idx > top else idx)  # bounce off the range
         dur = float(rng.choice([0.5, 1.0, 1.0, 1.0, 2.0]))
         notes.append(Note(beat, dur, float(pitches[idx])))
         beat += dur

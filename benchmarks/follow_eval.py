@@ -1,0 +1,100 @@
+"""Accuracy of the follower on evaluation cases (for tuning; the official figures come from
+../shared/eval/run_all.py).
+
+A case folder holds X.flac, U.flac and gt.csv (u_time_s,x_time_s at solo onsets), as in
+../shared/corpus. Bundles are built once into --work and reused. Alignment is scored the
+same way as the official scorer: the causal estimate at an onset is the x of the last path
+row with u_time_s <= onset.
+
+    .venv/bin/python benchmarks/follow_eval.py CASES_DIR [CASES_DIR ...] [--set kappa=6 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from player.engine import EngineConfig  # noqa: E402
+from player.filemode import run_file  # noqa: E402
+from player.follower import FollowerConfig  # noqa: E402
+from player.search import SearchConfig  # noqa: E402
+from prep.pipeline import BuildOptions, build_bundle  # noqa: E402
+from shared.spectral import AnalysisParams  # noqa: E402
+from shared.bundle import load_bundle  # noqa: E402
+
+
+def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return data[:, 0], data[:, 1]
+
+
+def score(path_csv: Path, gt_csv: Path) -> dict:
+    pu, px = read_map(path_csv)
+    gu, gx = read_map(gt_csv)
+    idx = np.searchsorted(pu, gu + 1e-9, side="right") - 1
+    est = np.where(idx >= 0, px[np.clip(idx, 0, None)], 0.0)
+    err = np.abs(est - gx) * 1000
+    out = {f"<={t}": float(100 * np.mean(err <= t)) for t in (50, 100, 250, 500, 1000)}
+    out["median_ms"] = float(np.median(err))
+    out["signed_ms"] = float(np.mean((est - gx) * 1000))
+    dense = gt_csv.with_name("gt_dense.csv")
+    if dense.exists():
+        du, dx = read_map(dense)
+        idx = np.searchsorted(pu, du + 1e-9, side="right") - 1
+        dest = np.where(idx >= 0, px[np.clip(idx, 0, None)], 0.0)
+        out["lost_s"] = float(np.sum(np.abs(dest - dx) > 1.0) * np.median(np.diff(du)))
+    return out
+
+
+def parse_overrides(items: list[str]) -> tuple[dict, dict, dict]:
+    """``key=value`` items: follower fields, ``search.field`` and ``params.field`` (analysis)."""
+    follower, search, params = {}, {}, {}
+    for item in items:
+        key, value = item.split("=", 1)
+        target = search if key.startswith("search.") else params if key.startswith("params.") else follower
+        key = key.removeprefix("search.").removeprefix("params.")
+        value = json.loads(value)
+        target[key] = tuple(value) if isinstance(value, list) else value
+    return follower, search, params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sets", nargs="+", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--no-search", action="store_true")
+    ap.add_argument("--output", action="store_true", help="also render out.wav")
+    args = ap.parse_args()
+    fo, so, po = parse_overrides(args.overrides)
+    config = EngineConfig(follower=dataclasses.replace(FollowerConfig(), **fo),
+                          search_config=dataclasses.replace(SearchConfig(), **so),
+                          search=not args.no_search)
+    rows = []
+    for case in sorted(c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()) if (c / "gt.csv").exists()):
+        tag = "_".join(f"{k}{v}" for k, v in sorted(po.items()))
+        wd = args.work / (case.name + (f"__{tag}" if tag else ""))
+        wd.mkdir(parents=True, exist_ok=True)
+        bundle = wd / "X.h5"
+        if not bundle.exists():
+            build_bundle(case / "X.flac", bundle, BuildOptions(params=AnalysisParams(**po)))
+        with load_bundle(bundle) as b:
+            t0 = time.perf_counter()
+            res = run_file(b, case / "U.flac", alignment_path=wd / "path.csv", config=config, force=True,
+                           output_path=(wd / "out.wav") if args.output else None)
+        row = {"case": case.name, **score(wd / "path.csv", case / "gt.csv"), "rtf": res.rtf, "jumps": res.counters["jumps"]}
+        rows.append(row)
+        print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    keys = [k for k in rows[0] if k != "case"]
+    print("MEAN " + " ".join(f"{k}={np.mean([r[k] for r in rows]):.2f}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()

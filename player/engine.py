@@ -1,0 +1,164 @@
+"""The block engine: one code path for live audio and for files.
+
+Each call to :meth:`Engine.process` takes one block of U (any rate, any channels) and
+returns the block to play (X's rate and channels). Inside: NaN guard -> mono -> streaming
+resampler to the analysis rate -> one analysis frame per fine hop (spectrum, activity,
+follower, global search) -> playback. Nothing here touches files or devices, so the file
+runner and the live audio thread drive exactly the same code.
+
+Timing: every analysis frame is reported through ``on_frame(u_time_s, state)`` where
+``u_time_s`` is the time of U consumed so far when the belief became available (the end of
+the block), so a path written from it is causal by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import soxr
+
+from player.activity import ActivityConfig, ActivityDetector
+from player.follower import Follower, FollowerConfig, FollowerState
+from player.playback import PathPlayback
+from player.search import GlobalSearch, Relocator, SearchConfig
+from shared.bundle import Bundle
+from shared.spectral import OnlineSpectrum, observation_features
+
+FrameCallback = Callable[[float, FollowerState], None]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine can be tuned with.
+
+    Attributes:
+        start_s: where in X the player starts (seconds); the search still finds them elsewhere.
+        search: enable the global search (re-lock after jumps, start anywhere).
+    """
+
+    follower: FollowerConfig = field(default_factory=FollowerConfig)
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
+    search_config: SearchConfig = field(default_factory=SearchConfig)
+    start_s: float = 0.0
+    search: bool = True
+
+
+@dataclass
+class EngineStats:
+    """Counters and per-stage CPU seconds (perf_counter) since the start."""
+
+    blocks: int = 0
+    frames: int = 0
+    nan_blocks: int = 0
+    jumps: int = 0
+    seconds: dict = field(default_factory=lambda: {"analysis": 0.0, "follower": 0.0, "search": 0.0, "playback": 0.0})
+
+
+class Engine:
+    """Follows U block by block and renders X along.
+
+    Args:
+        bundle: the loaded bundle of X.
+        input_sr: sample rate of U's blocks (Hz).
+        config: tuning.
+        on_frame: called once per analysis frame with ``(u_time_s, state)``.
+    """
+
+    def __init__(self, bundle: Bundle, input_sr: int, config: EngineConfig | None = None,
+                 on_frame: FrameCallback | None = None) -> None:
+        self.bundle = bundle
+        self.params = bundle.params
+        self.config = config or EngineConfig()
+        self.input_sr = int(input_sr)
+        self.output_sr = bundle.audio.sr
+        self.output_channels = bundle.audio.channels
+        self.on_frame = on_frame
+        p = self.params
+        self._resampler = (None if self.input_sr == p.sr else
+                           soxr.ResampleStream(self.input_sr, p.sr, 1, dtype="float32", quality="LQ"))
+        self._fifo = np.zeros(0, dtype=np.float32)
+        self.spectrum = OnlineSpectrum(p)
+        self.activity = ActivityDetector(p, self.config.activity)
+        self.follower = Follower(bundle.templates, p, self.config.follower)
+        self.relocator = None
+        if self.config.search:
+            self.relocator = Relocator(GlobalSearch(bundle.templates, p, self.config.search_config),
+                                       Follower(bundle.templates, p, self.config.follower),
+                                       self.config.search_config, p.fine_period_s)
+        self.playback = PathPlayback(bundle.audio)
+        self.stats = EngineStats()
+        self._in_samples = 0
+        self._analysis_samples = 0
+        self._out_samples = 0
+        start = float(self.config.start_s)
+        if not 0.0 <= start < bundle.duration_s:
+            raise ValueError(f"start {start:.2f} s is outside the recording (0..{bundle.duration_s:.2f} s)")
+        self.follower.reset(start)
+        self.playback.seek(start)
+
+    @property
+    def state(self) -> FollowerState:
+        return self.follower.state
+
+    @property
+    def u_time_s(self) -> float:
+        """Seconds of U consumed so far."""
+        return self._in_samples / self.input_sr
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Consume one block of U ``(n,)`` or ``(n, channels)``; return ``(m, out_channels)``.
+
+        ``m`` keeps the output clock in step with the input clock at the output's rate
+        (``m == n`` when both rates are equal, as in a duplex stream).
+        """
+        stats = self.stats
+        stats.blocks += 1
+        block = np.asarray(block, dtype=np.float32)
+        if not np.isfinite(block).all():  # a broken driver buffer: treat as silence
+            stats.nan_blocks += 1
+            block = np.zeros_like(block)
+        mono = block if block.ndim == 1 else block.mean(axis=1)
+        t0 = time.perf_counter()
+        if self._resampler is not None:
+            mono = self._resampler.resample_chunk(mono)
+        self._fifo = np.concatenate([self._fifo, mono]) if self._fifo.size else mono
+        self._in_samples += block.shape[0]
+        u_time = self.u_time_s
+        hop = self.params.fine_hop
+        n_frames = self._fifo.size // hop
+        t1 = time.perf_counter()
+        stats.seconds["analysis"] += t1 - t0
+        for k in range(n_frames):
+            self._frame(self._fifo[k * hop:(k + 1) * hop], u_time)
+        self._fifo = self._fifo[n_frames * hop:].copy()
+        t2 = time.perf_counter()
+        n_out = int(round(self._in_samples * self.output_sr / self.input_sr)) - self._out_samples
+        self._out_samples += n_out
+        st = self.follower.state
+        out = self.playback.render(n_out, st.x_s, st.tempo, playing=self.follower.started)
+        stats.seconds["playback"] += time.perf_counter() - t2
+        return out
+
+    def _frame(self, hop_samples: np.ndarray, u_time: float) -> None:
+        stats = self.stats
+        t0 = time.perf_counter()
+        self._analysis_samples += hop_samples.shape[0]
+        frame_end = self._analysis_samples / self.params.sr
+        mag = self.spectrum.push(hop_samples)
+        active = self.activity.update(mag)
+        u = observation_features(mag, self.params)
+        t1 = time.perf_counter()
+        state = self.follower.process(u, active, frame_end, now_s=u_time)
+        t2 = time.perf_counter()
+        if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower):
+            stats.jumps += 1
+        t3 = time.perf_counter()
+        stats.frames += 1
+        stats.seconds["analysis"] += t1 - t0
+        stats.seconds["follower"] += t2 - t1
+        stats.seconds["search"] += t3 - t2
+        if self.on_frame is not None:
+            self.on_frame(u_time, state)

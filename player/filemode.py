@@ -1,0 +1,143 @@
+"""File-driven runs: U is read from a file and fed to the engine block by block, as fast as
+the CPU allows, exactly as the live audio thread would feed it (same block size, same
+engine). Outputs are streamed to temporary files and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+
+from player.engine import Engine, EngineConfig
+from shared.audio import SILENCE_PEAK, check_readable_file
+from shared.bundle import Bundle, atomic_output, check_output_path
+from shared.errors import AudioError
+
+
+@dataclass
+class RunResult:
+    """Figures of a file-driven run.
+
+    Attributes:
+        u_duration_s: length of U (seconds).
+        cpu_s: process CPU seconds spent in the run loop.
+        frames: analysis frames processed.
+        stage_s: per-stage seconds (analysis, follower, search, playback, io).
+        counters: blocks, NaN blocks, jumps.
+    """
+
+    u_duration_s: float
+    cpu_s: float
+    wall_s: float
+    frames: int
+    stage_s: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: CPU seconds per second of U."""
+        return self.cpu_s / max(self.u_duration_s, 1e-9)
+
+    def to_json(self) -> dict:
+        return {
+            "u_duration_s": round(self.u_duration_s, 3),
+            "cpu_s": round(self.cpu_s, 4),
+            "wall_s": round(self.wall_s, 4),
+            "rtf": round(self.rtf, 5),
+            "frames": self.frames,
+            "per_frame_ms": {k: round(1000 * v / max(self.frames, 1), 5) for k, v in self.stage_s.items()},
+            "stage_s": {k: round(v, 4) for k, v in self.stage_s.items()},
+            **self.counters,
+        }
+
+
+def default_blocksize(sr: int, params) -> int:
+    """Samples of U per engine block at rate ``sr``: one fine hop (about 20 ms)."""
+    return max(16, int(round(params.fine_period_s * sr)))
+
+
+def inspect_input(path: Path, min_samples: int) -> sf._SoundFileInfo:
+    """Validate U before the run: readable, not empty, long enough, not silent."""
+    check_readable_file(path, "input")
+    try:
+        info = sf.info(str(path))
+        peak = 0.0
+        for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
+            finite = block[np.isfinite(block)]
+            if finite.size:
+                peak = max(peak, float(np.abs(finite).max()))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError(f"cannot decode input {path.name}: not a supported or intact audio file ({str(exc).splitlines()[0][:120]})") from None
+    if info.frames == 0:
+        raise AudioError(f"input {path.name} contains no audio (0 samples)")
+    if info.frames < min_samples:
+        raise AudioError(f"input {path.name} is shorter than one block ({info.frames} samples < {min_samples})")
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"input {path.name} is silent: there is nothing to follow")
+    return info
+
+
+def run_file(
+    bundle: Bundle,
+    input_path: str | Path,
+    *,
+    output_path: str | Path | None = None,
+    alignment_path: str | Path | None = None,
+    config: EngineConfig | None = None,
+    blocksize: int | None = None,
+    force: bool = False,
+    on_block: Callable[[Engine], None] | None = None,
+) -> RunResult:
+    """Run the engine over a file of U; write ``output_path`` (X's rate and channels) and
+    ``alignment_path`` (``u_time_s,x_time_s``, one row per analysis frame) atomically.
+    A timing report goes beside the alignment as ``<alignment>.timing.json``.
+    """
+    input_path = Path(input_path)
+    for path in (output_path, alignment_path):
+        if path is not None:
+            check_output_path(path, force)  # before the run, not after minutes of work
+    info = inspect_input(input_path, 1)
+    block = blocksize or default_blocksize(info.samplerate, bundle.params)
+    if info.frames < block:
+        raise AudioError(f"input {input_path.name} is shorter than one block ({info.frames} < {block} samples)")
+    rows: list[tuple[float, float]] = []
+    engine = Engine(bundle, info.samplerate, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
+    io_s = 0.0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    with ExitStack() as stack:
+        out_file = None
+        if output_path is not None:
+            tmp = stack.enter_context(atomic_output(output_path, force))
+            out_file = stack.enter_context(sf.SoundFile(tmp, "w", samplerate=bundle.audio.sr,
+                                                        channels=bundle.audio.channels, subtype="PCM_16",
+                                                        format="WAV"))
+        for u_block in sf.blocks(str(input_path), blocksize=block, dtype="float32", always_2d=True):
+            out = engine.process(u_block)
+            if on_block is not None:
+                on_block(engine)
+            if out_file is not None:
+                t = time.perf_counter()
+                out_file.write(np.clip(out, -1.0, 1.0))
+                io_s += time.perf_counter() - t
+        if out_file is not None:
+            out_file.close()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        result = RunResult(u_duration_s=info.frames / info.samplerate, cpu_s=cpu, wall_s=wall,
+                           frames=engine.stats.frames, stage_s={**engine.stats.seconds, "io": io_s},
+                           counters={"blocks": engine.stats.blocks, "nan_blocks": engine.stats.nan_blocks,
+                                     "jumps": engine.stats.jumps})
+        if alignment_path is not None:
+            with atomic_output(alignment_path, force) as tmp:
+                with open(tmp, "w") as fh:
+                    fh.write("u_time_s,x_time_s\n")
+                    fh.writelines(f"{u:.6f},{x:.6f}\n" for u, x in rows)
+            timing = Path(str(alignment_path) + ".timing.json")
+            timing.write_text(json.dumps(result.to_json(), indent=2))
+    return result

@@ -1,0 +1,365 @@
+"""The online follower: a band-limited forward filter over X's states, frame by frame.
+
+Model (the method of ../DESIGN): hidden state ``s`` = coarse frame of X (``coarse_period_s``
+apart); observation = one fine frame of U (``fine_period_s`` apart), a normalised,
+compressed spectrum ``u`` (sums to 1). At state ``s`` and detune ``d``::
+
+    log p(u | s, d) = kappa * sum_f u_f log T[d, s, f]       (a tempered multinomial)
+
+``kappa`` is the pseudo-count: a small one keeps the likelihood humble, so one odd frame
+cannot throw the filter off the track. Transitions are left-to-right: stay, advance one
+state, or skip one, with probabilities set each frame from the current tempo estimate so
+the prior drifts at the player's speed (expected advance ``tempo * fine/coarse`` states
+per frame). The detune is a static unknown with a slowly forgetting posterior over the
+template variants; the state likelihood mixes the variants with those weights.
+
+Cost independent of piece length: only a band of ``band_states`` states around the
+posterior's mode is filtered (the band follows the mode). A player who jumps is found
+again by :class:`player.search.GlobalSearch`, which scans the whole piece in fixed-size
+slices and hands the filter a new band when it finds a clearly better place.
+
+Silence: frames where the soloist is not playing (``active=False``) do not update the
+posterior; the position then advances at the current tempo, so the accompaniment keeps
+going through rests and tutti passages, and locks on again at the next note.
+
+Units: positions in seconds of X (``x_s``) or states; time in seconds of U; tempo is X
+seconds per U second (1 = the recording's tempo, 1.2 = the player is 20% faster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.spectral import AnalysisParams, QuantizedTemplates
+
+
+@dataclass(frozen=True)
+class FollowerConfig:
+    """Tuning of the forward filter (defaults measured on ../shared/corpus; see README).
+
+    Attributes:
+        kappa: likelihood scale (pseudo-count of a frame).
+        substeps: sub-states per state; a state's log-likelihood is interpolated linearly
+            between neighbouring states (equivalent to geometrically interpolated templates),
+            so the position resolves to ``coarse_period / substeps`` at no extra template cost.
+        band_states: width of the filtered band (states).
+        band_lead: fraction of the band kept ahead of the mode.
+        step_std: spread of the per-frame advance around the tempo's expected advance
+            (sub-states); the room the likelihood has to correct the drift.
+        silent_step_std: the same while the soloist is silent (rests, tutti).
+        reentry_after_s: a silence at least this long (seconds) counts as a rest.
+        reentry_tempo_uncertainty: relative tempo error assumed through a rest; at the
+            re-entry the belief is spread by this times the rest's length (seconds of X).
+        reentry_min_s: the least spread at a re-entry (seconds of X).
+        detune_memory_s: time constant of the detune posterior's forgetting (seconds of U).
+        detune_rate: weight of one frame's detune evidence.
+        tempo_memory_s: time constant of the tempo regression (seconds of U).
+        tempo_prior_weight: pull of the tempo towards 1 (seconds of regression data).
+        lead_s: extra U time (seconds) the reported position is extrapolated ahead, for the
+            systematic lag of an onset's detection.
+        mean_halfwidth: sub-states on each side of the mode averaged for the position.
+        floor: probability floor of each sub-state in the band (lets the filter recover).
+        novelty_scale: Hellinger distance between consecutive frames that counts as a fully
+            new observation; frames that change less are weighted down (to ``novelty_min``)
+            because consecutive frames of a held note repeat the same evidence. 0 disables.
+    """
+
+    kappa: float = 3.0
+    novelty_scale: float = 0.2
+    novelty_min: float = 0.2
+    substeps: int = 5
+    band_states: int = 96
+    band_lead: float = 0.7
+    step_std: float = 0.5
+    silent_step_std: float = 0.5
+    reentry_after_s: float = 0.5
+    reentry_tempo_uncertainty: float = 0.1
+    reentry_min_s: float = 0.05
+    detune_memory_s: float = 30.0
+    detune_rate: float = 0.3
+    tempo_memory_s: float = 6.0
+    tempo_prior_weight: float = 10.0
+    lead_s: float = 0.0
+    mean_halfwidth: int = 5
+    floor: float = 1e-60
+    min_tempo: float = 0.5
+    max_tempo: float = 2.0
+
+
+@dataclass
+class FollowerState:
+    """What the follower believes after a frame.
+
+    Attributes:
+        x_s: estimated current position in X (seconds), latency-compensated.
+        tempo: X seconds per U second.
+        confidence: posterior mass near the mode, in [0, 1].
+        detune_cents: estimated detune of the player relative to X (cents).
+        active: whether the soloist was heard in this frame.
+        state: the mode's state index.
+    """
+
+    x_s: float = 0.0
+    tempo: float = 1.0
+    confidence: float = 0.0
+    detune_cents: float = 0.0
+    active: bool = False
+    state: int = 0
+
+
+class TempoTracker:
+    """Exponentially weighted regression of position on time: slope = tempo.
+
+    Observations ``(u_s, x_s)`` come from confidently tracked, active frames. A prior of
+    ``prior_weight`` seconds' worth of data pulls the slope towards 1 (the recording's own
+    tempo), so a short or flat history (one long note) cannot swing the tempo.
+    """
+
+    def __init__(self, memory_s: float, prior_weight: float, lo: float, hi: float, frame_s: float) -> None:
+        self.decay = float(np.exp(-frame_s / memory_s))
+        self.prior = prior_weight / frame_s  # in frame-weighted s^2, comparable with S_uu
+        self.lo, self.hi = lo, hi
+        self.tempo = 1.0
+        self.reset()
+
+    def reset(self, tempo: float | None = None) -> None:
+        self._w = self._u = self._x = self._uu = self._ux = 0.0
+        self._origin: tuple[float, float] | None = None
+        if tempo is not None:
+            self.tempo = tempo
+
+    def add(self, u_s: float, x_s: float) -> float:
+        if self._origin is None:
+            self._origin = (u_s, x_s)
+        u, x = u_s - self._origin[0], x_s - self._origin[1]
+        g = self.decay
+        self._w = g * self._w + 1.0
+        self._u = g * self._u + u
+        self._x = g * self._x + x
+        self._uu = g * self._uu + u * u
+        self._ux = g * self._ux + u * x
+        s_uu = self._uu - self._u * self._u / self._w
+        s_ux = self._ux - self._u * self._x / self._w
+        slope = (s_ux + self.prior) / (s_uu + self.prior)
+        self.tempo = float(np.clip(slope, self.lo, self.hi))
+        return self.tempo
+
+
+class Follower:
+    """Band-limited forward filter over the (sub-)states of one bundle.
+
+    Args:
+        templates: quantised log templates ``(n_detune, n_states, n_obs_bins)``.
+        params: the bundle's analysis parameters.
+        config: filter tuning.
+    """
+
+    def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: FollowerConfig | None = None):
+        self.templates = templates
+        self.params = params
+        self.config = cfg = config or FollowerConfig()
+        self.n_states = templates.n_states
+        self.n_detune = templates.q.shape[0]
+        self.cents = np.asarray(params.detune_cents, dtype=np.float64)
+        self.m = int(cfg.substeps)
+        self.band_states = int(min(cfg.band_states, self.n_states - 1))
+        self.band = self.band_states * self.m  # sub-states in the band
+        self.n_sub = (self.n_states - 1) * self.m + 1
+        self.sub_per_frame = self.m * params.fine_hop / params.coarse_hop  # at tempo 1
+        # the fine frame's window ends now: its centre (matched to a state's centre) is half
+        # a window ago, so the present position is ahead of the matched one by this much U time
+        self.centre_delay_s = params.n_fft / 2 / params.sr
+        self.tempo = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight,
+                                  cfg.min_tempo, cfg.max_tempo, params.fine_period_s)
+        self._frac = (np.arange(self.m) / self.m).astype(np.float64)
+        self._cache_lo = 0
+        self._cache = np.zeros((self.n_detune, 0, params.n_obs_bins), dtype=np.float32)
+        self._offsets = np.arange(self.band, dtype=np.float64)
+        self._steps = np.arange(int(np.ceil(cfg.max_tempo * self.sub_per_frame + 3 * cfg.step_std)) + 1)
+        self._confidence = 0.0
+        self._mode = 0
+        self._prev_root: np.ndarray | None = None
+        self._silent_frames = 0
+        self.reset(0.0)
+
+    # ------------------------------------------------------------------ set-up
+    def reset(self, start_s: float = 0.0, tempo: float = 1.0) -> None:
+        """Start (again) at ``start_s`` seconds of X, waiting for the soloist."""
+        j0 = int(np.clip(round(start_s / self.params.coarse_period_s * self.m), 0, self.n_sub - 1))
+        self._centre_on(j0, spread=self.m / 2)
+        self.log_w = np.full(self.n_detune, -np.log(self.n_detune))
+        self.tempo.reset(tempo)
+        self.started = False
+        self.frames = 0
+        self.log_evidence = 0.0
+        self._s_hat = j0 / self.m
+        self.state = FollowerState(x_s=start_s, tempo=tempo, state=j0 // self.m)
+
+    def relocate(self, state: float, spread_states: float = 2.0) -> None:
+        """Move the band to ``state`` (a jump found by the global search)."""
+        j = int(round(state * self.m))
+        self._centre_on(j, spread=spread_states * self.m)
+        self.tempo.reset(self.tempo.tempo)
+        self._s_hat = state
+        self.started = True
+
+    def adopt(self, other: "Follower") -> None:
+        """Take over another track's belief (band, posterior, tempo, detune)."""
+        self.lo, self.alpha = other.lo, other.alpha.copy()
+        self.log_w = other.log_w.copy()
+        self._s_hat, self._mode, self._confidence = other._s_hat, other._mode, other._confidence
+        self.tempo.reset(other.tempo.tempo)
+        self.started = True
+
+    def _centre_on(self, j0: int, spread: float) -> None:
+        lead = int(self.band * self.config.band_lead)
+        self.lo = int(np.clip(j0 - (self.band - lead), 0, max(0, self.n_sub - self.band)))
+        idx = np.arange(self.lo, self.lo + self.band)
+        alpha = np.exp(-0.5 * ((idx - j0) / max(spread, 1e-3)) ** 2) + self.config.floor
+        self.alpha = alpha / alpha.sum()
+        self._mode = j0
+
+    def _band_templates(self, s0: int, s1: int) -> np.ndarray:
+        """float32 log templates of states ``[s0, s1)``, dequantised once per cache window."""
+        if s0 < self._cache_lo or s1 > self._cache_lo + self._cache.shape[1]:
+            start = max(0, s0 - self.band_states // 2)
+            stop = min(self.n_states, start + 3 * self.band_states + 2)
+            self._cache_lo = start
+            self._cache = self.templates.dequantize(slice(None), slice(start, stop))
+        return self._cache[:, s0 - self._cache_lo:s1 - self._cache_lo]
+
+    # ------------------------------------------------------------------ per frame
+    def _predict(self, active: bool) -> None:
+        cfg = self.config
+        mean = self.tempo.tempo * self.sub_per_frame
+        # through a rest the tempo is only a guess: widen the steps so the belief spreads
+        # behind and ahead of the extrapolation, ready for wherever the soloist comes back in
+        std = cfg.step_std if active else cfg.silent_step_std
+        kernel = np.exp(-0.5 * ((self._steps - mean) / std) ** 2)
+        kernel /= kernel.sum()
+        self.alpha = np.convolve(self.alpha, kernel)[: self.band]
+
+    def _novelty_weight(self, u: np.ndarray) -> float:
+        cfg = self.config
+        root = np.sqrt(u)
+        prev, self._prev_root = self._prev_root, root
+        if cfg.novelty_scale <= 0 or prev is None:
+            return 1.0
+        hellinger = np.sqrt(max(0.0, 1.0 - float(np.dot(root, prev))))
+        return float(np.clip(hellinger / cfg.novelty_scale, cfg.novelty_min, 1.0))
+
+    def _reentry_spread(self) -> None:
+        """The soloist plays again after a rest: the rest was crossed at a guessed tempo, so
+        the belief is spread symmetrically (behind too: a left-to-right filter could never
+        come back if it had run ahead) by the tempo uncertainty times the rest's length."""
+        cfg = self.config
+        rest_s = self._silent_frames * self.params.fine_period_s
+        sigma_s = cfg.reentry_min_s + cfg.reentry_tempo_uncertainty * rest_s * self.tempo.tempo
+        sigma = sigma_s / self.params.coarse_period_s * self.m  # sub-states
+        half = int(min(3 * sigma, self.band // 2))
+        if half < 1:
+            return
+        offsets = np.arange(-half, half + 1)
+        kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+        self.alpha = np.convolve(self.alpha, kernel / kernel.sum(), mode="same")
+
+    def _update(self, u: np.ndarray) -> None:
+        cfg = self.config
+        kappa = cfg.kappa * self._novelty_weight(u)
+        s0 = self.lo // self.m
+        s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
+        scaled = kappa * np.einsum("dsb,b->ds", self._band_templates(s0, s1), u)  # (D, states)
+        # detune: this frame's evidence for each variant under the predicted posterior
+        a_states = np.bincount((np.arange(self.band) + self.lo) // self.m - s0, weights=self.alpha,
+                               minlength=s1 - s0)
+        peak = scaled.max()
+        lik_d = np.exp(scaled - peak)
+        evidence = np.log(lik_d @ a_states + 1e-300)
+        w = np.exp(self.log_w - self.log_w.max())
+        loglik = np.log(w @ lik_d / w.sum() + 1e-300)  # mixture over detune, per state (minus peak)
+        forget = np.exp(-self.params.fine_period_s / cfg.detune_memory_s)
+        self.log_w = forget * self.log_w + cfg.detune_rate * (evidence - evidence.max())
+        # sub-states: linear interpolation of the log-likelihood between states
+        if s1 - s0 >= 2:
+            sub = (loglik[:-1, None] * (1.0 - self._frac) + loglik[1:, None] * self._frac).ravel()
+            sub = np.append(sub, loglik[-1])
+        else:
+            sub = np.repeat(loglik, self.m)
+        first = self.lo - s0 * self.m
+        ll = sub[first:first + self.band]
+        top = ll.max()
+        self.alpha = self.alpha * np.exp(ll - top)
+        # log p(u_t | u_<t): the frame's evidence for this track (compared across tracks)
+        self.log_evidence += float(np.log(self.alpha.sum() + 1e-300) + top + peak)
+
+    def _normalise_and_follow(self) -> None:
+        cfg = self.config
+        a = self.alpha + cfg.floor
+        a /= a.sum()
+        mode = int(np.argmax(a))
+        # keep the mode inside the band, with most of the band ahead of it
+        lead = int(self.band * cfg.band_lead)
+        new_lo = int(np.clip(self.lo + mode - (self.band - lead), 0, max(0, self.n_sub - self.band)))
+        if new_lo != self.lo:
+            shift = new_lo - self.lo
+            moved = np.full(self.band, cfg.floor)
+            if abs(shift) < self.band:
+                if shift > 0:
+                    moved[: self.band - shift] = a[shift:]
+                else:
+                    moved[-shift:] = a[: self.band + shift]
+            a = moved / moved.sum()
+            self.lo = new_lo
+            mode -= shift
+        self.alpha = a
+        h = cfg.mean_halfwidth
+        i0, i1 = max(0, mode - h), min(self.band, mode + h + 1)
+        local = a[i0:i1]
+        mass = float(local.sum())
+        self._s_hat = (self.lo + float((local * self._offsets[i0:i1]).sum() / mass)) / self.m
+        self._confidence = mass
+        self._mode = self.lo + mode
+
+    def process(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float | None = None) -> FollowerState:
+        """Advance by one fine frame.
+
+        Args:
+            u: float32 ``(n_obs_bins,)`` normalised observation of U (sums to 1).
+            active: whether the soloist is playing in this frame.
+            frame_end_s: time in U of this frame's last sample (seconds).
+            now_s: time in U at which the estimate is reported (seconds; >= frame_end_s when
+                the input path buffers, e.g. a resampler); the position is extrapolated to it.
+        """
+        now_s = frame_end_s if now_s is None else now_s
+        self.frames += 1
+        if active:
+            self.started = True
+        if self.started:
+            self._predict(active)
+            if active:
+                if self._silent_frames * self.params.fine_period_s >= self.config.reentry_after_s:
+                    self._reentry_spread()
+                self._update(u)
+            self._normalise_and_follow()
+        self._silent_frames = 0 if active else self._silent_frames + 1
+        x_centre = self._s_hat * self.params.coarse_period_s
+        tempo = self.tempo.tempo
+        if active and self.started and self._confidence > 0.5:
+            tempo = self.tempo.add(frame_end_s - self.centre_delay_s, x_centre)
+        w = np.exp(self.log_w - self.log_w.max())
+        st = self.state
+        ahead = now_s - frame_end_s + self.centre_delay_s + self.config.lead_s  # U seconds since the frame's centre
+        st.x_s = x_centre + (tempo * ahead if self.started else 0.0)
+        st.tempo = tempo
+        st.confidence = self._confidence if self.started else 0.0
+        st.detune_cents = float((w @ self.cents) / w.sum())
+        st.active = bool(active)
+        st.state = int(self._mode // self.m)
+        return st
+
+    @property
+    def position_states(self) -> float:
+        """The filter's position (fractional state index, window-centre matched)."""
+        return self._s_hat

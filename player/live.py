@@ -1,0 +1,205 @@
+"""Live audio: a duplex PortAudio stream around the same engine the file mode drives.
+
+The audio callback only copies samples between the device and two preallocated ring
+buffers and counts problems; a worker thread runs the engine on whole blocks with a
+headroom of ``headroom_blocks`` blocks of output already queued. PortAudio (through
+sounddevice) is imported only here, only when live audio is asked for, and its absence is
+reported with how to install it.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from player.engine import Engine
+from shared.errors import DeviceError
+
+PORTAUDIO_HINT = ("the PortAudio library is not installed; install it with "
+                  "'sudo apt-get install libportaudio2' (Debian/Ubuntu) or 'brew install portaudio' (macOS)")
+
+
+def import_sounddevice():
+    """Import sounddevice, turning a missing PortAudio into a DeviceError with a hint."""
+    try:
+        import sounddevice
+    except OSError:
+        raise DeviceError(PORTAUDIO_HINT) from None
+    except ImportError:
+        raise DeviceError("the sounddevice package is missing; reinstall with 'pip install sounddevice'") from None
+    return sounddevice
+
+
+class Ring:
+    """Single-producer single-consumer ring of float32 frames ``(capacity, channels)``.
+
+    Writes and reads copy into/out of a preallocated array; no allocation per call.
+    """
+
+    def __init__(self, capacity: int, channels: int) -> None:
+        self.buf = np.zeros((capacity, channels), dtype=np.float32)
+        self.capacity = capacity
+        self._write = 0  # total frames written (monotone)
+        self._read = 0  # total frames read (monotone)
+
+    @property
+    def available(self) -> int:
+        return self._write - self._read
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.available
+
+    def write(self, data: np.ndarray) -> bool:
+        n = data.shape[0]
+        if n > self.free:
+            return False
+        start = self._write % self.capacity
+        first = min(n, self.capacity - start)
+        self.buf[start:start + first] = data[:first]
+        self.buf[: n - first] = data[first:]
+        self._write += n
+        return True
+
+    def read_into(self, out: np.ndarray) -> bool:
+        n = out.shape[0]
+        if n > self.available:
+            return False
+        start = self._read % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self.buf[start:start + first]
+        out[first:] = self.buf[: n - first]
+        self._read += n
+        return True
+
+
+@dataclass
+class LiveCounters:
+    """Problems seen by the callback; shown to the user, never fatal."""
+
+    callbacks: int = 0
+    xruns: int = 0  # PortAudio reported an input overflow or output underflow
+    dropped_blocks: int = 0  # input blocks lost because the engine fell behind
+    late_blocks: int = 0  # output blocks played as silence because the engine was late
+
+
+class LiveSession:
+    """Connects an audio callback to the engine through rings and a worker thread.
+
+    Args:
+        engine: the engine (its input rate is the stream's rate).
+        blocksize: frames per callback.
+        in_channels: channels delivered by the input device.
+        headroom_blocks: output blocks queued ahead (latency vs safety).
+        ring_blocks: capacity of each ring, in blocks.
+    """
+
+    def __init__(self, engine: Engine, blocksize: int, in_channels: int = 1, headroom_blocks: int = 2,
+                 ring_blocks: int = 32) -> None:
+        self.engine = engine
+        self.blocksize = blocksize
+        self.out_channels = engine.output_channels
+        self.in_ring = Ring(blocksize * ring_blocks, in_channels)
+        self.out_ring = Ring(blocksize * ring_blocks, self.out_channels)
+        self.counters = LiveCounters()
+        self.headroom_blocks = headroom_blocks
+        self.out_ring.write(np.zeros((blocksize * headroom_blocks, self.out_channels), np.float32))
+        self._in_block = np.zeros((blocksize, in_channels), dtype=np.float32)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ audio thread
+    def callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info, status) -> None:
+        """The PortAudio callback: copies and counters only."""
+        c = self.counters
+        c.callbacks += 1
+        if status:
+            c.xruns += 1
+        if not self.in_ring.write(indata):
+            c.dropped_blocks += 1
+        if not self.out_ring.read_into(outdata):
+            outdata.fill(0.0)
+            c.late_blocks += 1
+        self._wake.set()
+
+    # ------------------------------------------------------------------ worker thread
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.in_ring.available < self.blocksize:
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    continue
+                self.in_ring.read_into(self._in_block)
+                out = self.engine.process(self._in_block)
+                if not self.out_ring.write(out):
+                    self.counters.late_blocks += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller, not lost in a thread
+            self.error = exc
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._worker.start()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until the worker has processed every queued input block (tests, file feeds)."""
+        deadline = threading.Event()
+        waited = 0.0
+        while self.in_ring.available >= self.blocksize and waited < timeout and self.error is None:
+            deadline.wait(0.001)
+            waited += 0.001
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+
+
+def list_devices() -> str:
+    """A printable table of the audio devices PortAudio sees."""
+    return str(import_sounddevice().query_devices())
+
+
+def run_live(engine: Engine, *, blocksize: int, input_device: str | int | None = None,
+             output_device: str | int | None = None, latency: str | float = "low",
+             on_tick: Callable[[LiveSession, float], None] | None = None, tick_s: float = 0.25) -> LiveCounters:
+    """Run a duplex stream until Ctrl-C; ``on_tick(session, stream_latency_s)`` runs a few
+    times per second outside the audio callback (for the display)."""
+    sd = import_sounddevice()
+    session = LiveSession(engine, blocksize, in_channels=1)
+    try:
+        stream = sd.Stream(samplerate=engine.input_sr, blocksize=blocksize, dtype="float32",
+                           channels=(1, engine.output_channels), device=(input_device, output_device),
+                           latency=latency, callback=session.callback)
+    except ValueError as exc:  # unknown or ambiguous device name
+        raise DeviceError(str(exc).splitlines()[0]) from None
+    except sd.PortAudioError as exc:
+        raise DeviceError(f"cannot open the audio device: {exc}") from None
+    engine.process(np.zeros((blocksize, 1), np.float32))  # warm up kernels before the stream starts
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # no collector pauses while performing
+    session.start()
+    try:
+        with stream:
+            latency_s = float(sum(stream.latency)) if isinstance(stream.latency, tuple) else float(stream.latency)
+            while session.error is None:
+                threading.Event().wait(tick_s)
+                if on_tick is not None:
+                    on_tick(session, latency_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.stop()
+        if gc_was_enabled:
+            gc.enable()
+    if session.error is not None:
+        raise session.error
+    return session.counters

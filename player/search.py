@@ -1,0 +1,227 @@
+"""Global search: finds the player anywhere in the piece, at a fixed cost per frame.
+
+The forward filter only looks at a band of states, so a player who restarts a passage,
+skips ahead or starts mid-piece would be lost for good. This search keeps the last few
+seconds of U (as compact semitone-band profiles, one per state period) and sweeps the whole
+piece in fixed-size slices, one slice per frame: each candidate end state is scored by how
+well the recent U profiles match X's profiles along a diagonal, for a few tempo
+hypotheses. The per-frame cost is the slice size, whatever the piece's length (a 40-minute
+piece is swept in about a second; a short one several times a second).
+
+A candidate far from the filter's position is confirmed by re-scoring it for
+``confirm_s`` seconds against the filter's current position; only a clear and lasting win
+relocates the filter. Repeated passages score alike, so they never win by the margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.spectral import AnalysisParams, QuantizedTemplates
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of the global search.
+
+    Attributes:
+        context_s: seconds of U matched against X.
+        slice_states: candidates scored per frame (fixed cost per frame).
+        tempos: tempo hypotheses (X seconds per U second).
+        margin: how much better (mean cosine) a candidate must match to be verified.
+        min_jump_s: candidates closer than this to the filter's place are left to the filter.
+        confirm_s: how long (U seconds) a candidate track runs beside the main one.
+        margin_nats: log Bayes factor the candidate track must win by to replace the main one.
+        confirmations: consecutive verification windows the candidate must win (a single
+            window can be lost by the right track during a fermata or a sudden tempo change).
+        min_active: fraction of the context in which the soloist must be playing.
+    """
+
+    context_s: float = 3.0
+    slice_states: int = 400
+    tempos: tuple[float, ...] = (0.8, 0.9, 1.0, 1.12, 1.25)
+    margin: float = 0.03
+    min_jump_s: float = 3.0
+    confirm_s: float = 1.0
+    margin_nats: float = 8.0
+    confirmations: int = 2
+    min_active: float = 0.6
+
+
+def semitone_filterbank(params: AnalysisParams) -> np.ndarray:
+    """Triangular filters two semitones wide at semitone spacing over the observation band.
+
+    Returns float32 ``(n_obs_bins, n_bands)``; the overlap makes profiles tolerant of
+    detuning up to about half a semitone.
+    """
+    freqs = (np.arange(params.obs_bins.start, params.obs_bins.stop) * params.sr / params.n_fft).astype(np.float64)
+    semis = 12.0 * np.log2(np.maximum(freqs, 1.0) / 440.0)
+    centres = np.arange(np.ceil(semis.min()) + 1, np.floor(semis.max()))
+    fb = np.maximum(0.0, 1.0 - np.abs(semis[:, None] - centres[None, :]))
+    fb /= np.maximum(fb.sum(axis=0, keepdims=True), 1e-9)
+    return fb.astype(np.float32)
+
+
+def profiles(features: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    """Unit-norm, mean-removed log band profiles ``(n, n_bands)`` of features ``(n, n_obs_bins)``."""
+    pooled = np.log(features @ fb + 1e-6)
+    pooled -= pooled.mean(axis=-1, keepdims=True)
+    pooled /= np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-9)
+    return pooled.astype(np.float32)
+
+
+class GlobalSearch:
+    """Sweeps the piece for a better place than the filter's; see the module docstring."""
+
+    def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: SearchConfig | None = None):
+        self.params = params
+        self.config = cfg = config or SearchConfig()
+        self.fb = semitone_filterbank(params)
+        n = templates.n_states
+        self.cents = np.asarray(params.detune_cents)
+        # one profile set per detune variant: the search compares U with the variant the
+        # follower believes in, so a player tuned away from X is not mistaken for elsewhere
+        self.x_profs = np.empty((len(self.cents), n, self.fb.shape[1]), dtype=np.float32)
+        for d in range(len(self.cents)):
+            for lo in range(0, n, 2048):  # dequantise in pieces to bound memory
+                feats = np.exp(templates.dequantize(d, slice(lo, lo + 2048)))
+                self.x_profs[d, lo:lo + 2048] = profiles(feats, self.fb)
+        self.x_prof = self.x_profs[list(self.cents).index(0.0)]
+        self.n_states = n
+        self.per_state = params.fine_per_coarse
+        self.ctx = max(4, int(round(cfg.context_s / params.coarse_period_s)))
+        self.max_lag = int(np.ceil(self.ctx * max(cfg.tempos))) + 1
+        self.slice = min(cfg.slice_states, n)
+        self._k = np.arange(self.ctx)
+        self._lags = np.round(self._k[None, :] * np.asarray(cfg.tempos)[:, None]).astype(np.int64)  # (T, ctx)
+        self.reset()
+
+    def reset(self) -> None:
+        self.u_prof = np.zeros((self.ctx, self.fb.shape[1]), dtype=np.float32)  # newest first
+        self.u_active = np.zeros(self.ctx, dtype=np.float32)
+        self._acc = np.zeros(self.fb.shape[0], dtype=np.float64)
+        self._acc_n = 0
+        self._acc_active = 0
+        self._sub = 0
+        self._cursor = 0
+        self._best = (-np.inf, 0, 0)  # (score, end state, frame it was scored at)
+        self._frame = 0
+
+    # ------------------------------------------------------------------ scoring
+    def _scores(self, ends: np.ndarray) -> np.ndarray:
+        """Best-over-tempo mean cosine of the U context ending at each end state ``(m,)``."""
+        w = self.u_active
+        total = w.sum()
+        if total <= 0:
+            return np.full(ends.shape, -np.inf)
+        lo = max(0, int(ends[0]) - self.max_lag)
+        sim = self.x_prof[lo:int(ends[-1]) + 1] @ self.u_prof.T  # (states, ctx)
+        idx = ends[:, None, None] - self._lags[None, :, :] - lo  # (m, T, ctx)
+        valid = idx >= 0
+        sims = sim[np.clip(idx, 0, None), self._k[None, None, :]]
+        sims = np.where(valid, sims, -1.0)
+        return (sims @ w).max(axis=1) / total
+
+    def _score_at(self, state: float) -> float:
+        s = int(np.clip(round(state), 0, self.n_states - 1))
+        return float(self._scores(np.array([s]))[0])
+
+    # ------------------------------------------------------------------ per frame
+    def step(self, u: np.ndarray, active: bool, follower) -> float | None:
+        """Take one fine frame; return a candidate state far from the filter's, or None."""
+        self._frame += 1
+        self.x_prof = self.x_profs[int(np.argmin(np.abs(self.cents - follower.state.detune_cents)))]
+        self._acc += u
+        self._acc_n += 1
+        self._acc_active += int(active)
+        if self._acc_n == self.per_state:  # one state period of U: push a profile
+            self.u_prof[1:] = self.u_prof[:-1]
+            self.u_active[1:] = self.u_active[:-1]
+            self.u_prof[0] = profiles((self._acc / self._acc_n)[None, :].astype(np.float32), self.fb)[0]
+            self.u_active[0] = 1.0 if self._acc_active * 2 > self._acc_n else 0.0
+            self._acc[:] = 0.0
+            self._acc_n = self._acc_active = 0
+        if self.u_active.mean() < self.config.min_active:
+            return None
+        lo = self._cursor
+        hi = min(self.n_states, lo + self.slice)
+        ends = np.arange(lo, hi)
+        scores = self._scores(ends)
+        i = int(np.argmax(scores))
+        if scores[i] > self._best[0]:
+            self._best = (float(scores[i]), int(ends[i]), self._frame)
+        self._cursor = 0 if hi >= self.n_states else hi
+        if self._cursor:
+            return None
+        # a sweep is complete: propose its best if it is far away and matches better
+        best_score, best_state, at = self._best
+        self._best = (-np.inf, 0, 0)
+        here = follower.position_states
+        there = best_state + (self._frame - at) * follower.state.tempo / self.per_state
+        far = abs(there - here) * self.params.coarse_period_s >= self.config.min_jump_s
+        if far and best_score > self._score_at(here) + self.config.margin:
+            return float(np.clip(there, 0, self.n_states - 1))
+        return None
+
+
+class Relocator:
+    """Verifies the search's candidates with the follower's own model before jumping.
+
+    A candidate starts a second ("shadow") track there; both tracks filter the same frames
+    for ``confirm_s`` and the shadow replaces the main track only if its accumulated
+    evidence ``sum log p(u_t | u_<t)`` wins by ``margin_nats`` (a log Bayes factor). Two
+    places that sound alike (a repeat) never win by the margin, so the player is not moved.
+    """
+
+    def __init__(self, search: GlobalSearch, shadow, config: SearchConfig, frame_s: float) -> None:
+        self.search = search
+        self.shadow = shadow
+        self.config = config
+        self.confirm_frames = max(1, int(round(config.confirm_s / frame_s)))
+        self._left = 0
+        self._wins = 0
+        self._active = 0
+        self._main0 = self._shadow0 = 0.0
+        self.history: list[tuple[float, float, float, float]] = []  # (U s, main, candidate, gain)
+
+    @property
+    def verifying(self) -> bool:
+        return self._left > 0
+
+    def step(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float, follower) -> bool:
+        """After the main track has processed this frame: True if it was moved."""
+        if self._left > 0:
+            self.shadow.process(u, active, frame_end_s, now_s)
+            self._left -= 1
+            self._active += int(active)
+            if self._left == 0:
+                if self._active < 0.5 * self.confirm_frames:  # a silent window proves nothing
+                    self._wins = 0
+                    return False
+                gain = (self.shadow.log_evidence - self._shadow0) - (follower.log_evidence - self._main0)
+                self.history.append((now_s, follower.position_states, self.shadow.position_states, gain))
+                if gain <= self.config.margin_nats:
+                    self._wins = 0
+                    return False
+                self._wins += 1
+                if self._wins >= self.config.confirmations:
+                    self._wins = 0
+                    follower.adopt(self.shadow)
+                    return True
+                self._start_shadow(follower)  # the shadow keeps its track: verify once more
+            return False
+        if not follower.started:
+            return False
+        candidate = self.search.step(u, active, follower)
+        if candidate is not None:
+            self.shadow.adopt(follower)
+            self.shadow.relocate(candidate, spread_states=3.0)
+            self._start_shadow(follower)
+        return False
+
+    def _start_shadow(self, follower) -> None:
+        self._active = 0
+        self._main0, self._shadow0 = follower.log_evidence, self.shadow.log_evidence
+        self._left = self.confirm_frames

@@ -1,0 +1,48 @@
+"""Helpers for follower tests: build a bundle for a synthetic case and follow a take."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from player.engine import Engine, EngineConfig
+from prep.pipeline import BuildOptions, build_bundle
+from shared.bundle import Bundle, load_bundle
+from shared.spectral import AnalysisParams
+from shared.synth import Case
+
+QUICK = BuildOptions(n_components=4, nmf_iter=5)
+
+
+def bundle_for(case: Case, folder: Path, name: str = "x", params: AnalysisParams | None = None) -> Bundle:
+    wav = folder / f"{name}.wav"
+    sf.write(wav, case.x, case.sr, subtype="PCM_16")
+    out = folder / f"{name}.h5"
+    build_bundle(wav, out, QUICK if params is None else dataclasses.replace(QUICK, params=params))
+    return load_bundle(out)
+
+
+def follow(bundle: Bundle, u: np.ndarray, sr: int, config: EngineConfig | None = None,
+           blocksize: int | None = None) -> np.ndarray:
+    """Run the engine over ``u`` block by block; rows ``(n_frames, 2)`` of (u_time_s, x_s)."""
+    rows: list[tuple[float, float]] = []
+    engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
+    block = blocksize or int(round(bundle.params.fine_period_s * sr))
+    for i in range(0, len(u) - block + 1, block):
+        engine.process(u[i:i + block])
+    follow.last_engine = engine
+    return np.array(rows)
+
+
+def causal_errors(rows: np.ndarray, u_times: np.ndarray, x_true: np.ndarray) -> np.ndarray:
+    """|error| (seconds) of the causal estimate (last row with u_time <= t) at each time."""
+    idx = np.searchsorted(rows[:, 0], u_times + 1e-9, side="right") - 1
+    est = np.where(idx >= 0, rows[np.clip(idx, 0, None), 1], 0.0)
+    return np.abs(est - x_true)
+
+
+def pct_within(errors: np.ndarray, seconds: float) -> float:
+    return float(100.0 * np.mean(errors <= seconds))

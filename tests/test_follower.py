@@ -1,0 +1,105 @@
+"""The follower on synthetic takes with known warping: accuracy under rubato, pauses,
+detuning, noise, another timbre, rests (tutti) and jumps; causality; engine invariants."""
+
+import numpy as np
+import pytest
+import soxr
+
+from player.engine import EngineConfig
+from shared.synth import OBOE, VIOLIN, FLUTE, make_case
+
+from .follow_helpers import bundle_for, causal_errors, follow, pct_within
+
+
+@pytest.fixture(scope="module")
+def rubato(tmp_path_factory):
+    """30 notes, U's tempo swings +-15% around X's, U starts after 1 s of noise."""
+    case = make_case(n_notes=30, seed=5)
+    return case, bundle_for(case, tmp_path_factory.mktemp("rubato"))
+
+
+def onset_errors(case, rows):
+    return causal_errors(rows, case.onsets_u, case.onsets_x)
+
+
+def test_follows_rubato(rubato):
+    case, bundle = rubato
+    err = onset_errors(case, follow(bundle, case.u, case.sr))
+    assert pct_within(err, 0.10) >= 75, np.round(err, 3)
+    assert pct_within(err, 0.25) >= 95
+
+
+def test_causal(rubato):
+    """The path up to time t is the same whether or not U goes on after t."""
+    case, bundle = rubato
+    full = follow(bundle, case.u, case.sr)
+    cut = int(len(case.u) * 0.6)
+    part = follow(bundle, case.u[:cut], case.sr)
+    np.testing.assert_array_equal(full[: len(part)], part)
+
+
+def test_other_rate_and_channels(rubato):
+    """U at 48 kHz in stereo is resampled and mixed, not refused."""
+    case, bundle = rubato
+    u48 = soxr.resample(case.u, case.sr, 48000)
+    stereo = np.stack([u48, u48 * 0.5], axis=1)
+    err = onset_errors(case, follow(bundle, stereo, 48000))
+    assert pct_within(err, 0.10) >= 70
+
+
+def test_nan_blocks_are_silence(rubato):
+    case, bundle = rubato
+    u = case.u.copy()
+    hop = int(round(bundle.params.fine_period_s * case.sr))
+    bad = [int(len(u) * f) // hop * hop for f in (0.3, 0.5, 0.7)]
+    for b in bad:
+        u[b:b + hop] = np.nan
+    rows = follow(bundle, u, case.sr)
+    from .follow_helpers import follow as f  # the engine of the last run
+
+    assert f.last_engine.stats.nan_blocks == 3
+    assert np.isfinite(rows).all()
+    assert pct_within(onset_errors(case, rows), 0.25) >= 90
+
+
+@pytest.mark.parametrize("cents", [-45.0, 35.0])
+def test_detuned_player(tmp_path, cents):
+    case = make_case(n_notes=24, seed=7, detune_cents=cents)
+    bundle = bundle_for(case, tmp_path)
+    rows = follow(bundle, case.u, case.sr)
+    err = onset_errors(case, rows)
+    assert pct_within(err, 0.10) >= 70
+    assert abs(follow.last_engine.state.detune_cents - cents) <= 15
+
+
+def test_other_timbre_and_noise(tmp_path):
+    """The solo in X is an oboe, the player a violin, with noise 20 dB below the solo."""
+    case = make_case(n_notes=24, seed=8, solo_x=OBOE, solo_u=VIOLIN, snr_db=20.0)
+    bundle = bundle_for(case, tmp_path)
+    err = onset_errors(case, follow(bundle, case.u, case.sr))
+    assert pct_within(err, 0.10) >= 75
+    assert pct_within(err, 0.25) >= 90
+
+
+def test_pause_fermata(tmp_path):
+    """The player holds 2 s extra before beat 12: the follower waits and locks on again."""
+    case = make_case(n_notes=24, seed=9, pauses={12.0: 2.0}, solo_u=FLUTE)
+    bundle = bundle_for(case, tmp_path)
+    err = onset_errors(case, follow(bundle, case.u, case.sr))
+    assert pct_within(err, 0.25) >= 85
+    after = case.onsets_u > case.map_u(12.0) + 1.0
+    assert pct_within(err[after], 0.25) >= 90
+
+
+def test_tutti_rest_keeps_tempo_and_relocks(tmp_path):
+    """The solo rests for 8 beats (orchestra only in X): the position keeps moving at the
+    player's tempo through the rest, and tracking resumes at the re-entry."""
+    case = make_case(n_notes=36, seed=10, solo_rests=((16.0, 24.0),), bpm_x=100.0)
+    bundle = bundle_for(case, tmp_path)
+    rows = follow(bundle, case.u, case.sr)
+    rest_u = np.linspace(case.map_u(17.0), case.map_u(23.0), 30)
+    rest_err = causal_errors(rows, rest_u, case.x_of_u(rest_u))
+    assert np.median(rest_err) <= 0.5  # still moving with the music during the rest
+    err = onset_errors(case, rows)
+    after = case.onsets_u > case.map_u(24.0) + 1.0
+    assert pct_within(err[after], 0.25) >= 90
