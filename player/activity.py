@@ -1,10 +1,11 @@
-"""Is the soloist playing? A level gate over U's observation band with a tracked noise floor.
+"""Is the soloist playing? A level gate over U's observation band against the room's noise.
 
-The floor follows the quietest recent frames: it drops at once to a quieter frame and rises
-slowly (``rise_db_per_s``), so room noise that changes is followed while a long legato
-phrase does not become "noise". Frames before the analysis window is full, and digital
-silence, never set the floor (they would put it far below the room's real noise). A frame is active when it is ``threshold_db`` above the
-floor (with hysteresis) and above an absolute floor (digital silence is never active).
+The noise floor is estimated from the last ``window_s`` seconds of frame levels: their
+``floor_percentile`` (the quiet moments: room noise in rests and between notes), but never
+more than ``max_floor_below_peak_db`` under the loudest recent frame, so continuous legato
+playing (no quiet moments at all) is not mistaken for noise. Frames before the analysis
+window is full and digital silence never enter the estimate. A frame is active when it is
+``threshold_db`` above the floor (with hysteresis and a short hold).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from shared.spectral import AnalysisParams
 
 @dataclass(frozen=True)
 class ActivityConfig:
-    """Gate settings (dB are 10*log10 of band power)."""
+    """Gate settings (dB are 10*log10 of band power re. a full-scale sine, i.e. dBFS)."""
 
     threshold_db: float = 6.0
     hysteresis_db: float = 3.0
-    rise_db_per_s: float = 0.5
+    window_s: float = 10.0
+    floor_percentile: float = 10.0
+    max_floor_below_peak_db: float = 20.0
     absolute_floor_db: float = -100.0
     hold_s: float = 0.06
 
@@ -33,35 +36,41 @@ class ActivityDetector:
     def __init__(self, params: AnalysisParams, config: ActivityConfig | None = None) -> None:
         self.params = params
         self.config = config or ActivityConfig()
-        # power of a full-scale sine in one Hann-windowed frame, so levels read as dBFS
-        self._ref = (params.n_fft / 4.0) ** 2
-        self._rise = self.config.rise_db_per_s * params.fine_period_s
+        self._ref = (params.n_fft / 4.0) ** 2  # power of a full-scale sine in one Hann frame
         self._hold_frames = int(round(self.config.hold_s / params.fine_period_s))
         self._warmup = int(np.ceil(params.n_fft / params.fine_hop))  # frames until the window is full
+        self._levels = np.empty(max(8, int(round(self.config.window_s / params.fine_period_s))), dtype=np.float64)
+        self._every = 5  # re-estimate the floor every few frames (a percentile of a few hundred values)
         self.reset()
 
     def reset(self) -> None:
-        self.floor_db = np.inf
+        self.floor_db = self.config.absolute_floor_db
         self.level_db = -np.inf
         self.active = False
         self._held = 0
         self._frames = 0
+        self._count = 0
+
+    def _update_floor(self) -> None:
+        n = min(self._count, self._levels.size)
+        recent = self._levels[:n]
+        k = int(self.config.floor_percentile / 100.0 * (n - 1))
+        quiet = float(np.partition(recent, k)[k])
+        self.floor_db = min(quiet, float(recent.max()) - self.config.max_floor_below_peak_db)
 
     def update(self, mag: np.ndarray) -> bool:
         band = mag[self.params.obs_bins]
-        power = float(np.dot(band, band)) / self._ref
-        level = 10.0 * np.log10(power + 1e-20)
+        level = 10.0 * np.log10(float(np.dot(band, band)) / self._ref + 1e-20)
         self.level_db = level
         cfg = self.config
         self._frames += 1
         if self._frames <= self._warmup:  # a half-empty window reads too quiet: not the room
             return False
-        if level < cfg.absolute_floor_db:  # digital silence says nothing about the room's noise
-            pass
-        elif level < self.floor_db:
-            self.floor_db = level
-        else:
-            self.floor_db += self._rise
+        if level >= cfg.absolute_floor_db:  # digital silence says nothing about the room
+            self._levels[self._count % self._levels.size] = level
+            self._count += 1
+            if self._count % self._every == 1:
+                self._update_floor()
         margin = cfg.threshold_db - (cfg.hysteresis_db if self.active else 0.0)
         on = level > self.floor_db + margin and level > cfg.absolute_floor_db
         if on:

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from player.engine import EngineConfig
-from player.filemode import run_file
+from player.engine import Engine, EngineConfig
+from player.filemode import default_blocksize, run_file
 from shared.bundle import load_bundle
 from shared.cli_support import fail, make_app, one_line_errors
 
@@ -24,6 +24,9 @@ def run(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: write what the speakers would play."),
     alignment: Optional[Path] = typer.Option(None, "--alignment", "-a", help="With --input: write the path (u_time_s,x_time_s)."),
     start: float = typer.Option(0.0, "--start", help="Where in the recording you start (seconds)."),
+    input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone (name or index; see 'player devices')."),
+    output_device: Optional[str] = typer.Option(None, "--output-device", help="Speakers/headphones (name or index)."),
+    latency: str = typer.Option("low", "--latency", help="Device latency: 'low', 'high' or seconds."),
     no_search: bool = typer.Option(False, "--no-search", help="Do not look for you elsewhere in the piece."),
     blocksize: Optional[int] = typer.Option(None, "--blocksize", help="Samples per block (default: ~20 ms)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
@@ -37,12 +40,64 @@ def run(
             raise fail(f"--start {start:g} s is outside the recording (0..{b.duration_s:.1f} s)")
         config = EngineConfig(start_s=start, search=not no_search)
         if input is None:
-            raise fail("live audio is not available yet; use --input FILE")
+            if output is not None or alignment is not None:
+                raise fail("--output and --alignment need --input FILE (live audio goes to the speakers)")
+            _run_live(b, config, blocksize, input_device, output_device, latency, quiet)
+            return
         result = run_file(b, input, output_path=output, alignment_path=alignment, config=config,
                           blocksize=blocksize, force=force)
     if not quiet:
         print(f"followed {result.u_duration_s:.1f} s of input in {result.wall_s:.1f} s "
-              f"(real-time factor {result.rtf:.3f}, {result.counters['jumps']} relocations)", file=sys.stderr)
+              f"(real-time factor {result.rtf:.3f}, {result.counters['jumps']} relocations, "
+              f"{result.counters['nan_blocks']} NaN blocks)", file=sys.stderr)
+
+
+def _device(value: Optional[str]):
+    """A device given as an index stays an int; a name stays a string."""
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def _latency(value: str):
+    if value in ("low", "high"):
+        return value
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise fail("--latency must be 'low', 'high' or a number of seconds") from None
+    if not 0.0 < seconds <= 1.0:
+        raise fail("--latency must be within (0, 1] seconds")
+    return seconds
+
+
+def _run_live(bundle, config, blocksize, input_device, output_device, latency, quiet) -> None:
+    from player.live import run_live  # PortAudio is loaded only when live audio is asked for
+
+    engine = Engine(bundle, bundle.audio.sr, config)
+    block = blocksize or default_blocksize(bundle.audio.sr, bundle.params)
+
+    def tick(session, latency_s):
+        if quiet:
+            return
+        st, c = engine.state, session.counters
+        minutes, seconds = divmod(st.x_s, 60)
+        print(f"\r{int(minutes):02d}:{seconds:05.2f}  tempo {st.tempo:4.2f}x  confidence {st.confidence:4.2f}  "
+              f"detune {st.detune_cents:+5.1f} c  xruns {c.xruns}  late {c.late_blocks}  "
+              f"latency {1000 * latency_s:.0f} ms", end="", file=sys.stderr, flush=True)
+
+    counters = run_live(engine, blocksize=block, input_device=_device(input_device),
+                        output_device=_device(output_device), latency=_latency(latency), on_tick=tick)
+    if not quiet:
+        print(f"\nstopped: {counters.xruns} xruns, {counters.dropped_blocks} dropped and "
+              f"{counters.late_blocks} late blocks", file=sys.stderr)
+
+
+@app.command()
+@one_line_errors
+def devices() -> None:
+    """List the audio devices (needs PortAudio)."""
+    from player.live import list_devices
+
+    print(list_devices())
 
 
 @app.callback()

@@ -1,0 +1,80 @@
+"""Re-lock after jumps: splices of the corpus takes (backwards and forwards) and starts in
+the middle of the piece without --start. Reports the seconds of U, after the splice (or
+the start), until the causal position error is below 0.5 s and stays so for 1 s.
+
+    .venv/bin/python benchmarks/jump_eval.py CASES_DIR [--work /tmp/follow_eval]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.follow_eval import read_map  # noqa: E402
+from player.engine import Engine, EngineConfig  # noqa: E402
+from prep.pipeline import build_bundle  # noqa: E402
+from shared.bundle import load_bundle  # noqa: E402
+
+
+def run(bundle, u: np.ndarray, sr: int) -> np.ndarray:
+    rows = []
+    engine = Engine(bundle, sr, EngineConfig(), on_frame=lambda t, st: rows.append((t, st.x_s)))
+    block = int(round(bundle.params.fine_period_s * sr))
+    for i in range(0, len(u) - block + 1, block):
+        engine.process(u[i:i + block])
+    return np.array(rows)
+
+
+def relock_time(rows: np.ndarray, u_from: float, truth, u_end: float) -> float:
+    """Seconds after u_from until |error| < 0.5 s for 1 s (inf if never)."""
+    t = rows[:, 0]
+    sel = (t >= u_from) & (t <= u_end)
+    err = np.abs(rows[sel, 1] - truth(t[sel]))
+    ok = err < 0.5
+    need = int(round(1.0 / np.median(np.diff(t))))
+    for i in range(len(ok) - need):
+        if ok[i:i + need].all():
+            return float(t[sel][i] - u_from)
+    return float("inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cases", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
+    args = ap.parse_args()
+    results = []
+    for case in sorted(c for c in args.cases.iterdir() if (c / "gt_dense.csv").exists()):
+        wd = args.work / case.name
+        wd.mkdir(parents=True, exist_ok=True)
+        if not (wd / "X.h5").exists():
+            build_bundle(case / "X.flac", wd / "X.h5")
+        u, sr = sf.read(case / "U.flac", dtype="float32")
+        du, dx = read_map(case / "gt_dense.csv")
+        span = du[-1] - du[0]
+        a, b = du[0] + 0.30 * span, du[0] + 0.65 * span  # two passages 35% of the piece apart
+        with load_bundle(wd / "X.h5") as bundle:
+            for name, (cut, resume) in {"forward": (a, b), "backward": (b, a)}.items():
+                spliced = np.concatenate([u[: int(cut * sr)], u[int(resume * sr):]])
+                truth = lambda t, cut=cut, resume=resume: np.interp(np.where(t < cut, t, t - cut + resume), du, dx)  # noqa: E731
+                rows = run(bundle, spliced, sr)
+                end = cut + (du[-1] - resume)
+                results.append((case.name, name, relock_time(rows, cut, truth, end)))
+            start = a
+            rows = run(bundle, u[int(start * sr):], sr)
+            truth = lambda t, start=start: np.interp(t + start, du, dx)  # noqa: E731
+            results.append((case.name, "start_mid", relock_time(rows, 0.0, truth, du[-1] - start)))
+        for r in results[-3:]:
+            print(f"{r[0]:<26} {r[1]:<10} relock {r[2]:6.2f} s", flush=True)
+    for kind in ("forward", "backward", "start_mid"):
+        vals = [r[2] for r in results if r[1] == kind]
+        print(f"{kind:<10} max {max(vals):6.2f} s  mean {np.mean(vals):6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The player's command line: a file-driven run end to end, other input formats, and every
+bad input we can think of (one clear line on stderr, non-zero exit, no traceback, nothing
+left behind in the output folder)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from typer.testing import CliRunner
+
+from player.cli import app
+from prep.pipeline import BuildOptions, build_bundle
+from shared.bundle import load_bundle
+from shared.synth import make_case
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 12-note synthetic duet: X built into a bundle, the solo take U as a WAV file."""
+    folder = tmp_path_factory.mktemp("player_cli")
+    case = make_case(n_notes=12, seed=4)
+    x_wav = folder / "x.wav"
+    sf.write(x_wav, case.x, case.sr, subtype="PCM_16")
+    bundle = folder / "x.h5"
+    build_bundle(x_wav, bundle, BuildOptions(n_components=4, nmf_iter=5))
+    u_wav = folder / "u.wav"
+    sf.write(u_wav, case.u, case.sr, subtype="PCM_16")
+    with load_bundle(bundle) as b:
+        facts = SimpleNamespace(sr=b.audio.sr, channels=b.audio.channels, duration_s=b.duration_s,
+                                frames_per_s=b.params.sr / b.params.fine_hop,
+                                block=int(round(b.params.fine_period_s * b.audio.sr)))
+    return SimpleNamespace(folder=folder, case=case, bundle=bundle, u=u_wav, x=x_wav, **vars(facts))
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def outputs_in(folder):
+    """The run's outputs: out.wav, path.csv (+ timing) and any temporary .part file."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name in ("out.wav", "path.csv", "path.csv.timing.json") or ".part" in p.name)
+
+
+def assert_clean_failure(result, folder, match: str = ""):
+    assert result.exit_code != 0, result.output
+    assert result.exit_code != 3, f"an internal error instead of a clear message: {result.stderr}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and len(lines[0]) > len("error: "), lines[0]
+    assert match.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    assert outputs_in(folder) == [], outputs_in(folder)
+
+
+def read_path(path):
+    lines = path.read_text().splitlines()
+    rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:]]).reshape(-1, 2)
+    return lines[0], rows
+
+
+# ----------------------------------------------------------------------------- happy paths
+def test_happy_path(setup, tmp_path):
+    out, csv = tmp_path / "out.wav", tmp_path / "path.csv"
+    result = run("run", setup.bundle, "--input", setup.u, "--output", out, "--alignment", csv)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+
+    header, rows = read_path(csv)
+    assert header == "u_time_s,x_time_s"
+    u_info = sf.info(str(setup.u))
+    u_duration = u_info.frames / u_info.samplerate
+    assert abs(len(rows) - u_duration * setup.frames_per_s) <= 2, (len(rows), u_duration)
+    assert 45 * u_duration <= len(rows) <= 55 * u_duration
+    assert np.isfinite(rows).all()
+    assert (np.diff(rows[:, 0]) >= 0).all(), "u_time goes backwards"
+    assert rows[0, 0] > 0 and rows[-1, 0] <= u_duration + 1e-6
+    assert (rows[:, 1] >= 0).all() and (rows[:, 1] <= setup.duration_s + 1e-6).all()
+
+    info = sf.info(str(out))
+    assert info.samplerate == setup.sr and info.channels == setup.channels
+    assert abs(info.frames - u_duration * setup.sr) <= setup.block, (info.frames, u_duration * setup.sr)
+    assert np.abs(sf.read(str(out))[0]).max() > 0, "the output is silent"
+
+    timing = json.loads((tmp_path / "path.csv.timing.json").read_text())
+    assert {"rtf", "per_frame_ms", "frames"} <= set(timing), sorted(timing)
+    assert timing["frames"] == len(rows)
+    assert timing["rtf"] > 0 and isinstance(timing["per_frame_ms"], dict)
+    assert [p.name for p in tmp_path.iterdir() if ".part" in p.name] == []
+
+
+def test_input_at_48k_stereo_is_accepted(setup, tmp_path):
+    u48 = soxr.resample(setup.case.u, setup.case.sr, 48000)
+    src = tmp_path / "u48.wav"
+    sf.write(src, np.stack([u48, 0.5 * u48], axis=1), 48000, subtype="PCM_16")
+    out, csv = tmp_path / "out.wav", tmp_path / "path.csv"
+    result = run("run", setup.bundle, "--input", src, "--output", out, "--alignment", csv, "-q")
+    assert result.exit_code == 0, result.output
+    info = sf.info(str(out))
+    assert info.samplerate == setup.sr and info.channels == setup.channels
+    u_duration = len(u48) / 48000
+    assert abs(info.frames - u_duration * setup.sr) <= setup.block
+    header, rows = read_path(csv)
+    assert header == "u_time_s,x_time_s"
+    assert abs(len(rows) - u_duration * setup.frames_per_s) <= 2
+    assert (np.diff(rows[:, 0]) >= 0).all()
+
+
+def test_existing_output_needs_force(setup, tmp_path):
+    out, csv = tmp_path / "out.wav", tmp_path / "path.csv"
+    out.write_bytes(b"keep me")
+    result = run("run", setup.bundle, "--input", setup.u, "--output", out, "--alignment", csv)
+    assert result.exit_code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--force" in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert out.read_bytes() == b"keep me"
+    assert outputs_in(tmp_path) == ["out.wav"]  # no path.csv, no timing, no .part
+
+    result = run("run", setup.bundle, "--input", setup.u, "--output", out, "--alignment", csv, "--force")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() != b"keep me"
+    assert sf.info(str(out)).samplerate == setup.sr
+    assert outputs_in(tmp_path) == ["out.wav", "path.csv", "path.csv.timing.json"]
+
+
+# ----------------------------------------------------------------------------- bad inputs
+BAD_CASES = ("missing bundle", "text bundle", "truncated bundle", "missing input", "silent input",
+             "input shorter than a block", "input not audio", "start beyond the end", "negative start",
+             "blocksize 3")
+
+
+@pytest.fixture(scope="module")
+def bad_cases(setup, tmp_path_factory):
+    """name -> (bundle, input, extra options, text the error line must contain)."""
+    src = tmp_path_factory.mktemp("bad_inputs")
+    good_bytes = setup.bundle.read_bytes()
+    text_bundle = src / "text.h5"
+    text_bundle.write_text("this is not a bundle\n" * 40)
+    truncated = src / "truncated.h5"
+    truncated.write_bytes(good_bytes[: len(good_bytes) // 2])
+    silent = src / "silent.wav"
+    sf.write(silent, np.zeros(2 * setup.sr, np.float32), setup.sr, subtype="PCM_16")
+    short = src / "short.wav"
+    sf.write(short, setup.case.u[:100], setup.case.sr, subtype="PCM_16")
+    not_audio = src / "notes.wav"
+    not_audio.write_text("this is not audio\n" * 50)
+    b, u = setup.bundle, setup.u
+    cases = {
+        "missing bundle": (src / "missing.h5", u, [], "not found"),
+        "text bundle": (text_bundle, u, [], "not an HDF5 bundle"),
+        "truncated bundle": (truncated, u, [], "truncated.h5"),
+        "missing input": (b, src / "missing.wav", [], "not found"),
+        "silent input": (b, silent, [], "silent"),
+        "input shorter than a block": (b, short, [], "shorter than one block"),
+        "input not audio": (b, not_audio, [], "cannot decode"),
+        "start beyond the end": (b, u, ["--start", "1000"], "--start"),
+        "negative start": (b, u, ["--start", "-1"], "--start"),
+        "blocksize 3": (b, u, ["--blocksize", "3"], "--blocksize"),
+    }
+    assert set(cases) == set(BAD_CASES)
+    return cases
+
+
+@pytest.mark.parametrize("name", BAD_CASES)
+def test_bad_input(bad_cases, tmp_path, name):
+    bundle, u, extra, match = bad_cases[name]
+    result = run("run", bundle, "--input", u, "--output", tmp_path / "out.wav",
+                 "--alignment", tmp_path / "path.csv", *extra)
+    assert_clean_failure(result, tmp_path, match)
+
+
+def test_output_in_missing_folder(setup, tmp_path):
+    result = run("run", setup.bundle, "--input", setup.u, "--output", tmp_path / "no" / "such" / "out.wav",
+                 "--alignment", tmp_path / "path.csv")
+    assert_clean_failure(result, tmp_path, "does not exist")
+    assert not (tmp_path / "no").exists()
+    result = run("run", setup.bundle, "--input", setup.u, "--output", tmp_path / "out.wav",
+                 "--alignment", tmp_path / "no" / "path.csv")
+    assert_clean_failure(result, tmp_path, "does not exist")
+
+
+# ----------------------------------------------------------------------------- live audio
+def _skip_if_portaudio_present():
+    proc = subprocess.run([sys.executable, "-c", "import sounddevice"], capture_output=True, text=True, timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("PortAudio is installed here: live audio would really start")
+
+
+def _assert_portaudio_hint(result):
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error:") and "PortAudio" in line, line
+    assert "install" in line and ("apt-get install" in line or "brew install" in line), line
+    assert "Traceback" not in result.output
+
+
+def test_live_without_portaudio(setup):
+    _skip_if_portaudio_present()
+    _assert_portaudio_hint(run("run", setup.bundle))
+
+
+def test_devices_without_portaudio():
+    _skip_if_portaudio_present()
+    _assert_portaudio_hint(run("devices"))
+
+
+# ----------------------------------------------------------------------------- console script
+def test_console_script_missing_bundle(setup, tmp_path):
+    """The installed entry point itself (not just the in-process runner) fails cleanly."""
+    exe = shutil.which("player", path=os.path.dirname(sys.executable))
+    assert exe, "the player console script is not installed next to the interpreter"
+    missing = tmp_path / "missing.h5"
+    proc = subprocess.run([exe, "run", str(missing), "--input", str(setup.u), "--output", str(tmp_path / "out.wav")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.strip() == f"error: bundle not found: {missing}"
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert outputs_in(tmp_path) == []
