@@ -85,6 +85,7 @@ class LiveCounters:
     xruns: int = 0  # PortAudio reported an input overflow or output underflow
     dropped_blocks: int = 0  # input blocks lost because the engine fell behind
     late_blocks: int = 0  # output blocks played as silence because the engine was late
+    skipped_blocks: int = 0  # output blocks dropped to bring the latency back after a stall
 
 
 class LiveSession:
@@ -109,6 +110,8 @@ class LiveSession:
         self.headroom_blocks = headroom_blocks
         self.out_ring.write(np.zeros((blocksize * headroom_blocks, self.out_channels), np.float32))
         self._in_block = np.zeros((blocksize, in_channels), dtype=np.float32)
+        self._scratch = np.zeros((blocksize, self.out_channels), dtype=np.float32)
+        self._busy = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -136,10 +139,17 @@ class LiveSession:
                     self._wake.wait(0.1)
                     self._wake.clear()
                     continue
+                self._busy = True
                 self.in_ring.read_into(self._in_block)
                 out = self.engine.process(self._in_block)
                 if not self.out_ring.write(out):
                     self.counters.late_blocks += 1
+                # after a stall the queue holds more than the headroom: drop the oldest output so
+                # the latency returns to what it was instead of staying long for the whole session
+                while self.out_ring.available > (self.headroom_blocks + 1) * self.blocksize:
+                    self.out_ring.read_into(self._scratch)
+                    self.counters.skipped_blocks += 1
+                self._busy = False
         except BaseException as exc:  # noqa: BLE001 - reported by the caller, not lost in a thread
             self.error = exc
 
@@ -149,12 +159,12 @@ class LiveSession:
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until the worker has processed every queued input block (tests, file feeds)."""
-        deadline = threading.Event()
+        pause = threading.Event()
         waited = 0.0
-        while self.in_ring.available >= self.blocksize and waited < timeout and self.error is None:
-            deadline.wait(0.001)
-            waited += 0.001
         self._wake.set()
+        while (self.in_ring.available >= self.blocksize or self._busy) and waited < timeout and self.error is None:
+            pause.wait(0.001)
+            waited += 0.001
 
     def stop(self) -> None:
         self._stop.set()

@@ -250,7 +250,6 @@ def test_engine_falling_behind(live_case):
     assert session.error is None, repr(session.error)
     assert engine.stats.blocks == ring_blocks
     assert session.in_ring.available == 0
-    assert session.out_ring.available == ring_blocks * block  # the kept blocks are now queued to play
     assert (c.dropped_blocks, c.late_blocks) == (calls - ring_blocks, calls - headroom)  # nothing new
 
 
@@ -297,8 +296,6 @@ def test_worker_error_is_kept_and_callback_goes_on():
     np.testing.assert_array_equal(np.stack(stream.played), 0.0)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: LiveSession.drain() returns once the worker has *taken* "
-                                       "the queued blocks, before engine.process has finished them")
 def test_drain_waits_until_blocks_are_processed():
     class SlowEngine:
         output_channels = 1
