@@ -8,6 +8,7 @@ the start), until the causal position error is below 0.5 s and stays so for 1 s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -15,15 +16,17 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import read_map  # noqa: E402
+from benchmarks.follow_eval import parse_overrides, read_map  # noqa: E402
+from player.follower import FollowerConfig  # noqa: E402
+from player.search import SearchConfig  # noqa: E402
 from player.engine import Engine, EngineConfig  # noqa: E402
 from prep.pipeline import build_bundle  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402
 
 
-def run(bundle, u: np.ndarray, sr: int) -> np.ndarray:
+def run(bundle, u: np.ndarray, sr: int, config: EngineConfig) -> np.ndarray:
     rows = []
-    engine = Engine(bundle, sr, EngineConfig(), on_frame=lambda t, st: rows.append((t, st.x_s)))
+    engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
     block = int(round(bundle.params.fine_period_s * sr))
     for i in range(0, len(u) - block + 1, block):
         engine.process(u[i:i + block])
@@ -47,7 +50,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cases", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
+    fo, so, _ = parse_overrides(args.overrides)
+    config = EngineConfig(follower=dataclasses.replace(FollowerConfig(), **fo),
+                          search_config=dataclasses.replace(SearchConfig(), **so))
     results = []
     for case in sorted(c for c in args.cases.iterdir() if (c / "gt_dense.csv").exists()):
         wd = args.work / case.name
@@ -62,11 +69,11 @@ def main() -> None:
             for name, (cut, resume) in {"forward": (a, b), "backward": (b, a)}.items():
                 spliced = np.concatenate([u[: int(cut * sr)], u[int(resume * sr):]])
                 truth = lambda t, cut=cut, resume=resume: np.interp(np.where(t < cut, t, t - cut + resume), du, dx)  # noqa: E731
-                rows = run(bundle, spliced, sr)
+                rows = run(bundle, spliced, sr, config)
                 end = cut + (du[-1] - resume)
                 results.append((case.name, name, relock_time(rows, cut, truth, end)))
             start = a
-            rows = run(bundle, u[int(start * sr):], sr)
+            rows = run(bundle, u[int(start * sr):], sr, config)
             truth = lambda t, start=start: np.interp(t + start, du, dx)  # noqa: E731
             results.append((case.name, "start_mid", relock_time(rows, 0.0, truth, du[-1] - start)))
         for r in results[-3:]:

@@ -39,12 +39,12 @@ class SearchConfig:
         min_active: fraction of the context in which the soloist must be playing.
     """
 
-    context_s: float = 3.0
+    context_s: float = 2.0
     slice_states: int = 400
     tempos: tuple[float, ...] = (0.8, 0.9, 1.0, 1.12, 1.25)
     margin: float = 0.03
     min_jump_s: float = 3.0
-    confirm_s: float = 1.0
+    confirm_s: float = 0.6
     margin_nats: float = 8.0
     confirmations: int = 2
     min_active: float = 0.6
