@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +85,19 @@ def main() -> None:
         if not bundle.exists():
             build_bundle(case / "X.flac", bundle, BuildOptions(params=AnalysisParams(**po)))
         with load_bundle(bundle) as b:
-            t0 = time.perf_counter()
             res = run_file(b, case / "U.flac", alignment_path=wd / "path.csv", config=config, force=True,
                            output_path=(wd / "out.wav") if args.output else None)
-        row = {"case": case.name, **score(wd / "path.csv", case / "gt.csv"), "rtf": res.rtf, "jumps": res.counters["jumps"]}
-        rows.append(row)
-        print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        rows.append({"case": case.name, **score(wd / "path.csv", case / "gt.csv"), "rtf": res.rtf,
+                     "jumps": res.counters["jumps"]})
+        print_row(rows[-1])
+    print_mean(rows)
+
+
+def print_row(row: dict) -> None:
+    print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def print_mean(rows: list[dict]) -> None:
     keys = [k for k in rows[0] if k != "case"]
     print("MEAN " + " ".join(f"{k}={np.mean([r[k] for r in rows]):.2f}" for k in keys))
 

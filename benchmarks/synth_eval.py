@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import parse_overrides  # noqa: E402
+from benchmarks.follow_eval import parse_overrides, print_mean, print_row  # noqa: E402
 from player.engine import EngineConfig  # noqa: E402
 from player.follower import FollowerConfig  # noqa: E402
 from player.search import SearchConfig  # noqa: E402
@@ -60,9 +60,8 @@ def main() -> None:
             row = {"case": name, "<=50": pct_within(err, 0.05), "<=100": pct_within(err, 0.1),
                    "<=250": pct_within(err, 0.25), "<=1000": pct_within(err, 1.0), "median_ms": 1000 * float(np.median(err))}
             rows.append(row)
-            print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    keys = [k for k in rows[0] if k != "case"]
-    print("MEAN " + " ".join(f"{k}={np.mean([r[k] for r in rows]):.2f}" for k in keys))
+            print_row(row)
+    print_mean(rows)
 
 
 if __name__ == "__main__":
