@@ -140,14 +140,9 @@ def recording_engine(bundle, sr):
     return engine, rows, produced
 
 
-@pytest.mark.parametrize("headroom", [2, 3])
-def test_fake_stream_matches_file_mode(live_case, headroom):
-    case, bundle = live_case
-    block = blocksize_of(bundle)
-    u = case.u[: 8 * case.sr]
-    reference = follow(bundle, u, case.sr, blocksize=block)  # also warms up the kernels
-
-    engine, rows, produced = recording_engine(bundle, case.sr)
+def play_through_session(bundle, sr, u, block, headroom):
+    """Feed ``u`` through a LiveSession from a fake device; the session has stopped cleanly."""
+    engine, rows, produced = recording_engine(bundle, sr)
     session = LiveSession(engine, block, in_channels=1, headroom_blocks=headroom, ring_blocks=8)
     stream = FakeDuplexStream(session)
     session.start()
@@ -156,6 +151,17 @@ def test_fake_stream_matches_file_mode(live_case, headroom):
     finally:
         session.stop()
     assert session.error is None, repr(session.error)
+    return engine, rows, produced, session, stream
+
+
+@pytest.mark.parametrize("headroom", [2, 3])
+def test_fake_stream_matches_file_mode(live_case, headroom):
+    case, bundle = live_case
+    block = blocksize_of(bundle)
+    u = case.u[: 8 * case.sr]
+    reference = follow(bundle, u, case.sr, blocksize=block)  # also warms up the kernels
+
+    engine, rows, produced, session, stream = play_through_session(bundle, case.sr, u, block, headroom)
 
     n_blocks = len(u) // block
     c = session.counters
@@ -207,15 +213,7 @@ def test_nan_block_from_the_device(live_case):
     u[bad:bad + block] = np.nan
     reference = follow(bundle, u, case.sr, blocksize=block)
 
-    engine, rows, produced = recording_engine(bundle, case.sr)
-    session = LiveSession(engine, block, headroom_blocks=2, ring_blocks=8)
-    stream = FakeDuplexStream(session)
-    session.start()
-    try:
-        stream.feed(u)
-    finally:
-        session.stop()
-    assert session.error is None, repr(session.error)
+    engine, rows, produced, session, stream = play_through_session(bundle, case.sr, u, block, 2)
     assert engine.stats.nan_blocks == 1
     assert engine.stats.blocks == len(u) // block  # the session went on after the bad block
     assert np.isfinite(np.stack(stream.played)).all()
