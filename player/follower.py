@@ -213,9 +213,13 @@ class Follower:
         self.tempo.reset(other.tempo.tempo)
         self.started = True
 
+    def _band_start(self, mode: int) -> int:
+        """First sub-state of the band that keeps ``mode`` inside it, most of the band ahead."""
+        behind = self.band - int(self.band * self.config.band_lead)
+        return int(np.clip(mode - behind, 0, max(0, self.n_sub - self.band)))
+
     def _centre_on(self, j0: int, spread: float) -> None:
-        lead = int(self.band * self.config.band_lead)
-        self.lo = int(np.clip(j0 - (self.band - lead), 0, max(0, self.n_sub - self.band)))
+        self.lo = self._band_start(j0)
         idx = np.arange(self.lo, self.lo + self.band)
         alpha = np.exp(-0.5 * ((idx - j0) / max(spread, 1e-3)) ** 2) + self.config.floor
         self.alpha = alpha / alpha.sum()
@@ -299,9 +303,7 @@ class Follower:
         a = self.alpha + cfg.floor
         a /= a.sum()
         mode = int(np.argmax(a))
-        # keep the mode inside the band, with most of the band ahead of it
-        lead = int(self.band * cfg.band_lead)
-        new_lo = int(np.clip(self.lo + mode - (self.band - lead), 0, max(0, self.n_sub - self.band)))
+        new_lo = self._band_start(self.lo + mode)
         if new_lo != self.lo:
             shift = new_lo - self.lo
             moved = np.full(self.band, cfg.floor)

@@ -15,6 +15,7 @@ relocates the filter. Repeated passages score alike, so they never win by the ma
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,7 +105,6 @@ class GlobalSearch:
         self._acc = np.zeros(self.fb.shape[0], dtype=np.float64)
         self._acc_n = 0
         self._acc_active = 0
-        self._sub = 0
         self._cursor = 0
         self._best = (-np.inf, 0, 0)  # (score, end state, frame it was scored at)
         self._frame = 0
@@ -184,7 +184,8 @@ class Relocator:
         self._wins = 0
         self._active = 0
         self._main0 = self._shadow0 = 0.0
-        self.history: list[tuple[float, float, float, float]] = []  # (U s, main, candidate, gain)
+        # the last verifications, for diagnostics: (U s, main state, candidate state, gain in nats)
+        self.history: deque[tuple[float, float, float, float]] = deque(maxlen=64)
 
     @property
     def verifying(self) -> bool:
