@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from player.engine import EngineConfig  # noqa: E402
+from player.playback import PlaybackConfig  # noqa: E402
+from player.separation import SeparationConfig  # noqa: E402
 from player.filemode import run_file  # noqa: E402
 from player.follower import FollowerConfig  # noqa: E402
 from player.search import SearchConfig  # noqa: E402
@@ -52,16 +54,31 @@ def score(path_csv: Path, gt_csv: Path) -> dict:
     return out
 
 
-def parse_overrides(items: list[str]) -> tuple[dict, dict, dict]:
-    """``key=value`` items: follower fields, ``search.field`` and ``params.field`` (analysis)."""
-    follower, search, params = {}, {}, {}
+PREFIXES = ("search", "params", "sep", "play")
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``key=value`` items: follower fields, or ``search.``, ``params.`` (analysis),
+    ``sep.`` (separation) and ``play.`` (playback controller) fields. Returns
+    ``{"follower": {...}, "search": {...}, ...}``."""
+    out: dict[str, dict] = {name: {} for name in ("follower", *PREFIXES)}
     for item in items:
         key, value = item.split("=", 1)
-        target = search if key.startswith("search.") else params if key.startswith("params.") else follower
-        key = key.removeprefix("search.").removeprefix("params.")
+        group, _, field = key.rpartition(".")
+        if group and group not in PREFIXES:
+            raise SystemExit(f"unknown override group {group!r} (one of {PREFIXES})")
         value = json.loads(value)
-        target[key] = tuple(value) if isinstance(value, list) else value
-    return follower, search, params
+        out[group or "follower"][field] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def engine_config(over: dict[str, dict], search: bool = True) -> EngineConfig:
+    """The engine's configuration with the overrides of :func:`parse_overrides` applied."""
+    return EngineConfig(follower=dataclasses.replace(FollowerConfig(), **over["follower"]),
+                        search_config=dataclasses.replace(SearchConfig(), **over["search"]),
+                        separation=dataclasses.replace(SeparationConfig(), **over["sep"]),
+                        playback=dataclasses.replace(PlaybackConfig(), **over["play"]),
+                        search=search)
 
 
 def main() -> None:
@@ -72,10 +89,9 @@ def main() -> None:
     ap.add_argument("--no-search", action="store_true")
     ap.add_argument("--output", action="store_true", help="also render out.wav")
     args = ap.parse_args()
-    fo, so, po = parse_overrides(args.overrides)
-    config = EngineConfig(follower=dataclasses.replace(FollowerConfig(), **fo),
-                          search_config=dataclasses.replace(SearchConfig(), **so),
-                          search=not args.no_search)
+    over = parse_overrides(args.overrides)
+    po = over["params"]
+    config = engine_config(over, search=not args.no_search)
     rows = []
     for case in sorted(c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()) if (c / "gt.csv").exists()):
         tag = "_".join(f"{k}{v}" for k, v in sorted(po.items()))

@@ -8,7 +8,6 @@ the start), until the causal position error is below 0.5 s and stays so for 1 s.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,9 +15,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import parse_overrides, read_map  # noqa: E402
-from player.follower import FollowerConfig  # noqa: E402
-from player.search import SearchConfig  # noqa: E402
+from benchmarks.follow_eval import engine_config, parse_overrides, read_map  # noqa: E402
 from player.engine import Engine, EngineConfig  # noqa: E402
 from prep.pipeline import build_bundle  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402
@@ -52,9 +49,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
-    fo, so, _ = parse_overrides(args.overrides)
-    config = EngineConfig(follower=dataclasses.replace(FollowerConfig(), **fo),
-                          search_config=dataclasses.replace(SearchConfig(), **so))
+    config = engine_config(parse_overrides(args.overrides))
     results = []
     for case in sorted(c for c in args.cases.iterdir() if (c / "gt_dense.csv").exists()):
         wd = args.work / case.name

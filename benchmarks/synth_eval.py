@@ -8,7 +8,6 @@ other timbre, noise, rests).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -16,10 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import parse_overrides, print_mean, print_row  # noqa: E402
-from player.engine import EngineConfig  # noqa: E402
-from player.follower import FollowerConfig  # noqa: E402
-from player.search import SearchConfig  # noqa: E402
+from benchmarks.follow_eval import engine_config, parse_overrides, print_mean, print_row  # noqa: E402
 from shared.spectral import AnalysisParams  # noqa: E402
 from shared.synth import FLUTE, OBOE, PIANO, VIOLIN, make_case  # noqa: E402
 from tests.follow_helpers import bundle_for, causal_errors, follow, pct_within  # noqa: E402
@@ -43,9 +39,9 @@ def main() -> None:
     ap.add_argument("--no-search", action="store_true")
     ap.add_argument("--cases", nargs="*")
     args = ap.parse_args()
-    fo, so, po = parse_overrides(args.overrides)
-    config = EngineConfig(follower=dataclasses.replace(FollowerConfig(), **fo),
-                          search_config=dataclasses.replace(SearchConfig(), **so), search=not args.no_search)
+    over = parse_overrides(args.overrides)
+    po = over["params"]
+    config = engine_config(over, search=not args.no_search)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kwargs in CASES.items():

@@ -10,7 +10,10 @@ import typer
 
 from player.engine import Engine, EngineConfig
 from player.filemode import default_blocksize, run_file
-from shared.bundle import load_bundle
+from player.separation import SeparationConfig
+from player.report import read_truth, write_report
+from shared.bundle import check_output_path, load_bundle
+from shared.plotting import check_plot_path, require_matplotlib
 from shared.cli_support import fail, make_app, one_line_errors
 
 app = make_app("Play a prepared recording along with you, following your tempo, solo removed.")
@@ -24,32 +27,52 @@ def run(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: write what the speakers would play."),
     alignment: Optional[Path] = typer.Option(None, "--alignment", "-a", help="With --input: write the path (u_time_s,x_time_s)."),
     start: float = typer.Option(0.0, "--start", help="Where in the recording you start (seconds)."),
+    alpha: float = typer.Option(2.0, "--alpha", help="Solo removal strength, 0 (none: play the recording as is) to 2."),
     input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone (name or index; see 'player devices')."),
     output_device: Optional[str] = typer.Option(None, "--output-device", help="Speakers/headphones (name or index)."),
     latency: str = typer.Option("low", "--latency", help="Device latency: 'low', 'high' or seconds."),
     no_search: bool = typer.Option(False, "--no-search", help="Do not look for you elsewhere in the piece."),
     blocksize: Optional[int] = typer.Option(None, "--blocksize", help="Samples per block (default: ~20 ms)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="With --input: draw the run into this PNG."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="With --report: the true path (u_time_s,x_time_s CSV)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No summary."),
 ) -> None:
     """Follow the soloist and play the recording along."""
     if blocksize is not None and not 16 <= blocksize <= 1 << 16:
         raise fail("--blocksize must be within 16..65536 samples")
+    if not 0.0 <= alpha <= 2.0:  # also rejects NaN
+        raise fail(f"--alpha must be within [0, 2], got {alpha:g}")
     with load_bundle(bundle) as b:
         if not 0.0 <= start < b.duration_s:
             raise fail(f"--start {start:g} s is outside the recording (0..{b.duration_s:.1f} s)")
-        config = EngineConfig(start_s=start, search=not no_search)
+        config = EngineConfig(start_s=start, search=not no_search, separation=SeparationConfig(alpha=alpha))
         if input is None:
-            if output is not None or alignment is not None:
-                raise fail("--output and --alignment need --input FILE (live audio goes to the speakers)")
+            if output is not None or alignment is not None or report is not None:
+                raise fail("--output, --alignment and --report need --input FILE (live audio goes to the speakers)")
             _run_live(b, config, blocksize, input_device, output_device, latency, quiet)
             return
+        truth_path = _check_report_options(report, truth, force)
         result = run_file(b, input, output_path=output, alignment_path=alignment, config=config,
-                          blocksize=blocksize, force=force)
+                          blocksize=blocksize, force=force, record=report is not None)
+        if report is not None:
+            write_report(result.trace, report, truth=truth_path, title=f"{input.name} on {bundle.name}", force=force)
     if not quiet:
         print(f"followed {result.u_duration_s:.1f} s of input in {result.wall_s:.1f} s "
               f"(real-time factor {result.rtf:.3f}, {result.counters['jumps']} relocations, "
               f"{result.counters['nan_blocks']} NaN blocks)", file=sys.stderr)
+
+
+def _check_report_options(report: Optional[Path], truth: Optional[Path], force: bool):
+    """Validate --report/--truth before the run (not after minutes of work); the truth array."""
+    if report is None:
+        if truth is not None:
+            raise fail("--truth goes with --report")
+        return None
+    require_matplotlib()
+    check_plot_path(report, "--report")
+    check_output_path(report, force)
+    return read_truth(truth) if truth is not None else None
 
 
 def _device(value: Optional[str]):
@@ -89,6 +112,23 @@ def _run_live(bundle, config, blocksize, input_device, output_device, latency, q
     if not quiet:
         print(f"\nstopped: {counters.xruns} xruns, {counters.dropped_blocks} dropped and "
               f"{counters.late_blocks} late blocks", file=sys.stderr)
+
+
+@app.command()
+@one_line_errors
+def demo(
+    folder: Path = typer.Argument(Path("karaoke-demo"), help="Folder to write the demo into."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier demo in that folder."),
+) -> None:
+    """Run the whole chain on a synthesised example (no audio hardware needed)."""
+    from player.demo import run_demo  # builds a bundle: needs the prep side of the package
+
+    require_matplotlib()
+    result = run_demo(folder, force=force, say=lambda msg: print(f"demo: {msg}", file=sys.stderr))
+    print(f"demo: {result.pct_within_100ms:.0f}% of the take's notes followed within 100 ms "
+          f"(median error {result.median_error_ms:.0f} ms), real-time factor {result.rtf:.2f}", file=sys.stderr)
+    print(f"demo written to {result.folder.resolve()}: out.wav (what the speakers would play), "
+          f"path.csv, report.png, X.h5")
 
 
 @app.command()

@@ -3,8 +3,14 @@
 Each call to :meth:`Engine.process` takes one block of U (any rate, any channels) and
 returns the block to play (X's rate and channels). Inside: NaN guard -> mono -> streaming
 resampler to the analysis rate -> one analysis frame per fine hop (spectrum, activity,
-follower, global search) -> playback. Nothing here touches files or devices, so the file
-runner and the live audio thread drive exactly the same code.
+follower, global search) -> once per block: playback rate (controller), solo-removal gain
+(2-row PG-NMF) and the phase vocoder's output. Nothing here touches files or devices, so the
+file runner and the live audio thread drive exactly the same code.
+
+Latency: the block returned is heard ``output_latency_s`` after the end of the input block
+it answers (0 in file mode, where the runner writes it one block later; the device and
+queue latency in live mode). The vocoder reads X ahead by that much, so the only
+algorithmic delay is the one block of buffering.
 
 Timing: every analysis frame is reported through ``on_frame(u_time_s, state)`` where
 ``u_time_s`` is the time of U consumed so far when the belief became available (the end of
@@ -22,8 +28,10 @@ import soxr
 
 from player.activity import ActivityConfig, ActivityDetector
 from player.follower import Follower, FollowerConfig, FollowerState
-from player.playback import PathPlayback
+from player.playback import PlaybackConfig, PlaybackController
 from player.search import GlobalSearch, Relocator, SearchConfig
+from player.separation import PositionSpectrum, SeparationConfig, SoloRemover, gain_on_bins
+from player.vocoder import StreamingVocoder
 from shared.bundle import Bundle
 from shared.spectral import OnlineSpectrum, observation_features
 
@@ -37,13 +45,18 @@ class EngineConfig:
     Attributes:
         start_s: where in X the player starts (seconds); the search still finds them elsewhere.
         search: enable the global search (re-lock after jumps, start anywhere).
+        output_latency_s: seconds from the end of an input block until the first sample of
+            the block returned for it is heard (device and queue latency; 0 for files).
     """
 
     follower: FollowerConfig = field(default_factory=FollowerConfig)
     activity: ActivityConfig = field(default_factory=ActivityConfig)
     search_config: SearchConfig = field(default_factory=SearchConfig)
+    separation: SeparationConfig = field(default_factory=SeparationConfig)
+    playback: PlaybackConfig = field(default_factory=PlaybackConfig)
     start_s: float = 0.0
     search: bool = True
+    output_latency_s: float = 0.0
 
 
 @dataclass
@@ -54,7 +67,8 @@ class EngineStats:
     frames: int = 0
     nan_blocks: int = 0
     jumps: int = 0
-    seconds: dict = field(default_factory=lambda: {"analysis": 0.0, "follower": 0.0, "search": 0.0, "playback": 0.0})
+    seconds: dict = field(default_factory=lambda: {"analysis": 0.0, "follower": 0.0, "search": 0.0,
+                                                           "separation": 0.0, "vocoder": 0.0})
 
 
 class Engine:
@@ -88,7 +102,16 @@ class Engine:
             self.relocator = Relocator(GlobalSearch(bundle.templates, p, self.config.search_config),
                                        Follower(bundle.templates, p, self.config.follower),
                                        self.config.search_config, p.fine_period_s)
-        self.playback = PathPlayback(bundle.audio)
+        self.controller = PlaybackController(self.config.playback)
+        self.vocoder = StreamingVocoder(bundle.audio)
+        self.remover = SoloRemover(bundle.nmf, p, self.config.separation)
+        self.x_spectrum = PositionSpectrum(bundle.audio, p)
+        self._gain = np.ones(self.vocoder.n_bins)
+        self._vocoder_freqs = np.arange(self.vocoder.n_bins) * self.vocoder.bin_hz
+        self._u_mag = np.zeros(p.n_fft // 2 + 1, dtype=np.float32)
+        self._playing = False
+        self._last_active_s = -np.inf  # U time (s) the soloist was last heard
+        self.output_latency_s = float(self.config.output_latency_s)
         self.stats = EngineStats()
         self._in_samples = 0
         self._analysis_samples = 0
@@ -97,7 +120,6 @@ class Engine:
         if not 0.0 <= start < bundle.duration_s:
             raise ValueError(f"start {start:.2f} s is outside the recording (0..{bundle.duration_s:.2f} s)")
         self.follower.reset(start)
-        self.playback.seek(start)
 
     @property
     def state(self) -> FollowerState:
@@ -134,12 +156,36 @@ class Engine:
         for k in range(n_frames):
             self._frame(self._fifo[k * hop:(k + 1) * hop], u_time)
         self._fifo = self._fifo[n_frames * hop:].copy()
-        t2 = time.perf_counter()
         n_out = int(round(self._in_samples * self.output_sr / self.input_sr)) - self._out_samples
         self._out_samples += n_out
+        return self._render(n_out)
+
+    def _render(self, n_out: int) -> np.ndarray:
+        """The next ``n_out`` output samples: X at the controller's rate, solo removed."""
+        if not self.follower.started:  # nothing to follow yet: wait for the player
+            return np.zeros((n_out, self.output_channels), dtype=np.float32)
+        stats = self.stats
+        t0 = time.perf_counter()
         st = self.follower.state
-        out = self.playback.render(n_out, st.x_s, st.tempo, playing=self.follower.started)
-        stats.seconds["playback"] += time.perf_counter() - t2
+        target = st.x_s + st.tempo * self.output_latency_s
+        if not self._playing:
+            self.vocoder.seek(target)
+            self._playing = True
+        rate, jump_to = self.controller.step(self.vocoder.position_s, target, st.tempo, n_out / self.output_sr)
+        if jump_to is not None:
+            self.vocoder.seek(jump_to)
+            self.remover.reset()
+        gain = None
+        sep = self.remover.config
+        if sep.alpha > 0.0:
+            heard_recently = self.u_time_s - self._last_active_s <= sep.hold_s
+            x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if heard_recently else None
+            g = self.remover.update(x_mag, self._u_mag, st.detune_cents)
+            gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
+        t1 = time.perf_counter()
+        out = self.vocoder.render(n_out, rate, gain)
+        stats.seconds["separation"] += t1 - t0
+        stats.seconds["vocoder"] += time.perf_counter() - t1
         return out
 
     def _frame(self, hop_samples: np.ndarray, u_time: float) -> None:
@@ -148,10 +194,13 @@ class Engine:
         self._analysis_samples += hop_samples.shape[0]
         frame_end = self._analysis_samples / self.params.sr
         mag = self.spectrum.push(hop_samples)
+        self._u_mag = mag
         active = self.activity.update(mag)
         u = observation_features(mag, self.params)
         t1 = time.perf_counter()
         state = self.follower.process(u, active, frame_end, now_s=u_time)
+        if active:
+            self._last_active_s = u_time
         t2 = time.perf_counter()
         if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower):
             stats.jumps += 1

@@ -29,7 +29,7 @@ class RunResult:
         u_duration_s: length of U (seconds).
         cpu_s: process CPU seconds spent in the run loop.
         frames: analysis frames processed.
-        stage_s: per-stage seconds (analysis, follower, search, playback, io).
+        stage_s: per-stage seconds (analysis, follower, search, separation, vocoder, io).
         counters: blocks, NaN blocks, jumps.
     """
 
@@ -39,6 +39,7 @@ class RunResult:
     frames: int
     stage_s: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
+    trace: RunTrace | None = None
 
     @property
     def rtf(self) -> float:
@@ -56,6 +57,51 @@ class RunResult:
             "stage_s": {k: round(v, 4) for k, v in self.stage_s.items()},
             **self.counters,
         }
+
+
+#: Edges (Hz) of the bands the report's mask picture averages the gain over.
+MASK_BAND_EDGES_HZ = np.geomspace(60.0, 8000.0, 49)
+
+
+@dataclass
+class RunTrace:
+    """What a run did over time, for reports (recorded only when asked for).
+
+    Attributes:
+        frames: ``(n_frames, 6)`` rows of u_time_s, x_s, tempo, confidence, detune_cents, active.
+        block_u_s: ``(n_blocks,)`` U time (s) at the end of each block.
+        mask: ``(n_blocks, n_bands)`` float16 mean gain in each band of ``MASK_BAND_EDGES_HZ``.
+    """
+
+    frames: np.ndarray
+    block_u_s: np.ndarray
+    mask: np.ndarray
+
+
+class _TraceRecorder:
+    def __init__(self) -> None:
+        self.frames: list[tuple] = []
+        self.blocks: list[float] = []
+        self.masks: list[np.ndarray] = []
+        self._bands = None
+
+    def frame(self, u_time: float, st) -> None:
+        self.frames.append((u_time, st.x_s, st.tempo, st.confidence, st.detune_cents, float(st.active)))
+
+    def block(self, engine: Engine) -> None:
+        remover = engine.remover
+        if self._bands is None:
+            self._bands = np.digitize(remover.freqs_hz, MASK_BAND_EDGES_HZ) - 1
+            self._valid = (self._bands >= 0) & (self._bands < len(MASK_BAND_EDGES_HZ) - 1)
+            self._counts = np.bincount(self._bands[self._valid], minlength=len(MASK_BAND_EDGES_HZ) - 1)
+        sums = np.bincount(self._bands[self._valid], weights=remover.gain[self._valid],
+                           minlength=len(MASK_BAND_EDGES_HZ) - 1)
+        self.blocks.append(engine.u_time_s)
+        self.masks.append((sums / np.maximum(self._counts, 1)).astype(np.float16))
+
+    def result(self) -> RunTrace:
+        return RunTrace(np.array(self.frames, dtype=np.float64).reshape(-1, 6), np.array(self.blocks),
+                        np.array(self.masks, dtype=np.float16).reshape(len(self.blocks), -1))
 
 
 def default_blocksize(sr: int, params) -> int:
@@ -94,10 +140,12 @@ def run_file(
     blocksize: int | None = None,
     force: bool = False,
     on_block: Callable[[Engine], None] | None = None,
+    record: bool = False,
 ) -> RunResult:
     """Run the engine over a file of U; write ``output_path`` (X's rate and channels) and
     ``alignment_path`` (``u_time_s,x_time_s``, one row per analysis frame) atomically.
-    A timing report goes beside the alignment as ``<alignment>.timing.json``.
+    A timing report goes beside the alignment as ``<alignment>.timing.json``. With
+    ``record``, the result carries a :class:`RunTrace` (for ``--report``).
     """
     input_path = Path(input_path)
     for path in (output_path, alignment_path):
@@ -108,7 +156,14 @@ def run_file(
     if info.frames < block:
         raise AudioError(f"input {input_path.name} is shorter than one block ({info.frames} < {block} samples)")
     rows: list[tuple[float, float]] = []
-    engine = Engine(bundle, info.samplerate, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
+    recorder = _TraceRecorder() if record else None
+
+    def on_frame(u_time: float, st) -> None:
+        rows.append((u_time, st.x_s))
+        if recorder is not None:
+            recorder.frame(u_time, st)
+
+    engine = Engine(bundle, info.samplerate, config, on_frame=on_frame)
     io_s = 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     with ExitStack() as stack:
@@ -118,13 +173,25 @@ def run_file(
             out_file = stack.enter_context(sf.SoundFile(tmp, "w", samplerate=bundle.audio.sr,
                                                         channels=bundle.audio.channels, subtype="PCM_16",
                                                         format="WAV"))
+        # The block answering input block k is heard from the end of block k: it is written
+        # one block later, so out.wav is what the speakers would play on U's timeline.
+        out_total = int(round(info.frames * bundle.audio.sr / info.samplerate))
+        written = 0
         for u_block in sf.blocks(str(input_path), blocksize=block, dtype="float32", always_2d=True):
             out = engine.process(u_block)
             if on_block is not None:
                 on_block(engine)
+            if recorder is not None:
+                recorder.block(engine)
             if out_file is not None:
                 t = time.perf_counter()
+                if written == 0:
+                    lead = np.zeros((out.shape[0], out.shape[1]), dtype=np.float32)
+                    out_file.write(lead)
+                    written += lead.shape[0]
+                out = out[: max(0, out_total - written)]
                 out_file.write(np.clip(out, -1.0, 1.0))
+                written += out.shape[0]
                 io_s += time.perf_counter() - t
         if out_file is not None:
             out_file.close()
@@ -132,7 +199,8 @@ def run_file(
         result = RunResult(u_duration_s=info.frames / info.samplerate, cpu_s=cpu, wall_s=wall,
                            frames=engine.stats.frames, stage_s={**engine.stats.seconds, "io": io_s},
                            counters={"blocks": engine.stats.blocks, "nan_blocks": engine.stats.nan_blocks,
-                                     "jumps": engine.stats.jumps})
+                                     "jumps": engine.stats.jumps},
+                           trace=recorder.result() if recorder is not None else None)
         if alignment_path is not None:
             with atomic_output(alignment_path, force) as tmp:
                 with open(tmp, "w") as fh:

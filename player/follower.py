@@ -94,6 +94,8 @@ class FollowerState:
 
     Attributes:
         x_s: estimated current position in X (seconds), latency-compensated.
+        x_frame_s: position in X (seconds) matched to the centre of the latest analysed frame
+            of U (``x_s`` minus the frame's age at the tempo).
         tempo: X seconds per U second.
         confidence: posterior mass near the mode, in [0, 1].
         detune_cents: estimated detune of the player relative to X (cents).
@@ -102,6 +104,7 @@ class FollowerState:
     """
 
     x_s: float = 0.0
+    x_frame_s: float = 0.0
     tempo: float = 1.0
     confidence: float = 0.0
     detune_cents: float = 0.0
@@ -354,6 +357,7 @@ class Follower:
         st = self.state
         ahead = now_s - frame_end_s + self.centre_delay_s + self.config.lead_s  # U seconds since the frame's centre
         st.x_s = x_centre + (tempo * ahead if self.started else 0.0)
+        st.x_frame_s = x_centre
         st.tempo = tempo
         st.confidence = self._confidence if self.started else 0.0
         st.detune_cents = float((w @ self.cents) / w.sum())

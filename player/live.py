@@ -200,6 +200,8 @@ def run_live(engine: Engine, *, blocksize: int, input_device: str | int | None =
     try:
         with stream:
             latency_s = float(sum(stream.latency)) if isinstance(stream.latency, tuple) else float(stream.latency)
+            # what the player hears lags the input block by the device and the queued output
+            engine.output_latency_s = latency_s + session.headroom_blocks * blocksize / engine.input_sr
             while session.error is None:
                 threading.Event().wait(tick_s)
                 if on_tick is not None:

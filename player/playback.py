@@ -1,54 +1,71 @@
-"""Playback of X along the follower's path (simple variable-rate resampling).
+"""The playback controller: from the follower's estimates to a smooth playback rate.
 
-A stand-in for the phase vocoder: it reads X from the bundle at a rate that follows the
-player's tempo and glides towards the follower's position (no jumps), so the output is in
-time with the player, but its pitch moves with the rate.
+The follower's position moves in small steps and its tempo is noisy at note scale; playing
+X at exactly that position would wobble audibly. The controller plays X at the follower's
+tempo plus a bounded correction that absorbs the position error over ``catch_up_s``
+(a first-order loop, so the error decays exponentially without overshoot), smooths the rate
+over ``rate_smoothing_s`` so changes glide, ignores errors inside a dead band, and asks for
+a jump (a crossfade in the vocoder) only when the error is too large to catch up smoothly
+(the player restarted a passage or skipped ahead).
+
+Latency: the target is where the player will be when the next output sample is *heard*,
+i.e. the follower's position extrapolated at its tempo over the output latency.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from shared.bundle import BundleAudio
+from dataclasses import dataclass
 
 
-class PathPlayback:
-    """Renders blocks of X that follow a target position.
+@dataclass(frozen=True)
+class PlaybackConfig:
+    """Tuning of the rate controller.
 
-    Args:
-        audio: X's audio in the bundle.
+    Attributes:
         catch_up_s: time constant (seconds) over which a position error is corrected.
-        max_rate, min_rate: bounds on the playback rate (X seconds per output second).
+        max_correction: largest correction, relative to the tempo (0.25 = +-25 %).
+        deadband_s: position errors smaller than this (seconds of X) are left alone.
+        rate_smoothing_s: time constant (seconds) of the rate's low-pass.
+        jump_s: position errors beyond this (seconds of X) are a jump, not a drift.
+        min_rate, max_rate: bounds of the playback rate (X seconds per output second).
     """
 
-    def __init__(self, audio: BundleAudio, catch_up_s: float = 0.5, min_rate: float = 0.5, max_rate: float = 2.0):
-        self.audio = audio
-        self.sr = audio.sr
-        self.catch_up_s = catch_up_s
-        self.min_rate, self.max_rate = min_rate, max_rate
-        self.position_s = 0.0
+    catch_up_s: float = 0.5
+    max_correction: float = 0.25
+    deadband_s: float = 0.01
+    rate_smoothing_s: float = 0.06
+    jump_s: float = 1.0
+    min_rate: float = 0.5
+    max_rate: float = 2.0
+
+
+class PlaybackController:
+    """Turns (target position, tempo) into a playback rate, block by block."""
+
+    def __init__(self, config: PlaybackConfig | None = None) -> None:
+        self.config = config or PlaybackConfig()
         self.rate = 1.0
 
-    def seek(self, x_s: float) -> None:
-        self.position_s = float(x_s)
+    def step(self, heard_s: float, target_s: float, tempo: float, block_s: float) -> tuple[float, float | None]:
+        """Rate for the next output block, and where to jump to (or None).
 
-    def render(self, n: int, target_s: float, tempo: float, playing: bool = True) -> np.ndarray:
-        """Next ``n`` output samples ``(n, channels)`` float32; silence when not playing."""
-        if not playing or n == 0:
-            return np.zeros((n, self.audio.channels), dtype=np.float32)
-        block_s = n / self.sr
-        error = target_s - self.position_s
-        if abs(error) > 2.0:  # the player jumped: go there
-            self.position_s = target_s
+        Args:
+            heard_s: X time (s) at the output head (what plays next).
+            target_s: X time (s) the output head should be at.
+            tempo: the player's tempo (X seconds per U second).
+            block_s: duration of the next output block (s).
+        """
+        cfg = self.config
+        tempo = min(max(tempo, cfg.min_rate), cfg.max_rate)
+        error = target_s - heard_s
+        if abs(error) > cfg.jump_s:
+            self.rate = tempo
+            return tempo, target_s
+        if abs(error) <= cfg.deadband_s:
             error = 0.0
-        rate = float(np.clip(tempo + error / max(self.catch_up_s, block_s), self.min_rate, self.max_rate))
-        t = self.position_s * self.sr + np.arange(n) * rate
-        first = int(np.floor(t[0]))
-        src = self.audio.read(first, int(np.ceil(t[-1])) - first + 2)
-        local = t - first
-        i = local.astype(np.int64)
-        frac = (local - i)[:, None].astype(np.float32)
-        out = src[i] * (1.0 - frac) + src[i + 1] * frac
-        self.position_s += n * rate / self.sr
-        self.rate = rate
-        return out.astype(np.float32)
+        else:
+            error -= cfg.deadband_s if error > 0 else -cfg.deadband_s
+        correction = max(-cfg.max_correction, min(cfg.max_correction, error / (cfg.catch_up_s * tempo)))
+        wanted = min(max(tempo * (1.0 + correction), cfg.min_rate), cfg.max_rate)
+        self.rate += (wanted - self.rate) * min(1.0, block_s / cfg.rate_smoothing_s)
+        return self.rate, None

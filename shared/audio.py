@@ -143,3 +143,34 @@ def _short(exc: BaseException) -> str:
     """First line of an exception's message, without library noise."""
     text = str(exc).strip().splitlines()
     return text[0][:160] if text else type(exc).__name__
+
+
+class ArrayAudio:
+    """In-memory audio with the random-access interface of the bundle's audio
+    (``sr``, ``channels``, ``n_samples``, ``read(start, n)``): for tests and examples.
+
+    Args:
+        samples: ``(n,)`` or ``(n, channels)`` float samples.
+        sr: sample rate (Hz).
+    """
+
+    def __init__(self, samples: np.ndarray, sr: int) -> None:
+        data = np.asarray(samples, dtype=np.float32)
+        self.data = data[:, None] if data.ndim == 1 else data
+        self.sr = int(sr)
+        self.n_samples, self.channels = self.data.shape
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.sr
+
+    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Samples ``[start, start + n)`` as float32 ``(n, channels)``; zeros outside."""
+        if out is None:
+            out = np.zeros((n, self.channels), dtype=np.float32)
+        else:
+            out[:] = 0.0
+        lo, hi = max(start, 0), min(start + n, self.n_samples)
+        if hi > lo:
+            out[lo - start:hi - start] = self.data[lo:hi]
+        return out

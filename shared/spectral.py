@@ -30,9 +30,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import librosa
 import numpy as np
-import scipy.signal
 
 #: Smallest value a normalised template bin may take, so no template gives log(0).
 TEMPLATE_FLOOR = 1e-4
@@ -142,7 +140,7 @@ class AnalysisParams:
 
 def analysis_window(n_fft: int) -> np.ndarray:
     """Periodic Hann window (float32 ``(n_fft,)``), the same one librosa.stft uses."""
-    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
 def stft_magnitude(y: np.ndarray, params: AnalysisParams, hop: int) -> np.ndarray:
@@ -150,6 +148,8 @@ def stft_magnitude(y: np.ndarray, params: AnalysisParams, hop: int) -> np.ndarra
 
     Returns float32 ``(n_frames, n_bins)``; frame ``k`` is centred on sample ``k * hop``.
     """
+    import librosa  # offline only: keeps the player's start-up light
+
     spec = librosa.stft(
         np.ascontiguousarray(y, dtype=np.float32),
         n_fft=params.n_fft,

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import soxr
 
-from player.engine import EngineConfig
 from shared.synth import OBOE, VIOLIN, FLUTE, make_case
 
 from .follow_helpers import bundle_for, causal_errors, follow, pct_within

@@ -137,7 +137,8 @@ def test_existing_output_needs_force(setup, tmp_path):
 # ----------------------------------------------------------------------------- bad inputs
 BAD_CASES = ("missing bundle", "text bundle", "truncated bundle", "missing input", "silent input",
              "input shorter than a block", "input not audio", "start beyond the end", "negative start",
-             "blocksize 3")
+             "blocksize 3", "alpha above 2", "alpha negative", "report not png", "truth without report",
+             "truth malformed")
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,11 @@ def bad_cases(setup, tmp_path_factory):
         "start beyond the end": (b, u, ["--start", "1000"], "--start"),
         "negative start": (b, u, ["--start", "-1"], "--start"),
         "blocksize 3": (b, u, ["--blocksize", "3"], "--blocksize"),
+        "alpha above 2": (b, u, ["--alpha", "2.5"], "--alpha"),
+        "alpha negative": (b, u, ["--alpha", "-0.1"], "--alpha"),
+        "report not png": (b, u, ["--report", src / "report.jpg"], "PNG"),
+        "truth without report": (b, u, ["--truth", src / "truth.csv"], "--report"),
+        "truth malformed": (b, u, ["--report", src / "r.png", "--truth", not_audio], "truth"),
     }
     assert set(cases) == set(BAD_CASES)
     return cases
@@ -178,6 +184,20 @@ def test_bad_input(bad_cases, tmp_path, name):
     result = run("run", bundle, "--input", u, "--output", tmp_path / "out.wav",
                  "--alignment", tmp_path / "path.csv", *extra)
     assert_clean_failure(result, tmp_path, match)
+
+
+def test_report_with_truth(setup, tmp_path):
+    truth = tmp_path / "truth.csv"
+    np.savetxt(truth, np.column_stack([setup.case.onsets_u, setup.case.onsets_x]), delimiter=",",
+               header="u_time_s,x_time_s", comments="")
+    png = tmp_path / "report.png"
+    result = run("run", setup.bundle, "--input", setup.u, "--report", png, "--truth", truth, "-q")
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert width >= 600 and height >= 400
 
 
 def test_output_in_missing_folder(setup, tmp_path):

@@ -1,0 +1,55 @@
+"""What every picture of the project shares: the optional matplotlib import (with the
+install hint), PNG-only output names, a headless figure and its atomic save.
+
+matplotlib is used through its object API with the Agg canvas (no pyplot, no global
+backend switch, no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.bundle import atomic_output
+from shared.errors import KaraokeError
+
+#: The one line printed when matplotlib is missing (the project's name in pyproject.toml).
+INSTALL_HINT = 'plotting needs matplotlib, which is not installed: pip install "followme-karaoke[plot]"'
+DPI = 100
+
+
+class PlotError(KaraokeError):
+    """The plot cannot be drawn (matplotlib missing, wrong file type)."""
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`PlotError` with the install hint unless matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    except ImportError:
+        raise PlotError(INSTALL_HINT) from None
+
+
+def check_plot_path(path: Path, option: str = "--plot") -> Path:
+    """Only ``.png`` names: the file is always a PNG image."""
+    if path.suffix.lower() != ".png":
+        raise PlotError(f"{option} writes a PNG image; give it a .png name (got {path.name})")
+    return path
+
+
+def new_figure(size_in: tuple[float, float]):
+    """A headless matplotlib Figure (Agg canvas), laid out automatically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size_in, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: str | Path, *, force: bool = False, software: str = "followme-karaoke") -> int:
+    """Write ``fig`` to the PNG ``path`` atomically; returns the file's size in bytes."""
+    path = Path(path)
+    with atomic_output(path, force) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": software})
+    return path.stat().st_size
