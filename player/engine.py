@@ -199,7 +199,8 @@ class Engine:
         u = observation_features(mag, self.params)
         t1 = time.perf_counter()
         state = self.follower.process(u, active, frame_end, now_s=u_time)
-        if active:
+        act = self.activity
+        if act.level_db > act.floor_db + self.remover.config.threshold_db:
             self._last_active_s = u_time
         t2 = time.perf_counter()
         if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower):

@@ -39,6 +39,9 @@ class SeparationConfig:
         n_iter: VB sweeps per block (warm-started).
         power: exponent of the gain (2: power-domain gain).
         smooth_blocks: causal mean of the ratio over this many blocks (about 20 ms each).
+        threshold_db: the soloist counts as sounding while U's level is this far above the
+            room's noise floor (lower than the follower's gate: soft notes and the decay of
+            notes still carry the solo in X).
         hold_s: keep removing for this long (seconds) after the soloist was last heard,
             so that the solo's decay and the gaps between notes are removed too.
         x_offset_s: where X's row is taken, relative to the X position matched to U's latest
@@ -50,7 +53,9 @@ class SeparationConfig:
     power: float = 2.0
     smooth_blocks: int = 3
     hold_s: float = 0.3
+    threshold_db: float = 3.0
     x_offset_s: float = 0.0
+    smooth: str = "mean"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 2.0:
@@ -107,7 +112,10 @@ class SoloRemover:
         else:
             ratio[:] = self._ratio(x_mag, u_mag, detune_cents)
         self._next = (self._next + 1) % cfg.smooth_blocks
-        np.mean(self._history, axis=0, out=self.gain)
+        if cfg.smooth == "min":
+            np.min(self._history, axis=0, out=self.gain)
+        else:
+            np.mean(self._history, axis=0, out=self.gain)
         if cfg.power != 1.0:
             np.power(self.gain, cfg.power, out=self.gain)
         return self.gain

@@ -24,15 +24,16 @@ Method (a standard "two-frame" streaming phase vocoder with identity phase locki
   jump of the high-frequency energy of the mid (energy of its first difference, in blocks of
   ``hop/2`` samples) by more than :attr:`StreamingVocoder.transient_threshold` dB over the
   loudest of the 4 blocks before (vibrato and held notes do not trigger it). The onset is
-  located to the sample (change point of that energy) and the rotation is reset to 1 (the
+  located to the sample (change point of that energy) and, on the frame nearest to it (read
+  so that the onset lands where the time map puts it), the rotation is reset to 1 (the
   analysis phases) in the bins where the onset brings new energy (> 6 dB over the spectrum
-  just before it; held notes keep their phase continuity) on the frame nearest to it, read so
-  that the onset lands where the time map puts it. While the onset is inside the next frames
-  (``min(rate, 1) * n_fft / 2`` X samples) those bins keep their own phase advance (no
-  locking: exact for an impulse). The frames before the reset, which already contain the onset
-  ahead of their centre, carry only the audio preceding it (the overlap-add weight this
-  removes is compensated), which removes the pre-echo and smearing a phase vocoder otherwise
-  spreads ahead of attacks.
+  just before it); held notes keep their phase continuity. While the onset is still inside
+  the following frames (``min(rate, 1) * n_fft / 2`` X samples) those bins get a pure delay
+  that keeps it where the reset frame put it, instead of the locked phase advance that would
+  smear it. The frames before the reset, which already contain the onset ahead of their
+  centre, carry only the audio preceding it (faded out just before the onset; the
+  overlap-add weight this removes is compensated), which removes the pre-echo a phase
+  vocoder otherwise spreads ahead of attacks when slowing down.
 * Windows: periodic Hann for analysis and synthesis, overlap-add normalised by the sum of the
   squared windows (1.5 at hop = n_fft/4), so that rate 1 reproduces X.
 * ``seek`` resets the rotation at the new position; the overlap-add of the tapered windows
@@ -50,12 +51,14 @@ Time bookkeeping. Synthesis frame k has its centre at output sample ``c_k`` and 
 timeline, and :attr:`StreamingVocoder.position_s` is the exact X time of the next sample
 ``render`` will return (at a constant rate r, T seconds after ``seek(x)`` it is ``x + r*T``).
 What is delayed is the *control*: a frame is synthesised ``n_fft/2`` output samples before
-its centre is heard, so a rate (or gain, or seek) passed to ``render``/``seek`` starts to
-govern the output head ``hop + fifo`` samples later, where fifo < hop is what was already
-synthesised: at most ``latency_s = (n_fft/2)/sr`` (23 ms at 44.1 kHz), when a gain change or
-a seek's crossfade is half-way. With a varying rate, ``position_s`` therefore lags the
-integral of the commanded rates by at most ``latency_s * (rate change)``; an engine closing a
-loop on ``position_s`` must allow for that delay, and need not shift X by anything.
+its centre is heard, and ``fifo`` (< hop) samples are already synthesised when a call starts.
+So a rate passed to ``render`` governs the X advance of the output from ``n_fft/2 - hop +
+fifo`` samples later, i.e. within ``latency_s = (n_fft/2)/sr`` (23 ms at 44.1 kHz); a new
+gain or a seek starts its crossfade after ``fifo`` samples, is half-way after ``fifo +
+(n_fft - hop)/2`` (about ``latency_s``) and complete after ``fifo + n_fft - hop``. With a
+varying rate, ``position_s`` therefore lags the integral of the commanded rates by at most
+``latency_s * (rate change)``; an engine closing a loop on ``position_s`` must allow for that
+delay, and need not shift X by anything.
 """
 
 from __future__ import annotations
@@ -100,9 +103,9 @@ class StreamingVocoder:
     Attributes:
         n_bins: ``n_fft // 2 + 1`` (length of the ``gain`` array accepted by :meth:`render`).
         bin_hz: ``sr / n_fft``, the spacing of those bins.
-        latency_s: ``(n_fft / 2) / sr``: the longest delay between a ``render`` (or ``seek``)
-            call and the moment its rate governs the output head (gains and seeks are then
-            half-way through their crossfade). The X timeline is not shifted (``position_s``).
+        latency_s: ``(n_fft / 2) / sr``: the longest delay between a ``render`` call and the
+            moment its rate governs the output head (a gain change or a seek is then about
+            half-way through its crossfade). The X timeline is not shifted (``position_s``).
         position_s: X time (s) of the next output sample (a property).
         transient_threshold: onset detector threshold, in dB of HF-energy jump (default 3);
             ``math.inf`` disables phase resets.
@@ -301,7 +304,8 @@ class StreamingVocoder:
                 delay = (self._onset_out - centre) - (self._reset_at_last - (start + half))
                 np.exp(-1j * delay * self._omega, out=self._rot)
                 np.copyto(u, self._rot, where=self._unlock_bins)
-                self._u_is_one = False
+                if delay != 0.0:
+                    self._u_is_one = False
             else:
                 self._lock(unlocked, mag, out=u)
 
