@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all bench clean
+.PHONY: install demo test test-all bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## The whole chain on a synthesised example: prepare, follow, write out.wav, path.csv, report.png.
+demo: $(STAMP)
+	$(VENV)/bin/player demo karaoke-demo --force
 
 ## Default test run (a few minutes on 2 cores).
 test: $(STAMP)
@@ -28,4 +32,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_prep.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info karaoke-demo

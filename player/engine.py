@@ -33,6 +33,7 @@ from player.search import GlobalSearch, Relocator, SearchConfig
 from player.separation import PositionSpectrum, SeparationConfig, SoloRemover, gain_on_bins
 from player.vocoder import StreamingVocoder
 from shared.bundle import Bundle
+from shared.errors import BundleError
 from shared.spectral import OnlineSpectrum, observation_features
 
 FrameCallback = Callable[[float, FollowerState], None]
@@ -71,6 +72,21 @@ class EngineStats:
                                                            "separation": 0.0, "vocoder": 0.0})
 
 
+#: Analysis frame periods (seconds) this player runs at: the block is one frame long.
+SUPPORTED_FRAME_PERIOD_S = (0.005, 0.05)
+
+
+def check_supported(bundle: Bundle) -> None:
+    """Refuse, with one clear line, a bundle analysed with parameters this player cannot run."""
+    p = bundle.params
+    lo, hi = SUPPORTED_FRAME_PERIOD_S
+    if not lo <= p.fine_period_s <= hi:
+        raise BundleError(f"bundle {bundle.path.name} was made with a frame period of {1000 * p.fine_period_s:.0f} ms; "
+                          f"this player supports {1000 * lo:.0f}-{1000 * hi:.0f} ms: rebuild it with 'prep build'")
+    if p.n_fft // 2 + 1 != bundle.nmf.w_shape.shape[1]:
+        raise BundleError(f"bundle {bundle.path.name}: its NMF bases do not match its analysis parameters; rebuild it")
+
+
 class Engine:
     """Follows U block by block and renders X along.
 
@@ -83,6 +99,7 @@ class Engine:
 
     def __init__(self, bundle: Bundle, input_sr: int, config: EngineConfig | None = None,
                  on_frame: FrameCallback | None = None) -> None:
+        check_supported(bundle)
         self.bundle = bundle
         self.params = bundle.params
         self.config = config or EngineConfig()
@@ -110,7 +127,7 @@ class Engine:
         self._vocoder_freqs = np.arange(self.vocoder.n_bins) * self.vocoder.bin_hz
         self._u_mag = np.zeros(p.n_fft // 2 + 1, dtype=np.float32)
         self._playing = False
-        self._last_active_s = -np.inf  # U time (s) the soloist was last heard
+        self._presence = 0.0  # how surely the soloist is sounding, in [0, 1], held over hold_s
         self.output_latency_s = float(self.config.output_latency_s)
         self.stats = EngineStats()
         self._in_samples = 0
@@ -178,15 +195,23 @@ class Engine:
         gain = None
         sep = self.remover.config
         if sep.alpha > 0.0:
-            heard_recently = self.u_time_s - self._last_active_s <= sep.hold_s
-            x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if heard_recently else None
-            g = self.remover.update(x_mag, self._u_mag, st.detune_cents)
+            sounding = self._presence > 0.0
+            x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if sounding else None
+            g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self._presence)
             gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
         t1 = time.perf_counter()
         out = self.vocoder.render(n_out, rate, gain)
         stats.seconds["separation"] += t1 - t0
         stats.seconds["vocoder"] += time.perf_counter() - t1
         return out
+
+    def _sounding(self, held: float) -> float:
+        """Presence of the soloist for the separation: 0 at the noise floor + threshold, 1 a
+        ramp above it; a drop decays linearly over ``hold_s`` (the solo's decay in X)."""
+        sep, act = self.remover.config, self.activity
+        now = (act.level_db - act.floor_db - sep.threshold_db) / sep.ramp_db
+        decay = self.params.fine_period_s / sep.hold_s if sep.hold_s > 0 else 1.0
+        return float(min(1.0, max(now, held - decay, 0.0)))
 
     def _frame(self, hop_samples: np.ndarray, u_time: float) -> None:
         stats = self.stats
@@ -199,9 +224,7 @@ class Engine:
         u = observation_features(mag, self.params)
         t1 = time.perf_counter()
         state = self.follower.process(u, active, frame_end, now_s=u_time)
-        act = self.activity
-        if act.level_db > act.floor_db + self.remover.config.threshold_db:
-            self._last_active_s = u_time
+        self._presence = self._sounding(self._presence)
         t2 = time.perf_counter()
         if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower):
             stats.jumps += 1

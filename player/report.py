@@ -87,4 +87,4 @@ def draw_run(trace: RunTrace, truth: np.ndarray | None = None, title: str = ""):
 def write_report(trace: RunTrace, path: str | Path, *, truth: np.ndarray | None = None,
                  title: str = "", force: bool = False) -> int:
     """Draw the report into the PNG ``path`` atomically; returns its size in bytes."""
-    return save_png(draw_run(trace, truth, title), path, force=force, software="player run --report")
+    return save_png(draw_run(trace, truth, title), path, force=force)

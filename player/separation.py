@@ -9,10 +9,14 @@ accompaniment estimate keeps ``H'(i) = max(H(tutti, i) - alpha * H(solo, i), 0)`
     ratio(f) = sum_i H'(i) W(i, f) / sum_i H(tutti, i) W(i, f)        in [0, 1]
     gain(f)  = mean of the last ``smooth_blocks`` ratios, to the power ``power``
 
-Choices measured on ../shared/corpus with the true path (cell solo suppression, dB, mean of
-4 cases; accompaniment kept stayed above -2 dB): alpha 2 with the plain ratio -13.8, with
-the ratio squared (a power-domain gain, like a Wiener filter on the NMF's magnitude
-estimates) -18.7, plus a causal mean over 3 blocks -19.9. More bases (64, 128) did worse.
+Choices measured on ../shared/corpus (gain-normalised cell solo suppression, dB, mean of
+4 cases). Offline, with the true alignment and frame-exact rows: alpha 2 with the plain
+ratio -13.8, with the ratio squared (a power-domain gain, like a Wiener filter on the NMF's
+magnitude estimates) -18.7, plus a causal mean over 3 blocks -19.9; 16, 64 or 128 bases
+instead of 32 did worse. In the player (``benchmarks/follow_eval.py --output`` and the
+scorer): X's row taken where U's analysed frame lies rather than at the extrapolated
+position, -11.9 -> -14.1; removal held for 1 s after the soloist was last heard, and a
+lower "sounding" threshold than the follower's gate, -14.6 (the solo's decay in X's hall).
 
 U's level is unknown (another microphone, another instrument), so U's row is scaled to the
 same total as X's row; its spectrum is first shifted by the follower's detune estimate
@@ -41,7 +45,7 @@ class SeparationConfig:
         smooth_blocks: causal mean of the ratio over this many blocks (about 20 ms each).
         threshold_db: the soloist counts as sounding while U's level is this far above the
             room's noise floor (lower than the follower's gate: soft notes and the decay of
-            notes still carry the solo in X).
+            notes still carry the solo in X); full strength ``ramp_db`` above that.
         hold_s: keep removing for this long (seconds) after the soloist was last heard,
             so that the solo's decay and the gaps between notes are removed too.
         x_offset_s: where X's row is taken, relative to the X position matched to U's latest
@@ -52,8 +56,9 @@ class SeparationConfig:
     n_iter: int = 5
     power: float = 2.0
     smooth_blocks: int = 3
-    hold_s: float = 0.3
+    hold_s: float = 1.0
     threshold_db: float = 3.0
+    ramp_db: float = 2.0
     x_offset_s: float = 0.0
     smooth: str = "mean"
 
@@ -96,7 +101,8 @@ class SoloRemover:
         self._history[:] = 1.0
         self.gain = np.ones_like(self.gain)
 
-    def update(self, x_mag: np.ndarray | None, u_mag: np.ndarray | None, detune_cents: float) -> np.ndarray:
+    def update(self, x_mag: np.ndarray | None, u_mag: np.ndarray | None, detune_cents: float,
+               strength: float = 1.0) -> np.ndarray:
         """One block: returns the gain ``(F,)`` in [0, 1] on the analysis frequency axis.
 
         Args:
@@ -104,6 +110,7 @@ class SoloRemover:
                 soloist is silent (then the ratio is 1: X plays unmasked).
             u_mag: U's latest magnitude spectrum ``(F,)`` (analysis STFT scale).
             detune_cents: the player's detune relative to X (cents).
+            strength: how surely the soloist is sounding, in [0, 1] (scales the removal).
         """
         cfg = self.config
         ratio = self._history[self._next]
@@ -111,6 +118,8 @@ class SoloRemover:
             ratio[:] = 1.0
         else:
             ratio[:] = self._ratio(x_mag, u_mag, detune_cents)
+            if strength < 1.0:
+                ratio[:] = 1.0 - strength * (1.0 - ratio)
         self._next = (self._next + 1) % cfg.smooth_blocks
         if cfg.smooth == "min":
             np.min(self._history, axis=0, out=self.gain)
@@ -167,4 +176,9 @@ class PositionSpectrum:
         centre = int(round(x_s * self.audio.sr))
         frame = self.audio.read(centre - self.n_window // 2, self.n_window, out=self._buf)
         mid = frame.mean(axis=1) * self.window
-        return np.abs(np.fft.rfft(mid)[: self.n_bins])
+        spectrum = np.abs(np.fft.rfft(mid))
+        if spectrum.size >= self.n_bins:
+            return spectrum[: self.n_bins]
+        out = np.zeros(self.n_bins)  # X sampled below the analysis rate: nothing above its Nyquist
+        out[: spectrum.size] = spectrum
+        return out

@@ -138,7 +138,7 @@ def test_existing_output_needs_force(setup, tmp_path):
 BAD_CASES = ("missing bundle", "text bundle", "truncated bundle", "missing input", "silent input",
              "input shorter than a block", "input not audio", "start beyond the end", "negative start",
              "blocksize 3", "alpha above 2", "alpha negative", "report not png", "truth without report",
-             "truth malformed")
+             "truth malformed", "bundle with unsupported analysis")
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,11 @@ def bad_cases(setup, tmp_path_factory):
     sf.write(short, setup.case.u[:100], setup.case.sr, subtype="PCM_16")
     not_audio = src / "notes.wav"
     not_audio.write_text("this is not audio\n" * 50)
+    from shared.spectral import AnalysisParams
+
+    odd = src / "odd.h5"
+    build_bundle(setup.x, odd, BuildOptions(n_components=4, nmf_iter=5,
+                                           params=AnalysisParams(n_fft=4096, fine_hop=2205, coarse_hop=2205)))
     b, u = setup.bundle, setup.u
     cases = {
         "missing bundle": (src / "missing.h5", u, [], "not found"),
@@ -173,6 +178,7 @@ def bad_cases(setup, tmp_path_factory):
         "report not png": (b, u, ["--report", src / "report.jpg"], "PNG"),
         "truth without report": (b, u, ["--truth", src / "truth.csv"], "--report"),
         "truth malformed": (b, u, ["--report", src / "r.png", "--truth", not_audio], "truth"),
+        "bundle with unsupported analysis": (odd, u, [], "rebuild"),
     }
     assert set(cases) == set(BAD_CASES)
     return cases

@@ -95,6 +95,19 @@ def test_position_spectrum_matches_analysis_axis():
     assert mag.max() == pytest.approx(np.hanning(p.n_fft + 1)[:-1].sum() / 2, rel=0.05)
 
 
+def test_position_spectrum_of_a_recording_below_the_analysis_rate():
+    """X at 8 kHz: the analysis axis still has all its bins, empty above 4 kHz."""
+    from shared.spectral import AnalysisParams
+
+    p = AnalysisParams()
+    sr = 8000
+    tone = np.sin(2 * np.pi * 1000.0 * np.arange(sr) / sr).astype(np.float32)
+    mag = PositionSpectrum(ArrayAudio(tone, sr), p).at(0.5)
+    assert mag.shape == (p.n_fft // 2 + 1,)
+    assert abs(np.argmax(mag) * p.sr / p.n_fft - 1000.0) < 2 * p.sr / p.n_fft
+    assert np.all(mag[int(4100 / (p.sr / p.n_fft)):] == 0.0)
+
+
 def test_gain_on_bins_interpolates_and_holds_the_top():
     src_f = np.array([0.0, 100.0, 200.0])
     gain = np.array([1.0, 0.0, 0.5])
