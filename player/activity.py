@@ -51,6 +51,11 @@ class ActivityDetector:
         self._frames = 0
         self._count = 0
 
+    def release(self) -> None:
+        """Close the gate now (drop its hold); the noise floor, a property of the room, stays."""
+        self._held = 0
+        self.active = False
+
     def _update_floor(self) -> None:
         n = min(self._count, self._levels.size)
         recent = self._levels[:n]

@@ -36,7 +36,9 @@ def run(
     report: Optional[Path] = typer.Option(None, "--report", help="With --input: draw the run into this PNG."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="With --report: the true path (u_time_s,x_time_s CSV)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No summary."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No summary and, live, no display."),
+    plain: bool = typer.Option(False, "--plain", help="Live: one plain status line a second instead of the live display."),
+    keys: bool = typer.Option(True, "--keys/--no-keys", help="Live, on a terminal: type seconds + Enter (or 'r') to restart."),
 ) -> None:
     """Follow the soloist and play the recording along."""
     if blocksize is not None and not 16 <= blocksize <= 1 << 16:
@@ -50,7 +52,7 @@ def run(
         if input is None:
             if output is not None or alignment is not None or report is not None:
                 raise fail("--output, --alignment and --report need --input FILE (live audio goes to the speakers)")
-            _run_live(b, config, blocksize, input_device, output_device, latency, quiet)
+            _run_live(b, config, blocksize, input_device, output_device, latency, quiet, plain=plain, keys=keys)
             return
         truth_path = _check_report_options(report, truth, force)
         result = run_file(b, input, output_path=output, alignment_path=alignment, config=config,
@@ -92,25 +94,26 @@ def _latency(value: str):
     return seconds
 
 
-def _run_live(bundle, config, blocksize, input_device, output_device, latency, quiet) -> None:
+def _run_live(bundle, config, blocksize, input_device, output_device, latency, quiet,
+              plain: bool = False, keys: bool = True) -> None:
+    from player.display import KeyCommands, KeyReader, make_display, snapshot
     from player.live import run_live  # PortAudio is loaded only when live audio is asked for
 
     engine = Engine(bundle, bundle.audio.sr, config)
     block = blocksize or default_blocksize(bundle.audio.sr, bundle.params)
+    display = make_display(quiet, plain)
+    reader = KeyReader(KeyCommands(config.start_s, bundle.duration_s), enable=keys and not quiet)
 
-    def tick(session, latency_s):
-        if quiet:
-            return
-        st, c = engine.state, session.counters
-        minutes, seconds = divmod(st.x_s, 60)
-        print(f"\r{int(minutes):02d}:{seconds:05.2f}  tempo {st.tempo:4.2f}x  confidence {st.confidence:4.2f}  "
-              f"detune {st.detune_cents:+5.1f} c  xruns {c.xruns}  late {c.late_blocks}  "
-              f"latency {1000 * latency_s:.0f} ms", end="", file=sys.stderr, flush=True)
+    def tick(session, latency_s):  # the main thread, a few times per second
+        for x_s in reader.poll():
+            session.request_restart(x_s)
+        display.update(snapshot(engine, session, latency_s), reader)
 
-    counters = run_live(engine, blocksize=block, input_device=_device(input_device),
-                        output_device=_device(output_device), latency=_latency(latency), on_tick=tick)
+    with reader, display:
+        counters = run_live(engine, blocksize=block, input_device=_device(input_device),
+                            output_device=_device(output_device), latency=_latency(latency), on_tick=tick)
     if not quiet:
-        print(f"\nstopped: {counters.xruns} xruns, {counters.dropped_blocks} dropped and "
+        print(f"stopped: {counters.xruns} xruns, {counters.dropped_blocks} dropped and "
               f"{counters.late_blocks} late blocks", file=sys.stderr)
 
 

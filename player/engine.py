@@ -139,6 +139,26 @@ class Engine:
         self.follower.reset(start)
 
     @property
+    def started(self) -> bool:
+        """Whether the soloist has been heard since the start or the last restart."""
+        return self.follower.started
+
+    def restart(self, x_s: float) -> None:
+        """Start again at ``x_s`` seconds of X, waiting for the soloist's next note (what
+        ``start_s`` does at launch); the detune estimate and the room's noise floor stay.
+        Call between blocks (the live worker does)."""
+        x_s = float(min(max(x_s, 0.0), max(0.0, self.bundle.duration_s - 1e-3)))
+        self.follower.reset(x_s, keep_detune=True)
+        if self.relocator is not None:
+            self.relocator.cancel()
+        # what was heard before the restart must not start the new run
+        self.spectrum.reset()
+        self.activity.release()
+        self._presence = 0.0
+        self._playing = False  # the vocoder seeks to the new place at the first note
+        self.remover.reset()
+
+    @property
     def state(self) -> FollowerState:
         return self.follower.state
 

@@ -188,11 +188,13 @@ class Follower:
         self.reset(0.0)
 
     # ------------------------------------------------------------------ set-up
-    def reset(self, start_s: float = 0.0, tempo: float = 1.0) -> None:
-        """Start (again) at ``start_s`` seconds of X, waiting for the soloist."""
+    def reset(self, start_s: float = 0.0, tempo: float = 1.0, keep_detune: bool = False) -> None:
+        """Start (again) at ``start_s`` seconds of X, waiting for the soloist; with
+        ``keep_detune`` the tuning estimate survives (a restart by the same player)."""
         j0 = int(np.clip(round(start_s / self.params.coarse_period_s * self.m), 0, self.n_sub - 1))
         self._centre_on(j0, spread=self.m / 2)
-        self.log_w = np.full(self.n_detune, -np.log(self.n_detune))
+        if not keep_detune:
+            self.log_w = np.full(self.n_detune, -np.log(self.n_detune))
         self.tempo.reset(tempo)
         self.started = False
         self.frames = 0

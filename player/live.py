@@ -1,10 +1,11 @@
 """Live audio: a duplex PortAudio stream around the same engine the file mode drives.
 
 The audio callback only copies samples between the device and two preallocated ring
-buffers and counts problems; a worker thread runs the engine on whole blocks with a
-headroom of ``headroom_blocks`` blocks of output already queued. PortAudio (through
-sounddevice) is imported only here, only when live audio is asked for, and its absence is
-reported with how to install it.
+buffers, meters the input into preallocated storage and counts problems; a worker thread
+runs the engine on whole blocks with a headroom of ``headroom_blocks`` blocks of output
+already queued, and applies restart requests (from the keyboard) between blocks.
+PortAudio (through sounddevice) is imported only here, only when live audio is asked for,
+and its absence is reported with how to install it.
 """
 
 from __future__ import annotations
@@ -86,10 +87,27 @@ class LiveCounters:
     dropped_blocks: int = 0  # input blocks lost because the engine fell behind
     late_blocks: int = 0  # output blocks played as silence because the engine was late
     skipped_blocks: int = 0  # output blocks dropped to bring the latency back after a stall
+    clipped_blocks: int = 0  # input blocks whose peak reached CLIP_LEVEL (the input gain is too high)
+
+
+#: Input peak (linear, full scale 1.0) counted as clipping: -0.1 dBFS.
+CLIP_LEVEL = 10.0 ** (-0.1 / 20.0)
+#: Floor of the reported input levels (dBFS): digital silence reads this.
+LEVEL_FLOOR_DB = -120.0
+#: Time constant (seconds) of the input RMS meter, and fall rate (dB per second) of its peak.
+LEVEL_RMS_TIME_S = 0.3
+LEVEL_PEAK_FALL_DB_S = 20.0
 
 
 class LiveSession:
     """Connects an audio callback to the engine through rings and a worker thread.
+
+    Input level: the callback keeps a running RMS (``LEVEL_RMS_TIME_S`` time constant) and a
+    falling peak of the input in a preallocated array; read them as ``input_level_db`` and
+    ``input_peak_db`` (dBFS: 0 dB is full scale, a full-scale sine reads -3 dB RMS).
+
+    Restart: ``request_restart(x_s)`` (any thread) asks the worker to restart the engine at
+    ``x_s`` seconds of X; it is applied between blocks, never inside the audio callback.
 
     Args:
         engine: the engine (its input rate is the stream's rate).
@@ -112,6 +130,15 @@ class LiveSession:
         self._in_block = np.zeros((blocksize, in_channels), dtype=np.float32)
         self._scratch = np.zeros((blocksize, self.out_channels), dtype=np.float32)
         self._busy = False
+        sr = float(getattr(engine, "input_sr", 48000))
+        block_s = blocksize / sr
+        self._meter = np.zeros((blocksize, in_channels), dtype=np.float32)
+        self._level = np.zeros(2, dtype=np.float64)  # [falling peak (linear), mean square]
+        self._ms_coeff = float(1.0 - np.exp(-block_s / LEVEL_RMS_TIME_S))
+        self._peak_decay = float(10.0 ** (-LEVEL_PEAK_FALL_DB_S * block_s / 20.0))
+        self._restart_lock = threading.Lock()
+        self._restart_s: float | None = None
+        self.restarts = 0  # restarts applied by the worker
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -124,6 +151,19 @@ class LiveSession:
         c.callbacks += 1
         if status:
             c.xruns += 1
+        if indata.shape == self._meter.shape:  # the level meter, in place
+            a = self._meter
+            np.abs(indata, out=a)
+            peak = float(a.max())
+            np.multiply(a, a, out=a)
+            ms = float(a.mean())
+            lv = self._level
+            if ms < 1e30:  # also false for NaN: a broken buffer must not poison the meter
+                if peak >= CLIP_LEVEL:
+                    c.clipped_blocks += 1
+                held = lv[0] * self._peak_decay
+                lv[0] = peak if peak > held else held
+                lv[1] += self._ms_coeff * (ms - lv[1])
         if not self.in_ring.write(indata):
             c.dropped_blocks += 1
         if not self.out_ring.read_into(outdata):
@@ -131,10 +171,46 @@ class LiveSession:
             c.late_blocks += 1
         self._wake.set()
 
+    @property
+    def input_level_db(self) -> float:
+        """Recent RMS level of the input (dBFS, floored at ``LEVEL_FLOOR_DB``)."""
+        ms = float(self._level[1])
+        return max(LEVEL_FLOOR_DB, 10.0 * np.log10(ms)) if ms > 0.0 else LEVEL_FLOOR_DB
+
+    @property
+    def input_peak_db(self) -> float:
+        """Recent peak of the input (dBFS; falls by ``LEVEL_PEAK_FALL_DB_S`` per second)."""
+        peak = float(self._level[0])
+        return max(LEVEL_FLOOR_DB, 20.0 * np.log10(peak)) if peak > 0.0 else LEVEL_FLOOR_DB
+
+    # ------------------------------------------------------------------ restart
+    def request_restart(self, x_s: float) -> None:
+        """Ask the worker to restart the engine at ``x_s`` seconds of X (thread-safe; the
+        latest request wins). Applied between blocks."""
+        with self._restart_lock:
+            self._restart_s = float(x_s)
+        self._wake.set()
+
+    @property
+    def restart_pending(self) -> bool:
+        return self._restart_s is not None
+
+    def _apply_restart(self) -> None:
+        with self._restart_lock:
+            x_s, self._restart_s = self._restart_s, None
+        if x_s is None:
+            return
+        self.engine.restart(x_s)
+        self.restarts += 1
+
     # ------------------------------------------------------------------ worker thread
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                if self._restart_s is not None:
+                    self._busy = True  # before the request is taken: drain() sees no gap
+                    self._apply_restart()
+                    self._busy = False
                 if self.in_ring.available < self.blocksize:
                     self._wake.wait(0.1)
                     self._wake.clear()
@@ -158,11 +234,13 @@ class LiveSession:
         self._worker.start()
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Wait until the worker has processed every queued input block (tests, file feeds)."""
+        """Wait until the worker has processed every queued input block and restart request
+        (tests, file feeds)."""
         pause = threading.Event()
         waited = 0.0
         self._wake.set()
-        while (self.in_ring.available >= self.blocksize or self._busy) and waited < timeout and self.error is None:
+        while ((self.in_ring.available >= self.blocksize or self._busy or self._restart_s is not None)
+               and waited < timeout and self.error is None):
             pause.wait(0.001)
             waited += 0.001
 

@@ -191,6 +191,12 @@ class Relocator:
     def verifying(self) -> bool:
         return self._left > 0
 
+    def cancel(self) -> None:
+        """Drop a verification in progress and the search's history (the player restarted)."""
+        self._left = 0
+        self._wins = 0
+        self.search.reset()
+
     def step(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float, follower) -> bool:
         """After the main track has processed this frame: True if it was moved."""
         if self._left > 0:
