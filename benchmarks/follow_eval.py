@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from player.echo import LeakConfig  # noqa: E402
 from player.engine import EngineConfig  # noqa: E402
 from player.playback import PlaybackConfig  # noqa: E402
 from player.separation import SeparationConfig  # noqa: E402
@@ -54,12 +55,13 @@ def score(path_csv: Path, gt_csv: Path) -> dict:
     return out
 
 
-PREFIXES = ("search", "params", "sep", "play")
+PREFIXES = ("search", "params", "sep", "play", "leak")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``key=value`` items: follower fields, or ``search.``, ``params.`` (analysis),
-    ``sep.`` (separation) and ``play.`` (playback controller) fields. Returns
+    ``sep.`` (separation), ``play.`` (playback controller) and ``leak.`` (leak canceller)
+    fields. Returns
     ``{"follower": {...}, "search": {...}, ...}``."""
     out: dict[str, dict] = {name: {} for name in ("follower", *PREFIXES)}
     for item in items:
@@ -78,6 +80,7 @@ def engine_config(over: dict[str, dict], search: bool = True) -> EngineConfig:
                         search_config=dataclasses.replace(SearchConfig(), **over["search"]),
                         separation=dataclasses.replace(SeparationConfig(), **over["sep"]),
                         playback=dataclasses.replace(PlaybackConfig(), **over["play"]),
+                        leak=dataclasses.replace(LeakConfig(), **over["leak"]),
                         search=search)
 
 

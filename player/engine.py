@@ -27,6 +27,7 @@ import numpy as np
 import soxr
 
 from player.activity import ActivityConfig, ActivityDetector
+from player.echo import LeakCanceller, LeakConfig
 from player.follower import Follower, FollowerConfig, FollowerState
 from player.playback import PlaybackConfig, PlaybackController
 from player.search import GlobalSearch, Relocator, SearchConfig
@@ -55,6 +56,7 @@ class EngineConfig:
     search_config: SearchConfig = field(default_factory=SearchConfig)
     separation: SeparationConfig = field(default_factory=SeparationConfig)
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
+    leak: LeakConfig = field(default_factory=LeakConfig)
     start_s: float = 0.0
     search: bool = True
     output_latency_s: float = 0.0
@@ -128,6 +130,15 @@ class Engine:
         self._u_mag = np.zeros(p.n_fft // 2 + 1, dtype=np.float32)
         self._playing = False
         self._presence = 0.0  # how surely the soloist is sounding, in [0, 1], held over hold_s
+        # what the engine played, analysed like the input, for the leak canceller
+        self.leak = LeakCanceller(p, self.config.leak)
+        self._out_resampler = (None if self.output_sr == p.sr else
+                               soxr.ResampleStream(self.output_sr, p.sr, 1, dtype="float32", quality="LQ"))
+        self._out_fifo = np.zeros(0, dtype=np.float32)
+        self._out_spectrum = OnlineSpectrum(p)
+        self._out_frames = np.zeros((8, p.n_fft // 2 + 1), dtype=np.float32)  # ring of output spectra
+        self._out_written = self._out_read = 0
+        self._silence = np.zeros(p.n_fft // 2 + 1, dtype=np.float32)
         self.output_latency_s = float(self.config.output_latency_s)
         self.stats = EngineStats()
         self._in_samples = 0
@@ -195,7 +206,35 @@ class Engine:
         self._fifo = self._fifo[n_frames * hop:].copy()
         n_out = int(round(self._in_samples * self.output_sr / self.input_sr)) - self._out_samples
         self._out_samples += n_out
-        return self._render(n_out)
+        out = self._render(n_out)
+        if self.config.leak.enabled:
+            self._analyse_output(out)
+        return out
+
+    def _analyse_output(self, out: np.ndarray) -> None:
+        """Queue the spectra of what was just played, one per analysis hop (leak canceller)."""
+        t0 = time.perf_counter()
+        mono = out.mean(axis=1) if out.ndim == 2 else out
+        if self._out_resampler is not None:
+            mono = self._out_resampler.resample_chunk(mono)
+        fifo = np.concatenate([self._out_fifo, mono]) if self._out_fifo.size else mono
+        hop = self.params.fine_hop
+        n = fifo.size // hop
+        ring = self._out_frames
+        for k in range(n):
+            if self._out_written - self._out_read >= ring.shape[0]:  # the input stalled: drop the oldest
+                self._out_read += 1
+            ring[self._out_written % ring.shape[0]] = self._out_spectrum.push(fifo[k * hop:(k + 1) * hop])
+            self._out_written += 1
+        self._out_fifo = fifo[n * hop:].copy()
+        self.stats.seconds["analysis"] += time.perf_counter() - t0
+
+    def _next_output_frame(self) -> np.ndarray | None:
+        if self._out_read >= self._out_written:
+            return None
+        frame = self._out_frames[self._out_read % self._out_frames.shape[0]]
+        self._out_read += 1
+        return frame
 
     def _render(self, n_out: int) -> np.ndarray:
         """The next ``n_out`` output samples: X at the controller's rate, solo removed."""
@@ -239,6 +278,10 @@ class Engine:
         self._analysis_samples += hop_samples.shape[0]
         frame_end = self._analysis_samples / self.params.sr
         mag = self.spectrum.push(hop_samples)
+        if self.config.leak.enabled:
+            played = self._next_output_frame()
+            self.leak.push_output(played if played is not None else self._silence)
+            mag = self.leak.cancel(mag)
         self._u_mag = mag
         active = self.activity.update(mag)
         u = observation_features(mag, self.params)

@@ -1,0 +1,144 @@
+"""Leak cancelling: the player knows what it just played; remove it from what it hears.
+
+With speakers instead of headphones the accompaniment the player renders comes back into
+the microphone, delayed (device buffers, the air) and coloured by the room. Left in, it
+opens the soloist gate during rests, pulls the follower towards wherever the output is
+(its own belief, confirmed by its own output) and makes the separation treat the
+accompaniment as solo. The canceller keeps the magnitude spectra of the engine's output on
+the analysis axis, one per analysis hop, and per input frame subtracts
+
+    leak(f) = gain * max over lags l*-1..l*+1 of |Y_{t-l}(f)|
+
+(a spectral subtraction, over-subtracted by ``over``), floored at ``floor`` times the
+input so the solo's own harmonics are never wiped out. The lag ``l*`` (frames) is where
+the log-energy envelopes of input and output correlate best over the last ``window_s``;
+the gain is a low percentile of the input/output magnitude ratio at that lag (frames
+where the soloist is quiet show the leak alone; the solo only adds). Without a leak (no
+correlation above ``min_correlation``, e.g. with headphones) nothing is subtracted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.spectral import AnalysisParams
+
+
+@dataclass(frozen=True)
+class LeakConfig:
+    """Tuning of the leak canceller.
+
+    Attributes:
+        enabled: cancel the leak at all.
+        max_lag_s: longest loop delay considered (output -> speakers -> microphone), seconds.
+        window_s: history (seconds) over which the lag and gain are estimated.
+        every_s: re-estimation period (seconds).
+        min_prominence: how far the best lag's mean cosine must stand above the median lag's.
+        gain_percentile: percentile of input/output magnitude ratios taken as the leak gain.
+        over: over-subtraction factor.
+        floor: at least this fraction of the input magnitude is kept in every bin.
+    """
+
+    enabled: bool = True
+    max_lag_s: float = 0.5
+    window_s: float = 6.0
+    every_s: float = 0.5
+    min_prominence: float = 0.05
+    gain_percentile: float = 10.0
+    over: float = 1.5
+    floor: float = 0.05
+
+
+class LeakCanceller:
+    """Subtracts the expected leak of the player's own output from input spectra.
+
+    Args:
+        params: analysis parameters (spectra are ``(n_bins,)`` on the analysis axis).
+        config: tuning.
+    """
+
+    def __init__(self, params: AnalysisParams, config: LeakConfig | None = None) -> None:
+        self.config = cfg = config or LeakConfig()
+        self.params = params
+        period = params.fine_period_s
+        self.n_lags = max(2, int(round(cfg.max_lag_s / period)) + 2)
+        self.n_hist = max(self.n_lags + 8, int(round(cfg.window_s / period)))
+        self._every = max(1, int(round(cfg.every_s / period)))
+        self._out = np.zeros((self.n_lags + 1, params.n_bins), dtype=np.float32)  # ring of output spectra
+        self._similarity = np.zeros(self.n_lags)  # running mean cosine per lag
+        self._sim_now = np.empty(self.n_lags)
+        self._ratio = np.full(self.n_hist, np.nan)  # input/output band magnitude at the current lag
+        self._leak = np.empty(params.n_bins, dtype=np.float32)
+        self._band = params.obs_bins
+        self.frames = 0
+        self.lag = -1  # frames; -1: no leak detected
+        self.gain = 0.0
+        self.prominence = 0.0
+
+    def push_output(self, out_mag: np.ndarray) -> None:
+        """The magnitude spectrum ``(n_bins,)`` of what the player emitted during this hop."""
+        self._out[self.frames % self._out.shape[0]] = out_mag
+
+    def cancel(self, in_mag: np.ndarray) -> np.ndarray:
+        """The input spectrum ``(n_bins,)`` of this hop without the expected leak (new array
+        only when something is subtracted). Call once per hop, after :meth:`push_output`."""
+        cfg = self.config
+        if not cfg.enabled:
+            return in_mag
+        t = self.frames
+        slot = t % self.n_hist
+        band = self._band
+        self._track_similarity(in_mag)
+        e_in = float(np.dot(in_mag[band], in_mag[band]))
+        self.frames += 1
+        if self.frames % self._every == 0 and self.frames >= self.n_hist:
+            self._estimate()
+        if self.lag < 0:
+            return in_mag
+        leak = self._lagged_max(self.lag)
+        e_leak = float(np.dot(leak[band], leak[band]))
+        if e_leak > 1e-12:
+            self._ratio[slot] = np.sqrt(e_in / e_leak)
+        if self.gain <= 0.0:
+            return in_mag
+        np.multiply(leak, cfg.over * self.gain, out=self._leak)
+        return np.maximum(in_mag - self._leak, cfg.floor * in_mag)
+
+    def _track_similarity(self, in_mag: np.ndarray) -> None:
+        """Update the running mean cosine between this input frame and each lagged output."""
+        n = self._out.shape[0]
+        rows = (self.frames - np.arange(self.n_lags)) % n
+        out = np.sqrt(self._out[rows][:, self._band])  # (n_lags, n_band)
+        x = np.sqrt(in_mag[self._band])
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out)) * np.sqrt(np.dot(x, x))
+        np.divide(out @ x, norms, out=self._sim_now, where=norms > 0)
+        self._sim_now[norms <= 0] = 0.0
+        self._similarity += (self._sim_now - self._similarity) / min(self.frames + 1, self.n_hist)
+
+    def _lagged_max(self, lag: int) -> np.ndarray:
+        """Max of the output spectra ``lag - 1 .. lag + 1`` frames ago (timing tolerance)."""
+        n = self._out.shape[0]
+        t = self.frames - 1
+        rows = [(t - k) % n for k in range(max(0, lag - 1), min(self.n_lags, lag + 2))]
+        return self._out[rows].max(axis=0)
+
+    def _estimate(self) -> None:
+        """Lag = the lag whose spectra resemble the input most, if it stands out; gain = a low
+        percentile of the magnitude ratios measured at that lag."""
+        cfg = self.config
+        sim = self._similarity[: self.n_lags - 1]
+        best_lag = int(np.argmax(sim))
+        self.prominence = float(sim[best_lag] - np.median(sim))
+        if self.prominence < cfg.min_prominence:
+            self.lag, self.gain = -1, 0.0
+            return
+        if best_lag != self.lag:  # ratios were measured at another lag
+            self._ratio[:] = np.nan
+            self.lag = best_lag
+            self.gain = 0.0
+            return
+        ratios = self._ratio[np.isfinite(self._ratio)]
+        if ratios.size >= self.n_hist // 4:
+            self.gain = float(np.percentile(ratios, cfg.gain_percentile))
