@@ -36,31 +36,13 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from player.vocoder import StreamingVocoder  # noqa: E402
+from shared.audio import ArrayAudio  # noqa: E402
 from shared.synth import ORGAN, PIANO, VIOLIN, TimeMap, accompaniment, melody, render_notes  # noqa: E402
 
 RATES = (0.5, 0.8, 1.25, 2.0)
 BPM = 100.0
 OFFSET_S = 0.3
 N_FFT, HOP = 2048, 512
-
-
-class ArrayAudio:
-    """An in-memory audio source with the interface of ``shared.bundle.BundleAudio``."""
-
-    def __init__(self, x: np.ndarray, sr: int) -> None:
-        self.x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-        self.sr = sr
-        self.n_samples, self.channels = self.x.shape
-
-    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        if out is None:
-            out = np.zeros((n, self.channels), dtype=np.float32)
-        else:
-            out[:] = 0.0
-        lo, hi = max(start, 0), min(start + n, self.n_samples)
-        if hi > lo:
-            out[lo - start:hi - start] = self.x[lo:hi]
-        return out
 
 
 def render(kind: str, notes, rate: float, sr: int, length_s: float) -> np.ndarray:

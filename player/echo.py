@@ -113,8 +113,9 @@ class LeakCanceller:
         out = np.sqrt(self._out[rows][:, self._band])  # (n_lags, n_band)
         x = np.sqrt(in_mag[self._band])
         norms = np.sqrt(np.einsum("ij,ij->i", out, out)) * np.sqrt(np.dot(x, x))
-        np.divide(out @ x, norms, out=self._sim_now, where=norms > 0)
-        self._sim_now[norms <= 0] = 0.0
+        valid = norms > 1e-9  # silent frames say nothing (and tiny norms overflow)
+        self._sim_now[:] = 0.0
+        np.divide(out @ x, norms, out=self._sim_now, where=valid)
         self._similarity += (self._sim_now - self._similarity) / min(self.frames + 1, self.n_hist)
 
     def _lagged_max(self, lag: int) -> np.ndarray:

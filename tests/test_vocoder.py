@@ -14,28 +14,14 @@ import pytest
 from scipy.signal import butter, sosfilt, sosfiltfilt
 
 from player.vocoder import StreamingVocoder, default_n_fft
+from shared.audio import ArrayAudio
 
 SR = 22050  # n_fft 1024, hop 256
 
 
-class MemAudio:
-    """An in-memory stand-in for ``shared.bundle.BundleAudio`` (same ``read`` contract)."""
-
-    def __init__(self, samples: np.ndarray, sr: int = SR) -> None:
-        x = np.asarray(samples, dtype=np.float32)
-        self.x = x[:, None] if x.ndim == 1 else x
-        self.sr = sr
-        self.n_samples, self.channels = self.x.shape
-
-    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        if out is None:
-            out = np.zeros((n, self.channels), dtype=np.float32)
-        else:
-            out[:] = 0.0
-        lo, hi = max(start, 0), min(start + n, self.n_samples)
-        if hi > lo:
-            out[lo - start:hi - start] = self.x[lo:hi]
-        return out
+def MemAudio(samples: np.ndarray, sr: int = SR) -> ArrayAudio:
+    """In-memory X at the tests' rate (the bundle's audio interface)."""
+    return ArrayAudio(samples, sr)
 
 
 def seconds(s: float, sr: int = SR) -> np.ndarray:
