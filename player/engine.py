@@ -119,7 +119,8 @@ class Engine:
         self.relocator = None
         if self.config.search:
             self.relocator = Relocator(GlobalSearch(bundle.templates, p, self.config.search_config),
-                                       Follower(bundle.templates, p, self.config.follower),
+                                       [Follower(bundle.templates, p, self.config.follower)
+                                        for _ in range(self.config.search_config.candidates)],
                                        self.config.search_config, p.fine_period_s)
         self.controller = PlaybackController(self.config.playback)
         self.vocoder = StreamingVocoder(bundle.audio)

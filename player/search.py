@@ -38,6 +38,9 @@ class SearchConfig:
         confirmations: consecutive verification windows the candidate must win (a single
             window can be lost by the right track during a fermata or a sudden tempo change).
         min_active: fraction of the context in which the soloist must be playing.
+        candidates: distinct far places proposed per sweep and verified side by side (a
+            passage that recurs, or a context still holding notes from before a jump, can
+            put the right place second).
     """
 
     context_s: float = 2.0
@@ -46,9 +49,10 @@ class SearchConfig:
     margin: float = 0.03
     min_jump_s: float = 3.0
     confirm_s: float = 0.6
-    margin_nats: float = 8.0
+    margin_nats: float = 12.0
     confirmations: int = 2
     min_active: float = 0.6
+    candidates: int = 3
 
 
 def semitone_filterbank(params: AnalysisParams) -> np.ndarray:
@@ -106,7 +110,7 @@ class GlobalSearch:
         self._acc_n = 0
         self._acc_active = 0
         self._cursor = 0
-        self._best = (-np.inf, 0, 0)  # (score, end state, frame it was scored at)
+        self._found: list[tuple[float, int, int]] = []  # this sweep's (score, end state, frame)
         self._frame = 0
 
     # ------------------------------------------------------------------ scoring
@@ -129,8 +133,9 @@ class GlobalSearch:
         return float(self._scores(np.array([s]))[0])
 
     # ------------------------------------------------------------------ per frame
-    def step(self, u: np.ndarray, active: bool, follower) -> float | None:
-        """Take one fine frame; return a candidate state far from the filter's, or None."""
+    def step(self, u: np.ndarray, active: bool, follower) -> list[float]:
+        """Take one fine frame; return candidate states far from the filter's (best first,
+        possibly none)."""
         self._frame += 1
         self.x_prof = self.x_profs[int(np.argmin(np.abs(self.cents - follower.state.detune_cents)))]
         self._acc += u
@@ -144,46 +149,74 @@ class GlobalSearch:
             self._acc[:] = 0.0
             self._acc_n = self._acc_active = 0
         if self.u_active.mean() < self.config.min_active:
-            return None
+            return []
+        cfg = self.config
         lo = self._cursor
         hi = min(self.n_states, lo + self.slice)
         ends = np.arange(lo, hi)
         scores = self._scores(ends)
-        i = int(np.argmax(scores))
-        if scores[i] > self._best[0]:
-            self._best = (float(scores[i]), int(ends[i]), self._frame)
+        self._keep_peaks(scores, ends)
         self._cursor = 0 if hi >= self.n_states else hi
         if self._cursor:
-            return None
-        # a sweep is complete: propose its best if it is far away and matches better
-        best_score, best_state, at = self._best
-        self._best = (-np.inf, 0, 0)
+            return []
+        # a sweep is complete: propose its best places that are far away and match better
+        found, self._found = self._found, []
         here = follower.position_states
-        there = best_state + (self._frame - at) * follower.state.tempo / self.per_state
-        far = abs(there - here) * self.params.coarse_period_s >= self.config.min_jump_s
-        if far and best_score > self._score_at(here) + self.config.margin:
-            return float(np.clip(there, 0, self.n_states - 1))
-        return None
+        bar = self._score_at(here) + cfg.margin
+        out: list[float] = []
+        for score, state, at in found:
+            there = state + (self._frame - at) * follower.state.tempo / self.per_state
+            if score > bar and abs(there - here) * self.params.coarse_period_s >= cfg.min_jump_s:
+                out.append(float(np.clip(there, 0, self.n_states - 1)))
+        return out
+
+    def _keep_peaks(self, scores: np.ndarray, ends: np.ndarray) -> None:
+        """Merge this slice's best places into the sweep's top ``candidates``, at least
+        ``min_jump_s`` apart from each other (one place per passage)."""
+        k = self.config.candidates
+        apart = self.config.min_jump_s / self.params.coarse_period_s
+        order = np.argsort(scores)[::-1][: 8 * k]  # enough to find k separated peaks
+        found = self._found
+        for i in order:
+            score = float(scores[i])
+            if len(found) == k and score <= found[-1][0]:
+                break
+            state = int(ends[i])
+            clash = [j for j, f in enumerate(found) if abs(f[1] - state) < apart]
+            if clash:
+                if score <= found[clash[0]][0]:
+                    continue
+                del found[clash[0]]
+            found.append((score, state, self._frame))
+            found.sort(key=lambda f: -f[0])
+            del found[k:]
 
 
 class Relocator:
     """Verifies the search's candidates with the follower's own model before jumping.
 
-    A candidate starts a second ("shadow") track there; both tracks filter the same frames
-    for ``confirm_s`` and the shadow replaces the main track only if its accumulated
-    evidence ``sum log p(u_t | u_<t)`` wins by ``margin_nats`` (a log Bayes factor). Two
-    places that sound alike (a repeat) never win by the margin, so the player is not moved.
+    Each candidate starts a "shadow" track there; all tracks filter the same frames for
+    ``confirm_s``, and the best shadow replaces the main track only if its accumulated
+    evidence ``sum log p(u_t | u_<t)`` beats the main track's by ``margin_nats`` (a log
+    Bayes factor) in ``confirmations`` windows in a row (after the first window only the
+    best shadow goes on). Two places that sound alike (a repeat) never win by the margin,
+    so the player is not moved.
+
+    Args:
+        shadows: followers to verify candidates with (as many as candidates per sweep).
     """
 
-    def __init__(self, search: GlobalSearch, shadow, config: SearchConfig, frame_s: float) -> None:
+    def __init__(self, search: GlobalSearch, shadows, config: SearchConfig, frame_s: float) -> None:
         self.search = search
-        self.shadow = shadow
+        self.shadows = list(shadows)
         self.config = config
         self.confirm_frames = max(1, int(round(config.confirm_s / frame_s)))
+        self._running: list = []
         self._left = 0
         self._wins = 0
         self._active = 0
-        self._main0 = self._shadow0 = 0.0
+        self._main0 = 0.0
+        self._shadow0: list[float] = []
         # the last verifications, for diagnostics: (U s, main state, candidate state, gain in nats)
         self.history: deque[tuple[float, float, float, float]] = deque(maxlen=64)
 
@@ -195,40 +228,53 @@ class Relocator:
         """Drop a verification in progress and the search's history (the player restarted)."""
         self._left = 0
         self._wins = 0
+        self._running = []
         self.search.reset()
 
     def step(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float, follower) -> bool:
         """After the main track has processed this frame: True if it was moved."""
         if self._left > 0:
-            self.shadow.process(u, active, frame_end_s, now_s)
+            for shadow in self._running:
+                shadow.process(u, active, frame_end_s, now_s)
             self._left -= 1
             self._active += int(active)
             if self._left == 0:
-                if self._active < 0.5 * self.confirm_frames:  # a silent window proves nothing
-                    self._wins = 0
-                    return False
-                gain = (self.shadow.log_evidence - self._shadow0) - (follower.log_evidence - self._main0)
-                self.history.append((now_s, follower.position_states, self.shadow.position_states, gain))
-                if gain <= self.config.margin_nats:
-                    self._wins = 0
-                    return False
-                self._wins += 1
-                if self._wins >= self.config.confirmations:
-                    self._wins = 0
-                    follower.adopt(self.shadow)
-                    return True
-                self._start_shadow(follower)  # the shadow keeps its track: verify once more
+                return self._decide(now_s, follower)
             return False
         if not follower.started:
             return False
-        candidate = self.search.step(u, active, follower)
-        if candidate is not None:
-            self.shadow.adopt(follower)
-            self.shadow.relocate(candidate, spread_states=3.0)
-            self._start_shadow(follower)
+        candidates = self.search.step(u, active, follower)[: len(self.shadows)]
+        if candidates:
+            self._running = self.shadows[: len(candidates)]
+            for shadow, state in zip(self._running, candidates):
+                shadow.adopt(follower)
+                shadow.relocate(state, spread_states=3.0)
+            self._start(follower)
         return False
 
-    def _start_shadow(self, follower) -> None:
+    def _decide(self, now_s: float, follower) -> bool:
+        if self._active < 0.5 * self.confirm_frames:  # a silent window proves nothing
+            self._wins, self._running = 0, []
+            return False
+        main = follower.log_evidence - self._main0
+        gains = [(sh.log_evidence - s0) - main for sh, s0 in zip(self._running, self._shadow0)]
+        best = int(np.argmax(gains))
+        shadow = self._running[best]
+        self.history.append((now_s, follower.position_states, shadow.position_states, gains[best]))
+        if gains[best] <= self.config.margin_nats:
+            self._wins, self._running = 0, []
+            return False
+        self._wins += 1
+        if self._wins >= self.config.confirmations:
+            self._wins, self._running = 0, []
+            follower.adopt(shadow)
+            return True
+        self._running = [shadow]  # the best shadow keeps its track: verify once more
+        self._start(follower)
+        return False
+
+    def _start(self, follower) -> None:
         self._active = 0
-        self._main0, self._shadow0 = follower.log_evidence, self.shadow.log_evidence
+        self._main0 = follower.log_evidence
+        self._shadow0 = [sh.log_evidence for sh in self._running]
         self._left = self.confirm_frames
