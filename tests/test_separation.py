@@ -62,7 +62,7 @@ def test_solo_is_removed_and_accompaniment_kept(duet):
 
 def test_strength_follows_alpha(duet):
     case, bundle = duet
-    weak, _ = masked_energies(case, bundle, SeparationConfig(alpha=0.5))
+    weak, _ = masked_energies(case, bundle, SeparationConfig(alpha=0.2))
     strong, _ = masked_energies(case, bundle, SeparationConfig(alpha=2.0))
     assert strong < weak - 2.0
 
