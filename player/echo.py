@@ -67,6 +67,10 @@ class LeakCanceller:
         self.n_hist = max(self.n_lags + 8, int(round(cfg.window_s / period)))
         self._every = max(1, int(round(cfg.every_s / period)))
         self._out = np.zeros((self.n_lags + 1, params.n_bins), dtype=np.float32)  # ring of output spectra
+        band = params.obs_bins
+        self._out_c = np.zeros((self.n_lags + 1, band.stop - band.start), dtype=np.float32)  # sqrt, in band
+        self._out_norm = np.zeros(self.n_lags + 1)
+        self._slot_of_lag = np.arange(self.n_lags)
         self._similarity = np.zeros(self.n_lags)  # running mean cosine per lag
         self._sim_now = np.empty(self.n_lags)
         self._ratio = np.full(self.n_hist, np.nan)  # input/output band magnitude at the current lag
@@ -79,7 +83,10 @@ class LeakCanceller:
 
     def push_output(self, out_mag: np.ndarray) -> None:
         """The magnitude spectrum ``(n_bins,)`` of what the player emitted during this hop."""
-        self._out[self.frames % self._out.shape[0]] = out_mag
+        slot = self.frames % self._out.shape[0]
+        self._out[slot] = out_mag
+        np.sqrt(out_mag[self._band], out=self._out_c[slot])
+        self._out_norm[slot] = np.sqrt(np.dot(self._out_c[slot], self._out_c[slot]))
 
     def cancel(self, in_mag: np.ndarray) -> np.ndarray:
         """The input spectrum ``(n_bins,)`` of this hop without the expected leak (new array
@@ -108,14 +115,12 @@ class LeakCanceller:
 
     def _track_similarity(self, in_mag: np.ndarray) -> None:
         """Update the running mean cosine between this input frame and each lagged output."""
-        n = self._out.shape[0]
-        rows = (self.frames - np.arange(self.n_lags)) % n
-        out = np.sqrt(self._out[rows][:, self._band])  # (n_lags, n_band)
+        rows = (self.frames - self._slot_of_lag) % self._out.shape[0]
         x = np.sqrt(in_mag[self._band])
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out)) * np.sqrt(np.dot(x, x))
+        norms = self._out_norm[rows] * np.sqrt(np.dot(x, x))
         valid = norms > 1e-9  # silent frames say nothing (and tiny norms overflow)
         self._sim_now[:] = 0.0
-        np.divide(out @ x, norms, out=self._sim_now, where=valid)
+        np.divide((self._out_c @ x)[rows], norms, out=self._sim_now, where=valid)
         self._similarity += (self._sim_now - self._similarity) / min(self.frames + 1, self.n_hist)
 
     def _lagged_max(self, lag: int) -> np.ndarray:

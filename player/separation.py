@@ -70,7 +70,7 @@ class SeparationConfig:
     """
 
     alpha: float = 2.0
-    n_iter: int = 5
+    n_iter: int = 3
     power: float = 4.0
     smooth_blocks: int = 3
     hold_s: float = 1.0
