@@ -19,10 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import shared  # noqa: E402,F401  (before numpy: one BLAS thread, as in the player itself)
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
 from benchmarks.bench_prep import synthesise  # noqa: E402
 from player.engine import Engine, EngineConfig  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402

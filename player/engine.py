@@ -255,10 +255,12 @@ class Engine:
         gain = None
         sep = self.remover.config
         if sep.alpha > 0.0:
-            sounding = self._presence > 0.0
-            x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if sounding else None
-            g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self._presence)
-            gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
+            if self.stats.blocks % sep.every_blocks == 0:
+                sounding = self._presence > 0.0
+                x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if sounding else None
+                g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self._presence)
+                gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
+            gain = self._gain
         t1 = time.perf_counter()
         out = self.vocoder.render(n_out, rate, gain)
         stats.seconds["separation"] += t1 - t0

@@ -40,7 +40,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d
 
 from shared.bundle import NMFBases
 from shared.pgnmf import GammaPriors, PGNMFState, init_state, update
@@ -64,6 +63,7 @@ class SeparationConfig:
         x_offset_s: where X's row is taken, relative to the X position matched to U's latest
             frame (seconds of U). 0 keeps the two rows of the factorisation consistent.
         smooth: "mean" or "min" over the last ``smooth_blocks`` ratios.
+        every_blocks: factorise every this many blocks (the gain holds in between).
         support_db, support_bins, model_support_db: where removal may act (see the module
             docstring); ``support_db`` 0 removes wherever the factorisation says.
         support_from: "u" (U's spectrum), "model" (its reconstruction) or "both".
@@ -73,6 +73,7 @@ class SeparationConfig:
     n_iter: int = 3
     power: float = 4.0
     smooth_blocks: int = 3
+    every_blocks: int = 1
     hold_s: float = 1.0
     threshold_db: float = 3.0
     ramp_db: float = 2.0
@@ -86,7 +87,7 @@ class SeparationConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 2.0:
             raise ValueError(f"alpha must be within [0, 2], got {self.alpha}")
-        if self.n_iter < 1 or self.smooth_blocks < 1 or self.power <= 0:
+        if self.n_iter < 1 or self.smooth_blocks < 1 or self.every_blocks < 1 or self.power <= 0:
             raise ValueError("n_iter, smooth_blocks must be >= 1 and power > 0")
         if self.smooth not in ("mean", "min") or self.support_from not in ("u", "model", "both"):
             raise ValueError(f"smooth={self.smooth!r} (mean, min), support_from={self.support_from!r} (u, model, both)")
@@ -181,7 +182,8 @@ class SoloRemover:
     def _support(self, u_row: np.ndarray, range_db: float) -> np.ndarray:
         """Where the soloist has energy: 1 within ``support_db`` of U's loudest bin (widened
         by ``support_bins`` for vibrato and detune errors), fading to 0 over 6 dB below."""
-        wide = maximum_filter1d(u_row, 2 * self.config.support_bins + 1)
+        k = self.config.support_bins
+        wide = np.lib.stride_tricks.sliding_window_view(np.pad(u_row, k), 2 * k + 1).max(axis=1)
         level = 20.0 * np.log10(np.maximum(wide, 1e-12) / max(float(wide.max()), 1e-12))
         return np.clip((level + range_db + 6.0) / 6.0, 0.0, 1.0)
 

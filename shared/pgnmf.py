@@ -60,8 +60,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import digamma as _sp_digamma
-from scipy.special import gammaln
 
 __all__ = [
     "EPS",
@@ -405,6 +403,8 @@ def bound(M: ArrayLike, state: PGNMFState, priors: GammaPriors = GammaPriors()) 
     the expected Gamma log priors and the Gamma entropies of ``q(H)`` and ``q(W)``.
     Costs ``N K F`` multiply-adds plus ``(N + F) K`` digammas/lgammas; ``M`` is ``(N, F)``.
     """
+    from scipy.special import digamma as _sp_digamma, gammaln  # offline only: light player start-up
+
     M = _as_data(M)
     if M.shape != (state.N, state.F):
         raise ValueError(f"M has shape {M.shape}, the state expects {(state.N, state.F)}")
