@@ -119,3 +119,12 @@ def test_gain_on_bins_interpolates_and_holds_the_top():
 def test_alpha_outside_range_is_refused(alpha):
     with pytest.raises(ValueError):
         SeparationConfig(alpha=alpha)
+
+
+@pytest.mark.parametrize("n,k", [(1025, 12), (50, 3), (7, 5), (9, 0)])
+def test_running_max_matches_the_windowed_max(n, k):
+    from player.separation import running_max
+
+    x = np.random.default_rng(n + k).random(n)
+    expected = np.array([x[max(0, i - k):i + k + 1].max() for i in range(n)])
+    np.testing.assert_array_equal(running_max(x, k), expected)
