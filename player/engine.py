@@ -131,6 +131,7 @@ class Engine:
         self._u_mag = np.zeros(p.n_fft // 2 + 1, dtype=np.float32)
         self._playing = False
         self._presence = 0.0  # how surely the soloist is sounding, in [0, 1], held over hold_s
+        self._sounding_now = False  # U's latest frame is above the sounding threshold
         # what the engine played, analysed like the input, for the leak canceller
         self.leak = LeakCanceller(p, self.config.leak)
         self._out_resampler = (None if self.output_sr == p.sr else
@@ -256,8 +257,7 @@ class Engine:
         sep = self.remover.config
         if sep.alpha > 0.0:
             if self.stats.blocks % sep.every_blocks == 0:
-                sounding = self._presence > 0.0
-                x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if sounding else None
+                x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if self._sounding_now else None
                 g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self._presence)
                 gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
             gain = self._gain
@@ -272,6 +272,7 @@ class Engine:
         ramp above it; a drop decays linearly over ``hold_s`` (the solo's decay in X)."""
         sep, act = self.remover.config, self.activity
         now = (act.level_db - act.floor_db - sep.threshold_db) / sep.ramp_db
+        self._sounding_now = now > 0.0
         decay = self.params.fine_period_s / sep.hold_s if sep.hold_s > 0 else 1.0
         return float(min(1.0, max(now, held - decay, 0.0)))
 

@@ -70,7 +70,8 @@ class RunTrace:
     Attributes:
         frames: ``(n_frames, 6)`` rows of u_time_s, x_s, tempo, confidence, detune_cents, active.
         block_u_s: ``(n_blocks,)`` U time (s) at the end of each block.
-        mask: ``(n_blocks, n_bands)`` float16 mean gain in each band of ``MASK_BAND_EDGES_HZ``.
+        mask: ``(n_blocks, n_bands)`` float16 gain at the centre of each band of
+            ``MASK_BAND_EDGES_HZ`` (interpolated: low bands hold less than one bin).
     """
 
     frames: np.ndarray
@@ -83,21 +84,15 @@ class _TraceRecorder:
         self.frames: list[tuple] = []
         self.blocks: list[float] = []
         self.masks: list[np.ndarray] = []
-        self._bands = None
+        self._centres = np.sqrt(MASK_BAND_EDGES_HZ[:-1] * MASK_BAND_EDGES_HZ[1:])
 
     def frame(self, u_time: float, st) -> None:
         self.frames.append((u_time, st.x_s, st.tempo, st.confidence, st.detune_cents, float(st.active)))
 
     def block(self, engine: Engine) -> None:
         remover = engine.remover
-        if self._bands is None:
-            self._bands = np.digitize(remover.freqs_hz, MASK_BAND_EDGES_HZ) - 1
-            self._valid = (self._bands >= 0) & (self._bands < len(MASK_BAND_EDGES_HZ) - 1)
-            self._counts = np.bincount(self._bands[self._valid], minlength=len(MASK_BAND_EDGES_HZ) - 1)
-        sums = np.bincount(self._bands[self._valid], weights=remover.gain[self._valid],
-                           minlength=len(MASK_BAND_EDGES_HZ) - 1)
         self.blocks.append(engine.u_time_s)
-        self.masks.append((sums / np.maximum(self._counts, 1)).astype(np.float16))
+        self.masks.append(np.interp(self._centres, remover.freqs_hz, remover.gain).astype(np.float16))
 
     def result(self) -> RunTrace:
         return RunTrace(np.array(self.frames, dtype=np.float64).reshape(-1, 6), np.array(self.blocks),

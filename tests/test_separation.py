@@ -76,8 +76,10 @@ def test_alpha_zero_and_silence_give_unity_gain(duet):
     assert np.all(off.update(x_spec.at(2.0), u_mag, 0.0) == 1.0)
     on = SoloRemover(bundle.nmf, p, SeparationConfig(smooth_blocks=3))
     assert on.update(x_spec.at(2.0), u_mag, 0.0).min() < 1.0
-    for _ in range(3):  # the soloist stops: the gain glides back to one within the smoothing
-        gain = on.update(None, None, 0.0)
+    held = on.update(None, None, 0.0, strength=0.5)  # just stopped: the last notes' decay
+    assert held.min() < 1.0
+    for _ in range(3):  # the hold is over: the gain glides back to one within the smoothing
+        gain = on.update(None, None, 0.0, strength=0.0)
     assert np.all(gain == 1.0)
 
 
@@ -128,3 +130,14 @@ def test_running_max_matches_the_windowed_max(n, k):
     x = np.random.default_rng(n + k).random(n)
     expected = np.array([x[max(0, i - k):i + k + 1].max() for i in range(n)])
     np.testing.assert_array_equal(running_max(x, k), expected)
+
+
+def test_near_silence_in_x_is_not_masked(duet):
+    """Before X's first chord the factorisation has no data: the gain must stay at one
+    (a hole in the accompaniment's first chord otherwise)."""
+    case, bundle = duet
+    p = bundle.params
+    remover = SoloRemover(bundle.nmf, p, SeparationConfig(smooth_blocks=1))
+    quiet_x = np.full(p.n_fft // 2 + 1, 1e-4)
+    loud_u = np.abs(np.fft.rfft(case.u[44100:44100 + p.n_fft]))[: p.n_fft // 2 + 1]
+    assert np.all(remover.update(quiet_x, loud_u, 0.0) == 1.0)
