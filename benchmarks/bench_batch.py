@@ -15,7 +15,6 @@ with ``prep diff`` (builds are deterministic).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_prep import emit  # noqa: E402
 from shared.synth import ORGAN, VIOLIN, TimeMap, accompaniment, melody, render_notes  # noqa: E402
 
 
@@ -97,9 +97,7 @@ def main() -> None:
         "bundles_equivalent": same,
         "cores": os.cpu_count(),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,15 @@ def main() -> None:
             "build_seconds_per_audio_minute": round(wall / (info.duration / 60), 2),
             "cores": os.cpu_count(),
         }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
+
+
+def emit(result: dict, json_path: Path | None) -> None:
+    """Print the figures as JSON, and write them to ``json_path`` if given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        json_path.write_text(text)
 
 
 if __name__ == "__main__":
