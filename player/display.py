@@ -93,21 +93,17 @@ def snapshot(engine, session, latency_s: float) -> DisplaySnapshot:
     """Copy the display's values out of a running engine and its live session (main thread)."""
     st = engine.state
     c = session.counters
-    follower = getattr(engine, "follower", None)
-    load = None
-    stats = getattr(engine, "stats", None)
-    u_time = float(getattr(engine, "u_time_s", 0.0) or 0.0)
-    if stats is not None and u_time > 0.5:
-        load = sum(list(stats.seconds.values())) / u_time
+    u_time = engine.u_time_s
+    load = sum(engine.stats.seconds.values()) / u_time if u_time > 0.5 else None
     return DisplaySnapshot(
         position_s=float(st.x_s), duration_s=float(engine.bundle.duration_s), tempo=float(st.tempo),
         confidence=float(st.confidence), detune_cents=float(st.detune_cents),
         input_level_db=float(session.input_level_db), input_peak_db=float(session.input_peak_db),
         xruns=c.xruns, dropped_blocks=c.dropped_blocks, late_blocks=c.late_blocks,
-        clipped_blocks=getattr(c, "clipped_blocks", 0), latency_s=float(latency_s),
+        clipped_blocks=c.clipped_blocks, latency_s=float(latency_s),
         queue_s=session.headroom_blocks * session.blocksize / float(engine.input_sr),
-        active=bool(st.active), waiting=follower is not None and not follower.started,
-        load=load, restarts=getattr(session, "restarts", 0))
+        active=bool(st.active), waiting=not engine.started,
+        load=load, restarts=session.restarts)
 
 
 # ----------------------------------------------------------------------------- formatting

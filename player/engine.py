@@ -82,11 +82,29 @@ def check_supported(bundle: Bundle) -> None:
     """Refuse, with one clear line, a bundle analysed with parameters this player cannot run."""
     p = bundle.params
     lo, hi = SUPPORTED_FRAME_PERIOD_S
-    if not lo <= p.fine_period_s <= hi:
+    if not lo <= p.fine_period_s <= hi:  # (shapes against the parameters: checked by the loader)
         raise BundleError(f"bundle {bundle.path.name} was made with a frame period of {1000 * p.fine_period_s:.0f} ms; "
                           f"this player supports {1000 * lo:.0f}-{1000 * hi:.0f} ms: rebuild it with 'prep build'")
-    if p.n_fft // 2 + 1 != bundle.nmf.w_shape.shape[1]:
-        raise BundleError(f"bundle {bundle.path.name}: its NMF bases do not match its analysis parameters; rebuild it")
+
+
+class HopStream:
+    """Mono blocks at any rate in, whole analysis hops out: a streaming resampler to the
+    analysis rate and a FIFO that keeps the remainder for the next block."""
+
+    def __init__(self, sr_in: int, sr: int, hop: int) -> None:
+        self.hop = hop
+        self._resampler = (None if sr_in == sr else
+                           soxr.ResampleStream(sr_in, sr, 1, dtype="float32", quality="LQ"))
+        self._fifo = np.zeros(0, dtype=np.float32)
+
+    def push(self, mono: np.ndarray) -> np.ndarray:
+        """Take ``(n,)`` samples at ``sr_in``; return the completed hops ``(k, hop)`` at ``sr``."""
+        if self._resampler is not None:
+            mono = self._resampler.resample_chunk(mono)
+        fifo = np.concatenate([self._fifo, mono]) if self._fifo.size else mono
+        k = fifo.size // self.hop
+        self._fifo = fifo[k * self.hop:].copy()
+        return fifo[: k * self.hop].reshape(k, self.hop)
 
 
 class Engine:
@@ -110,9 +128,7 @@ class Engine:
         self.output_channels = bundle.audio.channels
         self.on_frame = on_frame
         p = self.params
-        self._resampler = (None if self.input_sr == p.sr else
-                           soxr.ResampleStream(self.input_sr, p.sr, 1, dtype="float32", quality="LQ"))
-        self._fifo = np.zeros(0, dtype=np.float32)
+        self._input = HopStream(self.input_sr, p.sr, p.fine_hop)
         self.spectrum = OnlineSpectrum(p)
         self.activity = ActivityDetector(p, self.config.activity)
         self.follower = Follower(bundle.templates, p, self.config.follower)
@@ -134,9 +150,7 @@ class Engine:
         self._sounding_now = False  # U's latest frame is above the sounding threshold
         # what the engine played, analysed like the input, for the leak canceller
         self.leak = LeakCanceller(p, self.config.leak)
-        self._out_resampler = (None if self.output_sr == p.sr else
-                               soxr.ResampleStream(self.output_sr, p.sr, 1, dtype="float32", quality="LQ"))
-        self._out_fifo = np.zeros(0, dtype=np.float32)
+        self._played = HopStream(self.output_sr, p.sr, p.fine_hop)
         self._out_spectrum = OnlineSpectrum(p)
         self._out_frames = np.zeros((8, p.n_fft // 2 + 1), dtype=np.float32)  # ring of output spectra
         self._out_written = self._out_read = 0
@@ -194,18 +208,12 @@ class Engine:
             block = np.zeros_like(block)
         mono = block if block.ndim == 1 else block.mean(axis=1)
         t0 = time.perf_counter()
-        if self._resampler is not None:
-            mono = self._resampler.resample_chunk(mono)
-        self._fifo = np.concatenate([self._fifo, mono]) if self._fifo.size else mono
+        hops = self._input.push(mono)
         self._in_samples += block.shape[0]
         u_time = self.u_time_s
-        hop = self.params.fine_hop
-        n_frames = self._fifo.size // hop
-        t1 = time.perf_counter()
-        stats.seconds["analysis"] += t1 - t0
-        for k in range(n_frames):
-            self._frame(self._fifo[k * hop:(k + 1) * hop], u_time)
-        self._fifo = self._fifo[n_frames * hop:].copy()
+        stats.seconds["analysis"] += time.perf_counter() - t0
+        for hop_samples in hops:
+            self._frame(hop_samples, u_time)
         n_out = int(round(self._in_samples * self.output_sr / self.input_sr)) - self._out_samples
         self._out_samples += n_out
         out = self._render(n_out)
@@ -216,19 +224,12 @@ class Engine:
     def _analyse_output(self, out: np.ndarray) -> None:
         """Queue the spectra of what was just played, one per analysis hop (leak canceller)."""
         t0 = time.perf_counter()
-        mono = out.mean(axis=1) if out.ndim == 2 else out
-        if self._out_resampler is not None:
-            mono = self._out_resampler.resample_chunk(mono)
-        fifo = np.concatenate([self._out_fifo, mono]) if self._out_fifo.size else mono
-        hop = self.params.fine_hop
-        n = fifo.size // hop
         ring = self._out_frames
-        for k in range(n):
+        for hop_samples in self._played.push(out.mean(axis=1)):
             if self._out_written - self._out_read >= ring.shape[0]:  # the input stalled: drop the oldest
                 self._out_read += 1
-            ring[self._out_written % ring.shape[0]] = self._out_spectrum.push(fifo[k * hop:(k + 1) * hop])
+            ring[self._out_written % ring.shape[0]] = self._out_spectrum.push(hop_samples)
             self._out_written += 1
-        self._out_fifo = fifo[n * hop:].copy()
         self.stats.seconds["analysis"] += time.perf_counter() - t0
 
     def _next_output_frame(self) -> np.ndarray | None:
@@ -256,11 +257,9 @@ class Engine:
         gain = None
         sep = self.remover.config
         if sep.alpha > 0.0:
-            if self.stats.blocks % sep.every_blocks == 0:
-                x_mag = self.x_spectrum.at(st.x_frame_s + st.tempo * sep.x_offset_s) if self._sounding_now else None
-                g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self._presence)
-                gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
-            gain = self._gain
+            x_mag = self.x_spectrum.at(st.x_frame_s) if self._sounding_now else None
+            g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self._presence)
+            gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
         t1 = time.perf_counter()
         out = self.vocoder.render(n_out, rate, gain)
         stats.seconds["separation"] += t1 - t0

@@ -38,9 +38,6 @@ class SearchConfig:
         confirmations: consecutive verification windows the candidate must win (a single
             window can be lost by the right track during a fermata or a sudden tempo change).
         min_active: fraction of the context in which the soloist must be playing.
-        cooldown_s: after a verification the main track clearly won (by ``margin_nats``), no
-            new one starts for this long (U seconds): each shadow costs as much as the main
-            track, and while the player is followed well candidates are false alarms.
         candidates: distinct far places proposed per sweep and verified side by side (a
             passage that recurs, or a context still holding notes from before a jump, can
             put the right place second).
@@ -56,7 +53,6 @@ class SearchConfig:
     confirmations: int = 2
     min_active: float = 0.6
     candidates: int = 3
-    cooldown_s: float = 0.0
 
 
 def semitone_filterbank(params: AnalysisParams) -> np.ndarray:
@@ -215,8 +211,6 @@ class Relocator:
         self.shadows = list(shadows)
         self.config = config
         self.confirm_frames = max(1, int(round(config.confirm_s / frame_s)))
-        self.cooldown_frames = int(round(config.cooldown_s / frame_s))
-        self._cooldown = 0
         self._running: list = []
         self._left = 0
         self._wins = 0
@@ -234,7 +228,6 @@ class Relocator:
         """Drop a verification in progress and the search's history (the player restarted)."""
         self._left = 0
         self._wins = 0
-        self._cooldown = 0
         self._running = []
         self.search.reset()
 
@@ -251,9 +244,6 @@ class Relocator:
         if not follower.started:
             return False
         candidates = self.search.step(u, active, follower)[: len(self.shadows)]
-        if self._cooldown > 0:
-            self._cooldown -= 1
-            return False
         if candidates:
             self._running = self.shadows[: len(candidates)]
             for shadow, state in zip(self._running, candidates):
@@ -272,17 +262,13 @@ class Relocator:
         shadow = self._running[best]
         self.history.append((now_s, follower.position_states, shadow.position_states, gains[best]))
         if gains[best] <= self.config.margin_nats:
-            if gains[best] < -self.config.margin_nats:  # the main track is clearly right
-                self._cooldown = self.cooldown_frames
             self._wins, self._running = 0, []
             return False
         self._wins += 1
         if self._wins >= self.config.confirmations:
             self._wins, self._running = 0, []
-            self._cooldown = 0
             follower.adopt(shadow)
             return True
-        self._cooldown = 0
         self._running = [shadow]  # the best shadow keeps its track: verify once more
         self._start(follower)
         return False

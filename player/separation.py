@@ -31,7 +31,7 @@ fading the last data-based ratio through rests instead of factorising U's room n
 accompaniment kept -1.6 dB or better. On a synthetic flute take against a violin recording
 the support costs 2 dB of removal (-10.3 dB): the violin's upper partials that the flute
 lacks stay. A support from U's reconstruction through X's bases recovered 0.8 dB of that but
-masked the accompaniment's low notes where bases mix both (kept as ``support_from``).
+masked the accompaniment's low notes where bases mix both, so it was dropped.
 
 U's level is unknown (another microphone, another instrument), so U's row is scaled to the
 same total as X's row; its spectrum is first shifted by the follower's detune estimate
@@ -61,44 +61,32 @@ class SeparationConfig:
         threshold_db: the soloist counts as sounding while U's level is this far above the
             room's noise floor (lower than the follower's gate: soft notes and the decay of
             notes still carry the solo in X); full strength ``ramp_db`` above that.
-        hold_s: keep removing for this long (seconds) after the soloist was last heard,
-            so that the solo's decay and the gaps between notes are removed too.
-        x_offset_s: where X's row is taken, relative to the X position matched to U's latest
-            frame (seconds of U). 0 keeps the two rows of the factorisation consistent.
-        smooth: "mean" or "min" over the last ``smooth_blocks`` ratios.
-        every_blocks: factorise every this many blocks (the gain holds in between).
+        hold_s: after the soloist stops sounding, the last ratio computed from data fades
+            out over this long (seconds): the decay of the notes last heard, in X's hall.
         min_counts_per_bin: no removal while X's row holds fewer counts than this per bin
             on average (prep scales X so a mean cell holds 4): with so little data both
             rows' activations stay at the prior, and their difference would mask every bin
             (heard as a hole before the first chord).
-        support_db, support_bins, model_support_db: where removal may act (see the module
-            docstring); ``support_db`` 0 removes wherever the factorisation says.
-        support_from: "u" (U's spectrum), "model" (its reconstruction) or "both".
+        support_db, support_bins: where removal may act (see the module docstring);
+            ``support_db`` 0 removes wherever the factorisation says.
     """
 
     alpha: float = 2.0
     n_iter: int = 3
     power: float = 4.0
     smooth_blocks: int = 3
-    every_blocks: int = 1
     min_counts_per_bin: float = 0.25
     hold_s: float = 1.0
     threshold_db: float = 3.0
     ramp_db: float = 2.0
-    x_offset_s: float = 0.0
-    smooth: str = "mean"
     support_db: float = 30.0
     support_bins: int = 12
-    support_from: str = "u"
-    model_support_db: float = 6.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 2.0:
             raise ValueError(f"alpha must be within [0, 2], got {self.alpha}")
-        if self.n_iter < 1 or self.smooth_blocks < 1 or self.every_blocks < 1 or self.power <= 0:
+        if self.n_iter < 1 or self.smooth_blocks < 1 or self.power <= 0:
             raise ValueError("n_iter, smooth_blocks must be >= 1 and power > 0")
-        if self.smooth not in ("mean", "min") or self.support_from not in ("u", "model", "both"):
-            raise ValueError(f"smooth={self.smooth!r} (mean, min), support_from={self.support_from!r} (u, model, both)")
 
 
 class SoloRemover:
@@ -156,12 +144,9 @@ class SoloRemover:
             ratio[:] = 1.0 - strength * (1.0 - self._last)
         else:
             self._last[:] = self._ratio(x_mag, u_mag, detune_cents)
-            ratio[:] = 1.0 - min(strength, 1.0) * (1.0 - self._last)
+            ratio[:] = 1.0 - strength * (1.0 - self._last)
         self._next = (self._next + 1) % cfg.smooth_blocks
-        if cfg.smooth == "min":
-            np.min(self._history, axis=0, out=self.gain)
-        else:
-            np.mean(self._history, axis=0, out=self.gain)
+        np.mean(self._history, axis=0, out=self.gain)
         if cfg.power != 1.0:
             np.power(self.gain, cfg.power, out=self.gain)
         return self.gain
@@ -182,24 +167,16 @@ class SoloRemover:
         # where the model explains (almost) nothing there is nothing to remove
         tiny = 1e-6 * float(tutti.max()) + 1e-12
         ratio = np.clip((kept + tiny) / (tutti + tiny), 0.0, 1.0)
-        cfg = self.config
-        if cfg.support_db > 0:
-            if cfg.support_from == "model":
-                support = self._support(H[1] @ self._W, cfg.support_db)
-            elif cfg.support_from == "both":
-                support = np.maximum(self._support(u_row, cfg.support_db),
-                                     self._support(H[1] @ self._W, cfg.model_support_db))
-            else:
-                support = self._support(u_row, cfg.support_db)
-            ratio = 1.0 - (1.0 - ratio) * support
+        if self.config.support_db > 0:
+            ratio = 1.0 - (1.0 - ratio) * self._support(u_row)
         return ratio
 
-    def _support(self, u_row: np.ndarray, range_db: float) -> np.ndarray:
+    def _support(self, u_row: np.ndarray) -> np.ndarray:
         """Where the soloist has energy: 1 within ``support_db`` of U's loudest bin (widened
         by ``support_bins`` for vibrato and detune errors), fading to 0 over 6 dB below."""
         wide = running_max(u_row, self.config.support_bins)
         level = 20.0 * np.log10(np.maximum(wide, 1e-12) / max(float(wide.max()), 1e-12))
-        return np.clip((level + range_db + 6.0) / 6.0, 0.0, 1.0)
+        return np.clip((level + self.config.support_db + 6.0) / 6.0, 0.0, 1.0)
 
 
 def running_max(x: np.ndarray, k: int) -> np.ndarray:
