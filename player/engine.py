@@ -33,6 +33,7 @@ from player.playback import PlaybackConfig, PlaybackController
 from player.search import GlobalSearch, Relocator, SearchConfig
 from player.separation import PositionSpectrum, SeparationConfig, SoloRemover, gain_on_bins
 from player.vocoder import StreamingVocoder
+from shared.audio import to_mono
 from shared.bundle import Bundle
 from shared.errors import BundleError
 from shared.spectral import OnlineSpectrum, observation_features
@@ -164,6 +165,8 @@ class Engine:
         if not 0.0 <= start < bundle.duration_s:
             raise ValueError(f"start {start:.2f} s is outside the recording (0..{bundle.duration_s:.2f} s)")
         self.follower.reset(start)
+        self.follower.warm_up()
+        self.remover.warm_up()
 
     @property
     def started(self) -> bool:
@@ -206,7 +209,7 @@ class Engine:
         if not np.isfinite(block).all():  # a broken driver buffer: treat as silence
             stats.nan_blocks += 1
             block = np.zeros_like(block)
-        mono = block if block.ndim == 1 else block.mean(axis=1)
+        mono = to_mono(block)
         t0 = time.perf_counter()
         hops = self._input.push(mono)
         self._in_samples += block.shape[0]
@@ -225,7 +228,7 @@ class Engine:
         """Queue the spectra of what was just played, one per analysis hop (leak canceller)."""
         t0 = time.perf_counter()
         ring = self._out_frames
-        for hop_samples in self._played.push(out.mean(axis=1)):
+        for hop_samples in self._played.push(to_mono(out)):
             if self._out_written - self._out_read >= ring.shape[0]:  # the input stalled: drop the oldest
                 self._out_read += 1
             ring[self._out_written % ring.shape[0]] = self._out_spectrum.push(hop_samples)

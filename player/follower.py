@@ -30,7 +30,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
+from numba import njit
 
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
@@ -146,7 +149,7 @@ class TempoTracker:
         s_uu = self._uu - self._u * self._u / self._w
         s_ux = self._ux - self._u * self._x / self._w
         slope = (s_ux + self.prior) / (s_uu + self.prior)
-        self.tempo = float(np.clip(slope, self.lo, self.hi))
+        self.tempo = float(min(max(slope, self.lo), self.hi))
         return self.tempo
 
 
@@ -176,7 +179,7 @@ class Follower:
         self.centre_delay_s = params.n_fft / 2 / params.sr
         self.tempo = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight,
                                   cfg.min_tempo, cfg.max_tempo, params.fine_period_s)
-        self._frac = (np.arange(self.m) / self.m).astype(np.float64)
+        self._evidence = np.zeros(self.n_detune)
         self._cache_lo = 0
         self._cache = np.zeros((self.n_detune, 0, params.n_obs_bins), dtype=np.float32)
         self._offsets = np.arange(self.band, dtype=np.float64)
@@ -221,7 +224,7 @@ class Follower:
     def _band_start(self, mode: int) -> int:
         """First sub-state of the band that keeps ``mode`` inside it, most of the band ahead."""
         behind = self.band - int(self.band * self.config.band_lead)
-        return int(np.clip(mode - behind, 0, max(0, self.n_sub - self.band)))
+        return int(min(max(mode - behind, 0), max(0, self.n_sub - self.band)))
 
     def _centre_on(self, j0: int, spread: float) -> None:
         self.lo = self._band_start(j0)
@@ -230,14 +233,15 @@ class Follower:
         self.alpha = alpha / alpha.sum()
         self._mode = j0
 
-    def _band_templates(self, s0: int, s1: int) -> np.ndarray:
-        """float32 log templates of states ``[s0, s1)``, dequantised once per cache window."""
+    def _band_templates(self, s0: int, s1: int) -> tuple[np.ndarray, int]:
+        """float32 log templates ``(n_detune, n, n_obs_bins)`` holding states ``[s0, s1)``
+        from index ``offset`` on, dequantised once per cache window: ``(cache, offset)``."""
         if s0 < self._cache_lo or s1 > self._cache_lo + self._cache.shape[1]:
             start = max(0, s0 - self.band_states // 2)
             stop = min(self.n_states, start + 3 * self.band_states + 2)
             self._cache_lo = start
-            self._cache = self.templates.dequantize(slice(None), slice(start, stop))
-        return self._cache[:, s0 - self._cache_lo:s1 - self._cache_lo]
+            self._cache = np.ascontiguousarray(self.templates.dequantize(slice(None), slice(start, stop)))
+        return self._cache, s0 - self._cache_lo
 
     # ------------------------------------------------------------------ per frame
     def _predict(self, active: bool) -> None:
@@ -257,7 +261,7 @@ class Follower:
         if cfg.novelty_scale <= 0 or prev is None:
             return 1.0
         hellinger = np.sqrt(max(0.0, 1.0 - float(np.dot(root, prev))))
-        return float(np.clip(hellinger / cfg.novelty_scale, cfg.novelty_min, 1.0))
+        return float(min(max(hellinger / cfg.novelty_scale, cfg.novelty_min), 1.0))
 
     def _reentry_spread(self) -> None:
         """The soloist plays again after a rest: the rest was crossed at a guessed tempo, so
@@ -279,29 +283,13 @@ class Follower:
         kappa = cfg.kappa * self._novelty_weight(u)
         s0 = self.lo // self.m
         s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
-        scaled = kappa * np.einsum("dsb,b->ds", self._band_templates(s0, s1), u)  # (D, states)
-        # detune: this frame's evidence for each variant under the predicted posterior
-        a_states = np.bincount((np.arange(self.band) + self.lo) // self.m - s0, weights=self.alpha,
-                               minlength=s1 - s0)
-        peak = scaled.max()
-        lik_d = np.exp(scaled - peak)
-        evidence = np.log(lik_d @ a_states + 1e-300)
-        w = np.exp(self.log_w - self.log_w.max())
-        loglik = np.log(w @ lik_d / w.sum() + 1e-300)  # mixture over detune, per state (minus peak)
+        cache, offset = self._band_templates(s0, s1)
+        evidence = self._evidence
+        self.log_evidence += _band_update(cache, offset, s1 - s0, u, kappa, self.log_w, self.alpha,
+                                          self.lo - s0 * self.m, self.m, evidence)
+        # detune: this frame's evidence for each variant, into the slowly forgetting posterior
         forget = np.exp(-self.params.fine_period_s / cfg.detune_memory_s)
         self.log_w = forget * self.log_w + cfg.detune_rate * (evidence - evidence.max())
-        # sub-states: linear interpolation of the log-likelihood between states
-        if s1 - s0 >= 2:
-            sub = (loglik[:-1, None] * (1.0 - self._frac) + loglik[1:, None] * self._frac).ravel()
-            sub = np.append(sub, loglik[-1])
-        else:
-            sub = np.repeat(loglik, self.m)
-        first = self.lo - s0 * self.m
-        ll = sub[first:first + self.band]
-        top = ll.max()
-        self.alpha = self.alpha * np.exp(ll - top)
-        # log p(u_t | u_<t): the frame's evidence for this track (compared across tracks)
-        self.log_evidence += float(np.log(self.alpha.sum() + 1e-300) + top + peak)
 
     def _normalise_and_follow(self) -> None:
         cfg = self.config
@@ -367,7 +355,77 @@ class Follower:
         st.state = int(self._mode // self.m)
         return st
 
+    def warm_up(self) -> None:
+        """Load the compiled filter kernel now (about half a second the first time in a
+        process), not at the soloist's first note, where a live stream would drop blocks."""
+        alpha = np.full(2 * self.m, 0.5 / self.m)
+        _band_update(self._cache if self._cache.shape[1] >= 2 else np.zeros((self.n_detune, 2, self.params.n_obs_bins), np.float32),
+                     0, 2, np.zeros(self.params.n_obs_bins, np.float32), 1.0, np.zeros(self.n_detune), alpha, 0,
+                     self.m, np.zeros(self.n_detune))
+
     @property
     def position_states(self) -> float:
         """The filter's position (fractional state index, window-centre matched)."""
         return self._s_hat
+
+
+@njit(cache=True, fastmath=True)
+def _band_update(cache, offset, n, u, kappa, log_w, alpha, first, m, evidence):  # pragma: no cover (numba)
+    """The filter's observation update over the band, in place; returns the frame's log
+    evidence ``log p(u_t | u_<t)`` (nats).
+
+    States ``offset .. offset + n`` of ``cache`` (log templates ``(D, *, B)`` float32) are the
+    band's; ``u`` ``(B,)`` the observation; ``alpha`` ``(band,)`` the predicted posterior
+    over sub-states, sub-state ``i`` lying at ``first + i`` sub-states (``m`` per state) from
+    the first state. Per state and detune ``d``: ``kappa * sum_b T[d, s, b] u[b]``; the
+    states' likelihood mixes the variants with weights ``exp(log_w)``, and is interpolated
+    linearly between states for the sub-states. ``evidence`` ``(D,)`` receives each
+    variant's log evidence under ``alpha`` (for the detune posterior).
+    """
+    n_detune = cache.shape[0]
+    band = alpha.size
+    scaled = np.empty((n_detune, n))
+    peak = -np.inf
+    for d in range(n_detune):
+        for s in range(n):
+            row = cache[d, offset + s]
+            acc = np.float32(0.0)
+            for b in range(u.size):
+                acc += row[b] * u[b]
+            v = kappa * acc
+            scaled[d, s] = v
+            peak = max(peak, v)
+    mass = np.zeros(n)  # the predicted posterior's mass per state
+    for i in range(band):
+        mass[(first + i) // m] += alpha[i]
+    w_top = log_w.max()
+    w = np.exp(log_w - w_top)
+    w_sum = w.sum()
+    evidence[:] = 0.0
+    loglik = np.empty(n)
+    for s in range(n):
+        mix = 0.0
+        for d in range(n_detune):
+            lik = math.exp(scaled[d, s] - peak)
+            evidence[d] += lik * mass[s]
+            mix += w[d] * lik
+        loglik[s] = math.log(mix / w_sum + 1e-300)
+    for d in range(n_detune):
+        evidence[d] = math.log(evidence[d] + 1e-300)
+    ll = np.empty(band)
+    top = -np.inf
+    for i in range(band):
+        j = first + i
+        s = j // m
+        if s + 1 < n:
+            f = (j - s * m) / m
+            v = loglik[s] * (1.0 - f) + loglik[s + 1] * f
+        else:
+            v = loglik[s]
+        ll[i] = v
+        top = max(top, v)
+    total = 0.0
+    for i in range(band):
+        alpha[i] *= math.exp(ll[i] - top)
+        total += alpha[i]
+    return math.log(total + 1e-300) + top + peak

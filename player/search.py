@@ -129,7 +129,7 @@ class GlobalSearch:
         return (sims @ w).max(axis=1) / total
 
     def _score_at(self, state: float) -> float:
-        s = int(np.clip(round(state), 0, self.n_states - 1))
+        s = int(min(max(round(state), 0), self.n_states - 1))
         return float(self._scores(np.array([s]))[0])
 
     # ------------------------------------------------------------------ per frame

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.audio import to_mono
 from shared.bundle import NMFBases
 from shared.pgnmf import GammaPriors, PGNMFState, init_state, update
 from shared.spectral import AnalysisParams, analysis_window, detune_spectrum
@@ -115,6 +116,12 @@ class SoloRemover:
         self._next = 0
         self.gain = np.ones(n_bins)  # (F,) the current gain on the analysis axis
         self.freqs_hz = np.arange(n_bins) * params.sr / params.n_fft
+
+    def warm_up(self) -> None:
+        """Load the compiled NMF kernels now rather than at the first note (see
+        :meth:`player.follower.Follower.warm_up`)."""
+        update(np.ones((2, self._W.shape[1])), self._initial, self.priors, n_iter=1,
+               fixed_components=self._fixed, update_w=False)
 
     def reset(self) -> None:
         """Forget activations and smoothing (after a jump)."""
@@ -223,7 +230,7 @@ class PositionSpectrum:
         """Magnitude ``(n_bins,)`` of X's mid signal centred on ``x_s`` seconds."""
         centre = int(round(x_s * self.audio.sr))
         frame = self.audio.read(centre - self.n_window // 2, self.n_window, out=self._buf)
-        mid = frame.mean(axis=1) * self.window
+        mid = to_mono(frame) * self.window
         spectrum = np.abs(np.fft.rfft(mid))
         if spectrum.size >= self.n_bins:
             return spectrum[: self.n_bins]
