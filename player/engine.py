@@ -292,10 +292,11 @@ class Engine:
         active = self.activity.update(mag)
         u = observation_features(mag, self.params)
         t1 = time.perf_counter()
+        evidence_before = self.follower.log_evidence
         state = self.follower.process(u, active, frame_end, now_s=u_time)
         self._presence = self._sounding(self._presence)
         t2 = time.perf_counter()
-        if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower):
+        if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower, evidence_before):
             stats.jumps += 1
         t3 = time.perf_counter()
         stats.frames += 1

@@ -205,11 +205,14 @@ class Follower:
         self._s_hat = j0 / self.m
         self.state = FollowerState(x_s=start_s, tempo=tempo, state=j0 // self.m)
 
-    def relocate(self, state: float, spread_states: float = 2.0) -> None:
-        """Move the band to ``state`` (a jump found by the global search)."""
+    def relocate(self, state: float, spread_states: float = 2.0, tempo: float | None = None) -> None:
+        """Move the band to ``state`` (a jump found by the global search), optionally with a
+        new ``tempo`` (X seconds per U second)."""
         j = int(round(state * self.m))
         self._centre_on(j, spread=spread_states * self.m)
-        self.tempo.reset(self.tempo.tempo)
+        self.tempo.reset(self.tempo.tempo if tempo is None else tempo)
+        self._prev_root = None
+        self._silent_frames = 0
         self._s_hat = state
         self.started = True
 
