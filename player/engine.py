@@ -137,7 +137,7 @@ class Engine:
         if self.config.search:
             self.relocator = Relocator(GlobalSearch(bundle.templates, p, self.config.search_config),
                                        [Follower(bundle.templates, p, self.config.follower)
-                                        for _ in range(self.config.search_config.candidates)],
+                                        for _ in range(self.config.search_config.candidates + 1)],
                                        self.config.search_config, p.fine_period_s)
         self.controller = PlaybackController(self.config.playback)
         self.vocoder = StreamingVocoder(bundle.audio)
@@ -292,11 +292,11 @@ class Engine:
         active = self.activity.update(mag)
         u = observation_features(mag, self.params)
         t1 = time.perf_counter()
-        evidence_before = self.follower.log_evidence
+        evidence_before, position_before = self.follower.log_evidence, self.follower.position_states
         state = self.follower.process(u, active, frame_end, now_s=u_time)
         self._presence = self._sounding(self._presence)
         t2 = time.perf_counter()
-        if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower, evidence_before):
+        if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower, evidence_before, position_before):
             stats.jumps += 1
         t3 = time.perf_counter()
         stats.frames += 1

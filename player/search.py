@@ -51,6 +51,8 @@ class SearchConfig:
             playing: silence proves nothing.
         candidates: distinct far places proposed per sweep and verified side by side (a
             passage that recurs can put the right place second).
+        home_spread_s: spread (seconds of X) of the home track that candidates must beat
+            (see :class:`Relocator`).
         retry_s: after a verification, the least time (U seconds) before the next one; bounds
             the replay cost when a far place keeps scoring well but keeps losing.
     """
@@ -68,6 +70,7 @@ class SearchConfig:
     min_active: float = 0.6
     candidates: int = 3
     retry_s: float = 0.5
+    home_spread_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -198,43 +201,54 @@ class GlobalSearch:
 class Relocator:
     """Verifies the search's candidates with the follower's own model before jumping.
 
-    It keeps the last ``confirmations * confirm_s`` seconds of frames and the main track's
+    It keeps the last ``replay_windows * confirm_s`` seconds of frames and the main track's
     evidence over them. For each candidate a "shadow" follower starts where the candidate
     says the player was at the start of that window and replays the frames at once: a
-    shadow passes if its evidence ``sum log p(u_t | u_<t)`` beats the main track's in every
+    shadow passes if its evidence ``sum log p(u_t | u_<t)`` beats the reference in every
     window of ``confirm_s``. Replaying the past instead of waiting for new frames screens the
     candidates as soon as the search proposes them; but the search chose them on these very
     frames (and just after a jump the replay still holds frames from before it), so the
-    passing shadows then follow ``confirm_s`` of new frames beside the main track, and the
-    best replaces it only if it wins that window by ``margin_nats`` (a log Bayes factor: an
-    independent test; replay alone made false jumps on repeated phrases). Two places that
-    sound alike never win by the margin, so the player is not moved.
+    passing shadows then follow new frames, and the best replaces the main track once it
+    leads the reference by ``margin_nats`` (a log Bayes factor; a sequential test: replay
+    alone made false jumps on repeated phrases).
+
+    The reference is the better of the main track and a "home" shadow restarted where the
+    main track was at the start of the replay, with a wide spread (``home_spread_s``): the
+    hypothesis "the player is still about here". Through a fermata or a pause the main
+    track runs on at the tempo and explains the held note badly, while any far place with a
+    long note of that pitch explains it well; the home track holds the note too, so such a
+    place does not win. Two places that sound alike never win by the margin either. If no
+    candidate wins but the home track ends the trial ahead of the main track by the margin
+    (the main track ran off within its band), the home track takes over.
 
     Args:
         search: the global search that proposes candidates.
-        shadows: followers to verify candidates with (as many as candidates per sweep).
+        shadows: followers to verify with: the first is the home track, the others take
+            the candidates (as many as candidates per sweep).
         config: the search's settings.
         frame_s: analysis frame period (seconds).
     """
 
     def __init__(self, search: GlobalSearch, shadows, config: SearchConfig, frame_s: float) -> None:
         self.search = search
-        self.shadows = list(shadows)
+        self.home, *self.shadows = list(shadows)
         self.config = config
         self.window = max(1, int(round(config.confirm_s / frame_s)))
         self.n_replay = self.window * max(1, config.replay_windows)
         self.retry_frames = int(round(config.retry_s / frame_s))
         self.trial_frames = max(1, int(round(config.trial_s / frame_s)))
+        self.home_spread_states = config.home_spread_s / search.params.coarse_period_s
         n_obs = search.params.n_obs_bins
         self._u = np.zeros((self.n_replay, n_obs), dtype=np.float32)  # ring of recent frames
         self._active = np.zeros(self.n_replay, dtype=bool)
         self._times = np.zeros((self.n_replay, 2))  # (frame_end_s, now_s)
         self._evidence = np.zeros(self.n_replay)  # the main track's log evidence before each frame
-        self._shadow_evidence = np.zeros(self.n_replay + 1)
-        self._pending = None  # the shadow on trial: (shadow, its evidence, main's evidence at the start)
+        self._position = np.zeros(self.n_replay)  # and its position (states)
+        self._replay_evidence = np.zeros(self.n_replay + 1)
+        self._pending = None  # the trial: (shadows, their evidence, reference evidence at the start, frames left)
         self.cancel()
         # the last verifications, for diagnostics: (U s, main state, candidate state, gain in
-        # nats, "screen" or "trial")
+        # nats, "screen", "won" or "lost")
         self.history: deque[tuple[float, float, float, float, str]] = deque(maxlen=64)
 
     def cancel(self) -> None:
@@ -245,14 +259,15 @@ class Relocator:
         self.search.reset()
 
     def step(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float, follower,
-             evidence_before: float) -> bool:
-        """After the main track has processed this frame (its log evidence was
-        ``evidence_before`` just before): True if the main track was moved."""
+             evidence_before: float, position_before: float) -> bool:
+        """After the main track has processed this frame (its log evidence and position were
+        ``evidence_before`` and ``position_before`` just before): True if it was moved."""
         i = self._count % self.n_replay
         self._u[i] = u
         self._active[i] = active
         self._times[i] = frame_end_s, now_s
         self._evidence[i] = evidence_before
+        self._position[i] = position_before
         self._count += 1
         self._wait = max(0, self._wait - 1)
         if not follower.started:
@@ -266,16 +281,19 @@ class Relocator:
         self._screen(candidates, now_s, follower)
         return False
 
+    def _reference(self, follower, main0: float, home0: float) -> float:
+        return max(follower.log_evidence - main0, self.home.log_evidence - home0)
+
     def _trial(self, u, active, frame_end_s, now_s, follower) -> bool:
         """One new frame for the shadows on trial (a sequential test): the best is adopted
-        once it leads the main track by ``margin_nats``; one that falls ``reject_nats``
+        once it leads the reference by ``margin_nats``; one that falls ``reject_nats``
         behind is dropped; the trial ends after ``trial_s``."""
-        shadows, shadow0, main0, left = self._pending
-        main = follower.log_evidence - main0
-        gains = []
+        shadows, shadow0, (main0, home0), left = self._pending
+        self.home.process(u, active, frame_end_s, now_s)
         for shadow in shadows:
             shadow.process(u, active, frame_end_s, now_s)
-        gains = [(sh.log_evidence - e0) - main for sh, e0 in zip(shadows, shadow0)]
+        ref = self._reference(follower, main0, home0)
+        gains = [(sh.log_evidence - e0) - ref for sh, e0 in zip(shadows, shadow0)]
         best = int(np.argmax(gains))
         if gains[best] > self.config.margin_nats:
             self._pending = None
@@ -286,18 +304,38 @@ class Relocator:
         if not keep or left <= 1:
             self._pending = None
             self.history.append((now_s, follower.position_states, shadows[best].position_states, gains[best], "lost"))
+            # the main track may itself have run off since the trial began (its band spans
+            # seconds): the home track, if it now leads it by the margin, takes over
+            home_gain = (self.home.log_evidence - home0) - (follower.log_evidence - main0)
+            if home_gain > self.config.margin_nats:
+                self.history.append((now_s, follower.position_states, self.home.position_states, home_gain, "home"))
+                follower.adopt(self.home)
+                return True
             return False
-        self._pending = ([shadows[i] for i in keep], [shadow0[i] for i in keep], main0, left - 1)
+        self._pending = ([shadows[i] for i in keep], [shadow0[i] for i in keep], (main0, home0), left - 1)
         return False
 
+    def _replay(self, shadow, order: list[int]) -> np.ndarray:
+        """Run ``shadow`` over the kept frames; its evidence per window ``(replay_windows,)``."""
+        ev = self._replay_evidence
+        ev[0] = shadow.log_evidence
+        for j, k in enumerate(order):
+            shadow.process(self._u[k], bool(self._active[k]), *self._times[k])
+            ev[j + 1] = shadow.log_evidence
+        return ev[self.window::self.window] - ev[:-1:self.window]
+
     def _screen(self, candidates: list[Candidate], now_s: float, follower) -> None:
-        """Replay the recent frames from each candidate; put the best that passes on trial."""
+        """Replay the recent frames from each candidate; put those that pass on trial."""
         order = [(self._count + j) % self.n_replay for j in range(self.n_replay)]  # oldest first
         active = self._active[order].reshape(-1, self.window)
         if (active.mean(axis=1) < 0.5).any():  # a silent window proves nothing
             return
         main = np.append(self._evidence[order], follower.log_evidence)
-        main_gain = main[self.window::self.window] - main[:-1:self.window]  # per window
+        reference = main[self.window::self.window] - main[:-1:self.window]  # per window
+        self.home.adopt(follower)
+        self.home.relocate(self._position[order[0]], spread_states=self.home_spread_states,
+                           tempo=follower.state.tempo)
+        reference = np.maximum(reference, self._replay(self.home, order))
         frames_per_state = self.search.per_state
         passed = []
         for shadow, cand in zip(self.shadows, candidates):
@@ -305,14 +343,10 @@ class Relocator:
             start = cand.state - self.n_replay * cand.tempo / frames_per_state
             shadow.adopt(follower)
             shadow.relocate(max(start, 0.0), spread_states=3.0, tempo=cand.tempo)
-            ev = self._shadow_evidence
-            ev[0] = shadow.log_evidence
-            for j, k in enumerate(order):
-                shadow.process(self._u[k], bool(self._active[k]), *self._times[k])
-                ev[j + 1] = shadow.log_evidence
-            gains = (ev[self.window::self.window] - ev[:-1:self.window]) - main_gain
+            gains = self._replay(shadow, order) - reference
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
             if gains.min() > 0.0:
                 passed.append(shadow)
         if passed:
-            self._pending = (passed, [sh.log_evidence for sh in passed], follower.log_evidence, self.trial_frames)
+            self._pending = (passed, [sh.log_evidence for sh in passed],
+                             (follower.log_evidence, self.home.log_evidence), self.trial_frames)
