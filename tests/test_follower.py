@@ -102,3 +102,46 @@ def test_tutti_rest_keeps_tempo_and_relocks(tmp_path):
     err = onset_errors(case, rows)
     after = case.onsets_u > case.map_u(24.0) + 1.0
     assert pct_within(err[after], 0.25) >= 90
+
+
+@pytest.fixture(scope="module")
+def long_piece(tmp_path_factory):
+    """60 notes (about 40 s): room for jumps of many seconds."""
+    case = make_case(n_notes=60, seed=21)
+    return case, bundle_for(case, tmp_path_factory.mktemp("long"))
+
+
+def _relock_errors(case, rows, cut_s, resume_s, settle_s):
+    """Causal errors from ``settle_s`` after the splice to the end (seconds)."""
+    t = np.arange(cut_s + settle_s, rows[-1, 0], 0.1)
+    truth = case.x_of_u(t - cut_s + resume_s)
+    return causal_errors(rows, t, truth)
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_relocks_after_a_jump(long_piece, kind):
+    """The player skips 20 beats ahead, or goes back 24 beats to restart a passage: the
+    global search finds them again within 3 s and they stay found."""
+    case, bundle = long_piece
+    a, b = float(case.map_u(20.0)), float(case.map_u(44.0))
+    cut, resume = (a, b) if kind == "forward" else (b, a)
+    spliced = np.concatenate([case.u[: int(cut * case.sr)], case.u[int(resume * case.sr):]])
+    rows = follow(bundle, spliced, case.sr)
+    err = _relock_errors(case, rows, cut, resume, settle_s=3.0)
+    assert np.median(err) <= 0.1 and pct_within(err, 0.5) >= 95, np.round(err[::5], 2)
+
+
+def test_starts_mid_piece_without_start(long_piece):
+    """The player starts at beat 30 without --start: found within 5 s."""
+    case, bundle = long_piece
+    start = float(case.map_u(30.0)) - 0.5
+    rows = follow(bundle, case.u[int(start * case.sr):], case.sr)
+    err = _relock_errors(case, rows, 0.0, start, settle_s=5.0)
+    assert np.median(err) <= 0.1 and pct_within(err, 0.5) >= 95, np.round(err[::5], 2)
+
+
+def test_no_jump_on_a_plain_take(long_piece):
+    """Without jumps, the search never moves the follower."""
+    case, bundle = long_piece
+    follow(bundle, case.u, case.sr)
+    assert follow.last_engine.stats.jumps == 0
