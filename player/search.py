@@ -315,14 +315,22 @@ class Relocator:
         self._pending = ([shadows[i] for i in keep], [shadow0[i] for i in keep], (main0, home0), left - 1)
         return False
 
-    def _replay(self, shadow, order: list[int]) -> np.ndarray:
-        """Run ``shadow`` over the kept frames; its evidence per window ``(replay_windows,)``."""
+    def _replay(self, shadow, order: list[int], reference: np.ndarray | None = None) -> np.ndarray:
+        """Run ``shadow`` over the kept frames; its evidence per window ``(replay_windows,)``
+        minus ``reference`` (if given: then it stops at the first window it loses, whose
+        gain is returned as it stands and the later ones as -inf: it has failed)."""
         ev = self._replay_evidence
         ev[0] = shadow.log_evidence
+        gains = np.full(self.n_replay // self.window, -np.inf)
         for j, k in enumerate(order):
             shadow.process(self._u[k], bool(self._active[k]), *self._times[k])
             ev[j + 1] = shadow.log_evidence
-        return ev[self.window::self.window] - ev[:-1:self.window]
+            if (j + 1) % self.window == 0:
+                w = (j + 1) // self.window - 1
+                gains[w] = ev[j + 1] - ev[j + 1 - self.window] - (0.0 if reference is None else reference[w])
+                if reference is not None and gains[w] <= 0.0:
+                    break
+        return gains
 
     def _screen(self, candidates: list[Candidate], now_s: float, follower) -> None:
         """Replay the recent frames from each candidate; put those that pass on trial."""
@@ -343,7 +351,7 @@ class Relocator:
             start = cand.state - self.n_replay * cand.tempo / frames_per_state
             shadow.adopt(follower)
             shadow.relocate(max(start, 0.0), spread_states=3.0, tempo=cand.tempo)
-            gains = self._replay(shadow, order) - reference
+            gains = self._replay(shadow, order, reference)
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
             if gains.min() > 0.0:
                 passed.append(shadow)
