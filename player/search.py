@@ -55,6 +55,8 @@ class SearchConfig:
             (see :class:`Relocator`).
         retry_s: after a verification, the least time (U seconds) before the next one; bounds
             the replay cost when a far place keeps scoring well but keeps losing.
+        replay_per_frame: replayed frames per analysis frame: a screening is spread over
+            several blocks so that no block costs much more than the others (live audio).
     """
 
     context_s: float = 2.0
@@ -64,13 +66,14 @@ class SearchConfig:
     min_jump_s: float = 3.0
     confirm_s: float = 0.6
     replay_windows: int = 2
-    margin_nats: float = 20.0
+    margin_nats: float = 25.0
     reject_nats: float = 10.0
     trial_s: float = 1.2
     min_active: float = 0.6
     candidates: int = 3
     retry_s: float = 0.5
     home_spread_s: float = 1.0
+    replay_per_frame: int = 24
 
 
 @dataclass(frozen=True)
@@ -239,12 +242,16 @@ class Relocator:
         self.trial_frames = max(1, int(round(config.trial_s / frame_s)))
         self.home_spread_states = config.home_spread_s / search.params.coarse_period_s
         n_obs = search.params.n_obs_bins
-        self._u = np.zeros((self.n_replay, n_obs), dtype=np.float32)  # ring of recent frames
-        self._active = np.zeros(self.n_replay, dtype=bool)
-        self._times = np.zeros((self.n_replay, 2))  # (frame_end_s, now_s)
-        self._evidence = np.zeros(self.n_replay)  # the main track's log evidence before each frame
-        self._position = np.zeros(self.n_replay)  # and its position (states)
+        # ring of recent frames: the replayed ones and those that arrive during a screening
+        self._cap = 2 * self.n_replay
+        self._u = np.zeros((self._cap, n_obs), dtype=np.float32)
+        self._active = np.zeros(self._cap, dtype=bool)
+        self._times = np.zeros((self._cap, 2))  # (frame_end_s, now_s)
+        self._evidence = np.zeros(self._cap)  # the main track's log evidence before each frame
+        self._position = np.zeros(self._cap)  # and its position (states)
         self._replay_evidence = np.zeros(self.n_replay + 1)
+        self._job = None  # a screening in progress (a generator, advanced once per frame)
+        self._budget = 0
         self._pending = None  # the trial: (shadows, their evidence, reference evidence at the start, frames left)
         self.cancel()
         # the last verifications, for diagnostics: (U s, main state, candidate state, gain in
@@ -255,6 +262,7 @@ class Relocator:
         """Forget the recent frames and the search's context (the player restarted)."""
         self._count = 0
         self._wait = 0
+        self._job = None
         self._pending = None
         self.search.reset()
 
@@ -262,7 +270,7 @@ class Relocator:
              evidence_before: float, position_before: float) -> bool:
         """After the main track has processed this frame (its log evidence and position were
         ``evidence_before`` and ``position_before`` just before): True if it was moved."""
-        i = self._count % self.n_replay
+        i = self._count % self._cap
         self._u[i] = u
         self._active[i] = active
         self._times[i] = frame_end_s, now_s
@@ -272,13 +280,20 @@ class Relocator:
         self._wait = max(0, self._wait - 1)
         if not follower.started:
             return False
+        candidates = self.search.step(u, active, follower)[: len(self.shadows)]  # (keeps its context)
+        if self._job is not None:
+            self._budget = self.config.replay_per_frame
+            try:
+                next(self._job)
+            except StopIteration:
+                self._job = None
+            return False
         if self._pending is not None:
             return self._trial(u, active, frame_end_s, now_s, follower)
-        candidates = self.search.step(u, active, follower)[: len(self.shadows)]
         if not candidates or self._wait > 0 or self._count < self.n_replay:
             return False
         self._wait = self.retry_frames
-        self._screen(candidates, now_s, follower)
+        self._job = self._screen(candidates, now_s, follower)
         return False
 
     def _reference(self, follower, main0: float, home0: float) -> float:
@@ -315,14 +330,19 @@ class Relocator:
         self._pending = ([shadows[i] for i in keep], [shadow0[i] for i in keep], (main0, home0), left - 1)
         return False
 
-    def _replay(self, shadow, order: list[int], reference: np.ndarray | None = None) -> np.ndarray:
-        """Run ``shadow`` over the kept frames; its evidence per window ``(replay_windows,)``
-        minus ``reference`` (if given: then it stops at the first window it loses, whose
-        gain is returned as it stands and the later ones as -inf: it has failed)."""
+    def _replay(self, shadow, frames: range, reference: np.ndarray | None = None):
+        """Run ``shadow`` over the kept ``frames`` (absolute indices), ``replay_per_frame``
+        of them per resumption (a generator); returns its evidence per window
+        ``(replay_windows,)`` minus ``reference`` (if given: then it stops at the first
+        window it loses, whose gain is returned as it stands and the later ones as -inf)."""
         ev = self._replay_evidence
         ev[0] = shadow.log_evidence
         gains = np.full(self.n_replay // self.window, -np.inf)
-        for j, k in enumerate(order):
+        for j, f in enumerate(frames):
+            if self._budget <= 0:
+                yield
+            self._budget -= 1
+            k = f % self._cap
             shadow.process(self._u[k], bool(self._active[k]), *self._times[k])
             ev[j + 1] = shadow.log_evidence
             if (j + 1) % self.window == 0:
@@ -332,18 +352,23 @@ class Relocator:
                     break
         return gains
 
-    def _screen(self, candidates: list[Candidate], now_s: float, follower) -> None:
-        """Replay the recent frames from each candidate; put those that pass on trial."""
-        order = [(self._count + j) % self.n_replay for j in range(self.n_replay)]  # oldest first
-        active = self._active[order].reshape(-1, self.window)
+    def _screen(self, candidates: list[Candidate], now_s: float, follower):
+        """Replay the recent frames from each candidate; put those that pass on trial. A
+        generator: each resumption replays at most ``replay_per_frame`` frames."""
+        end = self._count
+        frames = range(end - self.n_replay, end)
+        slots = [f % self._cap for f in frames]
+        active = self._active[slots].reshape(-1, self.window)
         if (active.mean(axis=1) < 0.5).any():  # a silent window proves nothing
             return
-        main = np.append(self._evidence[order], follower.log_evidence)
+        main = np.append(self._evidence[slots], follower.log_evidence)
+        main_end = follower.log_evidence
         reference = main[self.window::self.window] - main[:-1:self.window]  # per window
         self.home.adopt(follower)
-        self.home.relocate(self._position[order[0]], spread_states=self.home_spread_states,
+        self.home.relocate(self._position[slots[0]], spread_states=self.home_spread_states,
                            tempo=follower.state.tempo)
-        reference = np.maximum(reference, self._replay(self.home, order))
+        reference = np.maximum(reference, (yield from self._replay(self.home, frames)))
+        home_end = self.home.log_evidence
         frames_per_state = self.search.per_state
         passed = []
         for shadow, cand in zip(self.shadows, candidates):
@@ -351,10 +376,17 @@ class Relocator:
             start = cand.state - self.n_replay * cand.tempo / frames_per_state
             shadow.adopt(follower)
             shadow.relocate(max(start, 0.0), spread_states=3.0, tempo=cand.tempo)
-            gains = self._replay(shadow, order, reference)
+            gains = yield from self._replay(shadow, frames, reference)
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
             if gains.min() > 0.0:
-                passed.append(shadow)
-        if passed:
-            self._pending = (passed, [sh.log_evidence for sh in passed],
-                             (follower.log_evidence, self.home.log_evidence), self.trial_frames)
+                passed.append((shadow, shadow.log_evidence))
+        if not passed or self._count - frames.start > self._cap:  # nothing passed, or the ring wrapped
+            return
+        # the frames that came during the screening open the trial (the main track has them)
+        late = range(end, self._count)
+        for track in [self.home] + [sh for sh, _ in passed]:
+            for f in late:
+                k = f % self._cap
+                track.process(self._u[k], bool(self._active[k]), *self._times[k])
+        self._pending = ([sh for sh, _ in passed], [e for _, e in passed], (main_end, home_end),
+                         max(1, self.trial_frames - len(late)))
