@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -237,12 +238,11 @@ class LiveSession:
         """Wait until the worker has processed every queued input block and restart request
         (tests, file feeds)."""
         pause = threading.Event()
-        waited = 0.0
+        deadline = time.monotonic() + timeout  # wall clock: a loaded machine stretches each wait
         self._wake.set()
         while ((self.in_ring.available >= self.blocksize or self._busy or self._restart_s is not None)
-               and waited < timeout and self.error is None):
+               and time.monotonic() < deadline and self.error is None and not self._stop.is_set()):
             pause.wait(0.001)
-            waited += 0.001
 
     def stop(self) -> None:
         self._stop.set()
