@@ -173,9 +173,12 @@ class GlobalSearch:
         here = follower.position_states
         bar = self.score_at(here) + cfg.margin
         out: list[Candidate] = []
+        # the last state holds any long note for ever (a track there cannot move on), so a
+        # candidate needs room to be tested: a trial's length of music after it
+        last = self.n_states - 1 - cfg.trial_s * 1.25 / self.params.coarse_period_s
         for score, state, tempo, at in found:
             there = state + (self._frame - at) * tempo / self.per_state
-            if score > bar and abs(there - here) * self.params.coarse_period_s >= cfg.min_jump_s:
+            if score > bar and abs(there - here) * self.params.coarse_period_s >= cfg.min_jump_s and there < last:
                 out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
         return out
 
