@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.follow_eval import engine_config, parse_overrides, read_map  # noqa: E402
 from player.engine import Engine, EngineConfig  # noqa: E402
 from prep.pipeline import build_bundle  # noqa: E402
+from shared.audio import to_mono  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402
 
 
@@ -48,6 +49,12 @@ def relock_time(rows: np.ndarray, u_from: float, truth, u_end: float) -> float:
     return float("inf")
 
 
+def silence_before_first_note(onsets: np.ndarray, t: float) -> float:
+    """Seconds from ``t`` to the soloist's first onset at or after it (0 if none)."""
+    after = onsets[onsets >= t]
+    return float(after[0] - t) if after.size else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cases", type=Path)
@@ -65,8 +72,7 @@ def main() -> None:
         if not (wd / "X.h5").exists():
             build_bundle(case / "X.flac", wd / "X.h5")
         u, sr = sf.read(case / "U.flac", dtype="float32")
-        if u.ndim > 1:
-            u = u.mean(axis=1)
+        u = to_mono(u)
         du, dx = read_map(case / "gt_dense.csv")
         onsets = np.loadtxt(case / "gt.csv", delimiter=",", skiprows=1, ndmin=2)[:, 0]
         span = du[-1] - du[0]
@@ -79,15 +85,13 @@ def main() -> None:
                     rows = run(bundle, spliced, sr, config)
                     end = cut + (du[-1] - resume)
                     lost = relock_time(rows, cut, truth, end)
-                    first = onsets[onsets >= resume]
-                    silent = float(first[0] - resume) if first.size else 0.0
+                    silent = silence_before_first_note(onsets, resume)
                     results.append((case.name, name, fa, lost, max(0.0, lost - silent)))
                 start = a
                 rows = run(bundle, u[int(start * sr):], sr, config)
                 truth = lambda t, start=start: np.interp(t + start, du, dx)  # noqa: E731
                 lost = relock_time(rows, 0.0, truth, du[-1] - start)
-                first = onsets[onsets >= start]
-                silent = float(first[0] - start) if first.size else 0.0
+                silent = silence_before_first_note(onsets, start)
                 results.append((case.name, "start_mid", fa, lost, max(0.0, lost - silent)))
                 for r in results[-3:]:
                     print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s",

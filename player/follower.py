@@ -361,10 +361,10 @@ class Follower:
     def warm_up(self) -> None:
         """Load the compiled filter kernel now (about half a second the first time in a
         process), not at the soloist's first note, where a live stream would drop blocks."""
-        alpha = np.full(2 * self.m, 0.5 / self.m)
-        _band_update(self._cache if self._cache.shape[1] >= 2 else np.zeros((self.n_detune, 2, self.params.n_obs_bins), np.float32),
-                     0, 2, np.zeros(self.params.n_obs_bins, np.float32), 1.0, np.zeros(self.n_detune), alpha, 0,
-                     self.m, np.zeros(self.n_detune))
+        n_obs = self.params.n_obs_bins
+        templates = np.zeros((self.n_detune, 2, n_obs), np.float32)  # same types as _update's call
+        _band_update(templates, 0, 2, np.zeros(n_obs, np.float32), 1.0, np.zeros(self.n_detune),
+                     np.full(2 * self.m, 0.5 / self.m), 0, self.m, np.zeros(self.n_detune))
 
     @property
     def position_states(self) -> float:

@@ -102,6 +102,10 @@ class GlobalSearch:
         self._tempos = np.asarray(cfg.tempos, dtype=np.float64)
         self._lags = np.round(self._k[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
         self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
+        # the last state holds any long note for ever (a track there cannot move on), so a
+        # candidate needs room to be tested: a trial's length of music after it, at the
+        # fastest tempo hypothesis
+        self._last_candidate = n - 1 - cfg.trial_s * max(cfg.tempos) / params.coarse_period_s
         self.reset()
 
     def reset(self) -> None:
@@ -113,7 +117,7 @@ class GlobalSearch:
         self._cursor = 0
         self._found: list[tuple[float, int, float, int]] = []  # this sweep's (score, end, tempo, frame)
         self._frame = 0
-        self._detune = list(self.cents).index(0.0) if 0.0 in self.cents else 0
+        self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,12 +177,10 @@ class GlobalSearch:
         here = follower.position_states
         bar = self.score_at(here) + cfg.margin
         out: list[Candidate] = []
-        # the last state holds any long note for ever (a track there cannot move on), so a
-        # candidate needs room to be tested: a trial's length of music after it
-        last = self.n_states - 1 - cfg.trial_s * 1.25 / self.params.coarse_period_s
         for score, state, tempo, at in found:
             there = state + (self._frame - at) * tempo / self.per_state
-            if score > bar and abs(there - here) * self.params.coarse_period_s >= cfg.min_jump_s and there < last:
+            far = abs(there - here) * self.params.coarse_period_s >= cfg.min_jump_s
+            if score > bar and far and there < self._last_candidate:
                 out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
         return out
 
@@ -244,9 +246,12 @@ class Relocator:
         self.retry_frames = int(round(config.retry_s / frame_s))
         self.trial_frames = max(1, int(round(config.trial_s / frame_s)))
         self.home_spread_states = config.home_spread_s / search.params.coarse_period_s
+        self.replay_per_frame = max(1, config.replay_per_frame)
         n_obs = search.params.n_obs_bins
-        # ring of recent frames: the replayed ones and those that arrive during a screening
-        self._cap = 2 * self.n_replay
+        # ring of recent frames: the replayed ones and all that can arrive during a screening
+        # (every track replays them all at worst), so a screening never reads an overwritten slot
+        screening_frames = -(-(len(self.shadows) + 1) * self.n_replay // self.replay_per_frame)
+        self._cap = self.n_replay + screening_frames + 1
         self._u = np.zeros((self._cap, n_obs), dtype=np.float32)
         self._active = np.zeros(self._cap, dtype=bool)
         self._times = np.zeros((self._cap, 2))  # (frame_end_s, now_s)
@@ -285,7 +290,7 @@ class Relocator:
             return False
         candidates = self.search.step(u, active, follower)[: len(self.shadows)]  # (keeps its context)
         if self._job is not None:
-            self._budget = self.config.replay_per_frame
+            self._budget = self.replay_per_frame
             try:
                 next(self._job)
             except StopIteration:
@@ -299,8 +304,10 @@ class Relocator:
         self._job = self._screen(candidates, now_s, follower)
         return False
 
-    def _reference(self, follower, main0: float, home0: float) -> float:
-        return max(follower.log_evidence - main0, self.home.log_evidence - home0)
+    def _feed(self, track, frame: int) -> None:
+        """Run ``track`` on the kept frame of absolute index ``frame``."""
+        k = frame % self._cap
+        track.process(self._u[k], bool(self._active[k]), *self._times[k])
 
     def _trial(self, u, active, frame_end_s, now_s, follower) -> bool:
         """One new frame for the shadows on trial (a sequential test): the best is adopted
@@ -310,7 +317,9 @@ class Relocator:
         self.home.process(u, active, frame_end_s, now_s)
         for shadow in shadows:
             shadow.process(u, active, frame_end_s, now_s)
-        ref = self._reference(follower, main0, home0)
+        main_gain = follower.log_evidence - main0
+        home_gain = self.home.log_evidence - home0
+        ref = max(main_gain, home_gain)
         gains = [(sh.log_evidence - e0) - ref for sh, e0 in zip(shadows, shadow0)]
         best = int(np.argmax(gains))
         if gains[best] > self.config.margin_nats:
@@ -324,9 +333,9 @@ class Relocator:
             self.history.append((now_s, follower.position_states, shadows[best].position_states, gains[best], "lost"))
             # the main track may itself have run off since the trial began (its band spans
             # seconds): the home track, if it now leads it by the margin, takes over
-            home_gain = (self.home.log_evidence - home0) - (follower.log_evidence - main0)
-            if home_gain > self.config.margin_nats:
-                self.history.append((now_s, follower.position_states, self.home.position_states, home_gain, "home"))
+            if home_gain - main_gain > self.config.margin_nats:
+                self.history.append((now_s, follower.position_states, self.home.position_states,
+                                     home_gain - main_gain, "home"))
                 follower.adopt(self.home)
                 return True
             return False
@@ -345,8 +354,7 @@ class Relocator:
             if self._budget <= 0:
                 yield
             self._budget -= 1
-            k = f % self._cap
-            shadow.process(self._u[k], bool(self._active[k]), *self._times[k])
+            self._feed(shadow, f)
             ev[j + 1] = shadow.log_evidence
             if (j + 1) % self.window == 0:
                 w = (j + 1) // self.window - 1
@@ -383,13 +391,12 @@ class Relocator:
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
             if gains.min() > 0.0:
                 passed.append((shadow, shadow.log_evidence))
-        if not passed or self._count - frames.start > self._cap:  # nothing passed, or the ring wrapped
+        if not passed:
             return
         # the frames that came during the screening open the trial (the main track has them)
         late = range(end, self._count)
         for track in [self.home] + [sh for sh, _ in passed]:
             for f in late:
-                k = f % self._cap
-                track.process(self._u[k], bool(self._active[k]), *self._times[k])
+                self._feed(track, f)
         self._pending = ([sh for sh, _ in passed], [e for _, e in passed], (main_end, home_end),
                          max(1, self.trial_frames - len(late)))
