@@ -6,8 +6,8 @@ seconds of U (one mean observation per state period) and sweeps the whole piece 
 fixed-size slices, one slice per frame: each candidate end state is scored by the
 follower's own observation model (the multinomial log-likelihood of U's observations under
 X's templates, untempered) along a diagonal ending there, for a few tempo hypotheses. The
-per-frame cost is the slice size, whatever the piece's length (a 40-minute piece is swept in
-about a second; a short one on every frame).
+per-frame cost is at most the slice size, whatever the piece's length (a 40-minute piece is
+swept in about a second; a short one once per state period, as often as the context changes).
 
 Why the likelihood rather than a spectral similarity: X holds the accompaniment too, and a
 cross-entropy only asks whether X's spectrum has energy where U has (extra energy in X costs
@@ -37,7 +37,9 @@ class SearchConfig:
 
     Attributes:
         context_s: seconds of U matched against X.
-        slice_states: candidate end states scored per frame (fixed cost per frame).
+        slice_states: candidate end states scored per frame at most (fixed cost per
+            frame); a short piece is swept once per state period, not faster, since the
+            context only changes that often.
         tempos: tempo hypotheses (X seconds per U second).
         margin: how much better (nats per observation) a far place must explain the context
             than the filter's place to be verified.
@@ -97,7 +99,9 @@ class GlobalSearch:
         self.per_state = params.fine_per_coarse
         self.ctx = max(4, int(round(cfg.context_s / params.coarse_period_s)))
         self.max_lag = int(np.ceil(self.ctx * max(cfg.tempos))) + 1
-        self.slice = min(cfg.slice_states, n)
+        # the context gains one observation per state period: sweeping faster would score
+        # the same context again (a 30-s piece would be swept 5 times over per new observation)
+        self.slice = min(cfg.slice_states, -(-n // self.per_state))
         self._k = np.arange(self.ctx)
         self._tempos = np.asarray(cfg.tempos, dtype=np.float64)
         self._lags = np.round(self._k[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
@@ -116,6 +120,7 @@ class GlobalSearch:
         self._acc_active = 0
         self._cursor = 0
         self._found: list[tuple[float, int, float, int]] = []  # this sweep's (score, end, tempo, frame)
+        self._latest: list[tuple[float, int, float, int]] = []  # the last complete sweep's
         self._frame = 0
         self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
 
@@ -145,11 +150,11 @@ class GlobalSearch:
         return float(self._scores(np.array([s]))[0][0])
 
     # ------------------------------------------------------------------ per frame
-    def step(self, u: np.ndarray, active: bool, follower) -> list[Candidate]:
-        """Take one fine frame; return far places that explain the recent frames better than
-        the filter's place (best first, possibly none)."""
+    def step(self, u: np.ndarray, active: bool, detune_cents: float) -> None:
+        """Take one fine frame of U (``u`` normalised ``(n_obs_bins,)``, soloist ``active``);
+        score the next slice of the piece with the variant nearest ``detune_cents``."""
         self._frame += 1
-        self._detune = int(np.argmin(np.abs(self.cents - follower.state.detune_cents)))
+        self._detune = int(np.argmin(np.abs(self.cents - detune_cents)))
         self._acc += u
         self._acc_n += 1
         self._acc_active += int(active)
@@ -162,24 +167,30 @@ class GlobalSearch:
             self._acc[:] = 0.0
             self._acc_n = self._acc_active = 0
         if self.u_active.mean() < self.config.min_active:
-            return []
-        cfg = self.config
+            self._latest = []  # found on a context that was mostly silence: proves nothing
+            return
         lo = self._cursor
         hi = min(self.n_states, lo + self.slice)
         ends = np.arange(lo, hi)
         scores, tempos = self._scores(ends)
         self._keep_peaks(scores, tempos, ends)
         self._cursor = 0 if hi >= self.n_states else hi
-        if self._cursor:
+        if not self._cursor:  # a sweep is complete: its places stand until the next one
+            self._latest, self._found = self._found, []
+
+    def candidates(self, position_states: float) -> list[Candidate]:
+        """The latest complete sweep's places, moved on to now at their tempo, that are far
+        from the filter's place ``position_states`` and explain the recent frames better
+        than it by the margin (best first, possibly none). Asked for only when a
+        verification can start, so a place found while one was running is not lost."""
+        cfg = self.config
+        if not self._latest or self.u_active.mean() < cfg.min_active:
             return []
-        # a sweep is complete: propose its best places that are far away and match better
-        found, self._found = self._found, []
-        here = follower.position_states
-        bar = self.score_at(here) + cfg.margin
+        bar = self.score_at(position_states) + cfg.margin
         out: list[Candidate] = []
-        for score, state, tempo, at in found:
+        for score, state, tempo, at in self._latest:
             there = state + (self._frame - at) * tempo / self.per_state
-            far = abs(there - here) * self.params.coarse_period_s >= cfg.min_jump_s
+            far = abs(there - position_states) * self.params.coarse_period_s >= cfg.min_jump_s
             if score > bar and far and there < self._last_candidate:
                 out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
         return out
@@ -288,7 +299,7 @@ class Relocator:
         self._wait = max(0, self._wait - 1)
         if not follower.started:
             return False
-        candidates = self.search.step(u, active, follower)[: len(self.shadows)]  # (keeps its context)
+        self.search.step(u, active, follower.state.detune_cents)  # (keeps its context)
         if self._job is not None:
             self._budget = self.replay_per_frame
             try:
@@ -298,7 +309,10 @@ class Relocator:
             return False
         if self._pending is not None:
             return self._trial(u, active, frame_end_s, now_s, follower)
-        if not candidates or self._wait > 0 or self._count < self.n_replay:
+        if self._wait > 0 or self._count < self.n_replay:
+            return False
+        candidates = self.search.candidates(follower.position_states)[: len(self.shadows)]
+        if not candidates:
             return False
         self._wait = self.retry_frames
         self._job = self._screen(candidates, now_s, follower)
