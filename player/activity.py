@@ -3,9 +3,15 @@
 The noise floor is estimated from the last ``window_s`` seconds of frame levels: their
 ``floor_percentile`` (the quiet moments: room noise in rests and between notes), but never
 more than ``max_floor_below_peak_db`` under the loudest recent frame, so continuous legato
-playing (no quiet moments at all) is not mistaken for noise. Frames before the analysis
-window is full and digital silence never enter the estimate. A frame is active when it is
-``threshold_db`` above the floor (with hysteresis and a short hold).
+playing (no quiet moments at all) is not mistaken for noise; and that limit is never under
+the room's own level once it is known. The room is learned from quiet moments that sound
+like noise (median spectral flatness of the window's quietest frames above
+``noise_flatness``; a held or soft note is tonal, far below it) and may grow louder by
+``room_rise_db_per_s`` at most. Without it, a window of room noise alone (the wait before
+the first note, a long rest) had its floor 20 dB under the noise, which opened the gate.
+Frames before the analysis window is full and digital silence never enter the estimate.
+A frame is active when it is ``threshold_db`` above the floor (with hysteresis and a
+short hold).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ class ActivityConfig:
     window_s: float = 10.0
     floor_percentile: float = 10.0
     max_floor_below_peak_db: float = 20.0
+    noise_flatness: float = 0.02
+    room_rise_db_per_s: float = 0.5
+    quiet_span_db: float = 3.0
     absolute_floor_db: float = -100.0
     hold_s: float = 0.06
 
@@ -40,11 +49,13 @@ class ActivityDetector:
         self._hold_frames = int(round(self.config.hold_s / params.fine_period_s))
         self._warmup = int(np.ceil(params.n_fft / params.fine_hop))  # frames until the window is full
         self._levels = np.empty(max(8, int(round(self.config.window_s / params.fine_period_s))), dtype=np.float64)
+        self._flatness = np.empty_like(self._levels)  # spectral flatness of the same frames
         self._every = 5  # re-estimate the floor every few frames (a percentile of a few hundred values)
         self.reset()
 
     def reset(self) -> None:
         self.floor_db = self.config.absolute_floor_db
+        self.room_db: float | None = None  # the room's noise level (dBFS), once heard
         self.level_db = -np.inf
         self.active = False
         self._held = 0
@@ -61,18 +72,33 @@ class ActivityDetector:
         recent = self._levels[:n]
         k = int(self.config.floor_percentile / 100.0 * (n - 1))
         quiet = float(np.partition(recent, k)[k])
-        self.floor_db = min(quiet, float(recent.max()) - self.config.max_floor_below_peak_db)
+        cfg = self.config
+        quietest = recent <= quiet + cfg.quiet_span_db
+        if self.room_db is not None:
+            self.room_db = min(self.room_db, quiet)  # the room is at most as loud as this
+        if float(np.median(self._flatness[:n][quietest])) > cfg.noise_flatness:
+            # the quiet moments sound like noise: the room (which may get noisier, but not
+            # suddenly: a breathy soft note can look like noise too)
+            rise = cfg.room_rise_db_per_s * self._every * self.params.fine_period_s
+            self.room_db = quiet if self.room_db is None else min(quiet, self.room_db + rise)
+        limit = float(recent.max()) - cfg.max_floor_below_peak_db
+        self.floor_db = min(quiet, limit if self.room_db is None else max(limit, self.room_db))
 
     def update(self, mag: np.ndarray) -> bool:
         band = mag[self.params.obs_bins]
-        level = 10.0 * np.log10(float(np.dot(band, band)) / self._ref + 1e-20)
+        power = float(np.dot(band, band))
+        level = 10.0 * np.log10(power / self._ref + 1e-20)
         self.level_db = level
         cfg = self.config
         self._frames += 1
         if self._frames <= self._warmup:  # a half-empty window reads too quiet: not the room
             return False
         if level >= cfg.absolute_floor_db:  # digital silence says nothing about the room
-            self._levels[self._count % self._levels.size] = level
+            slot = self._count % self._levels.size
+            self._levels[slot] = level
+            # geometric over arithmetic mean of the band's power: ~0.3 for room noise,
+            # ~0.001 for a note
+            self._flatness[slot] = np.exp(2.0 * np.mean(np.log(band + 1e-12))) * band.size / (power + 1e-30)
             self._count += 1
             if self._count % self._every == 1:
                 self._update_floor()

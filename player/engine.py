@@ -33,7 +33,7 @@ from player.playback import PlaybackConfig, PlaybackController
 from player.search import GlobalSearch, Relocator, SearchConfig
 from player.separation import PositionSpectrum, SeparationConfig, SoloRemover, gain_on_bins
 from player.vocoder import StreamingVocoder
-from shared.audio import to_mono
+from shared.audio import first_sound_s, to_mono
 from shared.bundle import Bundle
 from shared.errors import BundleError
 from shared.spectral import OnlineSpectrum, observation_features
@@ -74,6 +74,10 @@ class EngineStats:
     seconds: dict = field(default_factory=lambda: {"analysis": 0.0, "follower": 0.0, "search": 0.0,
                                                            "separation": 0.0, "vocoder": 0.0})
 
+
+#: Seconds at the head of X searched for where its music begins (and whose loudest moment
+#: sets the level that counts as music).
+MUSIC_START_SEARCH_S = 30.0
 
 #: Analysis frame periods (seconds) this player runs at: the block is one frame long.
 SUPPORTED_FRAME_PERIOD_S = (0.005, 0.05)
@@ -164,7 +168,11 @@ class Engine:
         start = float(self.config.start_s)
         if not 0.0 <= start < bundle.duration_s:
             raise ValueError(f"start {start:.2f} s is outside the recording (0..{bundle.duration_s:.2f} s)")
-        self.follower.reset(start)
+        # nobody starts playing in the recording's leading silence: waiting at the start of
+        # the piece means waiting where its music begins
+        head = bundle.audio.read(0, int(min(bundle.duration_s, MUSIC_START_SEARCH_S) * self.output_sr))
+        self.music_start_s = first_sound_s(head, self.output_sr)
+        self.follower.reset(self._waiting_place(start))
         self.follower.warm_up()
         self.remover.warm_up()
 
@@ -178,7 +186,7 @@ class Engine:
         ``start_s`` does at launch); the detune estimate and the room's noise floor stay.
         Call between blocks (the live worker does)."""
         x_s = float(min(max(x_s, 0.0), max(0.0, self.bundle.duration_s - 1e-3)))
-        self.follower.reset(x_s, keep_detune=True)
+        self.follower.reset(self._waiting_place(x_s), keep_detune=True)
         if self.relocator is not None:
             self.relocator.cancel()
         # what was heard before the restart must not start the new run
@@ -187,6 +195,11 @@ class Engine:
         self._presence = 0.0
         self._playing = False  # the vocoder seeks to the new place at the first note
         self.remover.reset()
+
+    def _waiting_place(self, x_s: float) -> float:
+        """Where to wait for the soloist's first note when asked to start at ``x_s``
+        (seconds of X): there, or where the music begins if that is later."""
+        return max(x_s, self.music_start_s)
 
     @property
     def state(self) -> FollowerState:

@@ -66,6 +66,23 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False) @ np.full(channels, 1.0 / channels, dtype=np.float32)
 
 
+def first_sound_s(samples: np.ndarray, sr: int, threshold_db: float = -40.0, frame_s: float = 0.01) -> float:
+    """Where the music starts: the first ``frame_s`` frame of ``samples`` (``(n,)`` or
+    ``(n, channels)`` at ``sr`` Hz) whose RMS is within ``-threshold_db`` dB of the
+    excerpt's loudest frame (seconds; 0.0 if it is all silence). Leading digital silence or
+    room tone before the first note lies below it."""
+    mono = to_mono(samples) if samples.ndim == 2 else np.asarray(samples, dtype=np.float32)
+    hop = max(1, int(round(frame_s * sr)))
+    n = mono.size // hop
+    if n == 0:
+        return 0.0
+    power = np.mean(np.square(mono[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
+    peak = float(power.max())
+    if peak <= 0.0:
+        return 0.0
+    return float(np.argmax(power >= peak * 10.0 ** (threshold_db / 10.0)) * hop / sr)
+
+
 def resample(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Resample along axis 0 with soxr (high quality). Returns float32, same layout."""
     if sr_in == sr_out:
