@@ -182,7 +182,9 @@ class GlobalSearch:
         """The latest complete sweep's places, moved on to now at their tempo, that are far
         from the filter's place ``position_states`` and explain the recent frames better
         than it by the margin (best first, possibly none). Asked for only when a
-        verification can start, so a place found while one was running is not lost."""
+        verification can start, so a place found while one was running is not lost. A
+        sweep's places are handed out once (a 40-minute piece takes over a second to sweep
+        again: its places would be screened again and again in the meantime)."""
         cfg = self.config
         if not self._latest or self.u_active.mean() < cfg.min_active:
             return []
@@ -193,6 +195,8 @@ class GlobalSearch:
             far = abs(there - position_states) * self.params.coarse_period_s >= cfg.min_jump_s
             if score > bar and far and there < self._last_candidate:
                 out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
+        if out:
+            self._latest = []  # verified once: the next sweep finds them again if they hold
         return out
 
     def _keep_peaks(self, scores: np.ndarray, tempos: np.ndarray, ends: np.ndarray) -> None:

@@ -28,6 +28,19 @@ def test_follows_rubato(rubato):
     assert pct_within(err, 0.25) >= 95
 
 
+def test_waits_for_the_first_note_where_the_music_begins(rubato):
+    """Before the first note (1 s of room noise in U) the follower has not started and
+    reports the place where X's music begins, after its leading silence; the first onset
+    is then caught at once."""
+    case, bundle = rubato
+    rows = follow(bundle, case.u, case.sr)
+    engine = follow.last_engine
+    assert abs(engine.music_start_s - case.onsets_x[0]) <= 0.02
+    before = rows[rows[:, 0] < case.onsets_u[0] - 0.05]
+    np.testing.assert_allclose(before[:, 1], engine.music_start_s)  # no drift on the noise
+    assert abs(onset_errors(case, rows)[0]) <= 0.05
+
+
 def test_causal(rubato):
     """The path up to time t is the same whether or not U goes on after t."""
     case, bundle = rubato
