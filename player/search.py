@@ -186,15 +186,17 @@ class GlobalSearch:
         sweep's places are handed out once (a 40-minute piece takes over a second to sweep
         again: its places would be screened again and again in the meantime)."""
         cfg = self.config
-        if not self._latest or self.u_active.mean() < cfg.min_active:
+        far: list[tuple[float, float, float]] = []  # (score, state now, tempo)
+        for score, state, tempo, at in self._latest:  # (emptied by step() on a silent context)
+            there = state + (self._frame - at) * tempo / self.per_state
+            apart_s = abs(there - position_states) * self.params.coarse_period_s
+            if apart_s >= cfg.min_jump_s and there < self._last_candidate:
+                far.append((score, there, tempo))
+        if not far:  # the common case: no need to score the filter's place
             return []
         bar = self.score_at(position_states) + cfg.margin
-        out: list[Candidate] = []
-        for score, state, tempo, at in self._latest:
-            there = state + (self._frame - at) * tempo / self.per_state
-            far = abs(there - position_states) * self.params.coarse_period_s >= cfg.min_jump_s
-            if score > bar and far and there < self._last_candidate:
-                out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
+        out = [Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo))
+               for score, there, tempo in far if score > bar]
         if out:
             self._latest = []  # verified once: the next sweep finds them again if they hold
         return out

@@ -71,7 +71,7 @@ def first_sound_s(samples: np.ndarray, sr: int, threshold_db: float = -40.0, fra
     ``(n, channels)`` at ``sr`` Hz) whose RMS is within ``-threshold_db`` dB of the
     excerpt's loudest frame (seconds; 0.0 if it is all silence). Leading digital silence or
     room tone before the first note lies below it."""
-    mono = to_mono(samples) if samples.ndim == 2 else np.asarray(samples, dtype=np.float32)
+    mono = to_mono(np.asarray(samples))
     hop = max(1, int(round(frame_s * sr)))
     n = mono.size // hop
     if n == 0:
