@@ -48,7 +48,12 @@ class SearchConfig:
         replay_windows: windows of past frames replayed to screen the candidates.
         margin_nats: log Bayes factor over new frames at which a candidate track wins.
         reject_nats: log Bayes factor over new frames at which a candidate track is dropped.
-        trial_s: the longest a trial on new frames lasts (U seconds).
+        trial_s: the length of a trial on new frames (U seconds).
+        trial_max_s: the longest a trial lasts (U seconds): past ``trial_s`` it goes on for
+            shadows that keep gaining at ``trial_pace`` of the winning pace
+            (``margin_nats`` per ``trial_s``); a place that sounds much like the player's
+            (a varied repeat) needs longer to prove itself, and a wrong one stops gaining.
+        trial_pace: see ``trial_max_s``.
         min_active: fraction of the context (and of each window) in which the soloist must be
             playing: silence proves nothing.
         candidates: distinct far places proposed per sweep and verified side by side (a
@@ -71,6 +76,8 @@ class SearchConfig:
     margin_nats: float = 25.0
     reject_nats: float = 10.0
     trial_s: float = 1.2
+    trial_max_s: float = 3.0
+    trial_pace: float = 0.5
     min_active: float = 0.6
     candidates: int = 3
     retry_s: float = 0.5
@@ -262,6 +269,8 @@ class Relocator:
         self.n_replay = self.window * max(1, config.replay_windows)
         self.retry_frames = int(round(config.retry_s / frame_s))
         self.trial_frames = max(1, int(round(config.trial_s / frame_s)))
+        self.trial_max_frames = max(self.trial_frames, int(round(config.trial_max_s / frame_s)))
+        self.pace_per_frame = config.trial_pace * config.margin_nats / self.trial_frames  # nats
         self.home_spread_states = config.home_spread_s / search.params.coarse_period_s
         self.replay_per_frame = max(1, config.replay_per_frame)
         n_obs = search.params.n_obs_bins
@@ -277,7 +286,7 @@ class Relocator:
         self._replay_evidence = np.zeros(self.n_replay + 1)
         self._job = None  # a screening in progress (a generator, advanced once per frame)
         self._budget = 0
-        self._pending = None  # the trial: (shadows, their evidence, reference evidence at the start, frames left)
+        self._pending = None  # the trial: (shadows, their evidence, reference evidence at the start, frames done)
         self.cancel()
         # the last verifications, for diagnostics: (U s, main state, candidate state, gain in
         # nats, "screen", "won" or "lost")
@@ -332,8 +341,10 @@ class Relocator:
     def _trial(self, u, active, frame_end_s, now_s, follower) -> bool:
         """One new frame for the shadows on trial (a sequential test): the best is adopted
         once it leads the reference by ``margin_nats``; one that falls ``reject_nats``
-        behind is dropped; the trial ends after ``trial_s``."""
-        shadows, shadow0, (main0, home0), left = self._pending
+        behind is dropped; after ``trial_s`` so is one that gains slower than the pace; the
+        trial ends after ``trial_max_s``."""
+        shadows, shadow0, (main0, home0), done = self._pending
+        done += 1
         self.home.process(u, active, frame_end_s, now_s)
         for shadow in shadows:
             shadow.process(u, active, frame_end_s, now_s)
@@ -347,8 +358,9 @@ class Relocator:
             self.history.append((now_s, follower.position_states, shadows[best].position_states, gains[best], "won"))
             follower.adopt(shadows[best])
             return True
-        keep = [i for i, g in enumerate(gains) if g > -self.config.reject_nats]
-        if not keep or left <= 1:
+        bar = -self.config.reject_nats if done < self.trial_frames else self.pace_per_frame * done
+        keep = [i for i, g in enumerate(gains) if g > bar]
+        if not keep or done >= self.trial_max_frames:
             self._pending = None
             self.history.append((now_s, follower.position_states, shadows[best].position_states, gains[best], "lost"))
             # the main track may itself have run off since the trial began (its band spans
@@ -359,7 +371,7 @@ class Relocator:
                 follower.adopt(self.home)
                 return True
             return False
-        self._pending = ([shadows[i] for i in keep], [shadow0[i] for i in keep], (main0, home0), left - 1)
+        self._pending = ([shadows[i] for i in keep], [shadow0[i] for i in keep], (main0, home0), done)
         return False
 
     def _replay(self, shadow, frames: range, reference: np.ndarray | None = None):
@@ -419,4 +431,4 @@ class Relocator:
             for f in late:
                 self._feed(track, f)
         self._pending = ([sh for sh, _ in passed], [e for _, e in passed], (main_end, home_end),
-                         max(1, self.trial_frames - len(late)))
+                         min(len(late), self.trial_frames - 1))

@@ -1,0 +1,94 @@
+"""The relocator's trial, a sequential test on new frames, with scripted evidence: a far
+place that keeps gaining on the player's current place wins, even when it gains slower
+than the nominal pace; one that stops gaining does not; and the main track's own gains
+count against every candidate."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from player.search import Relocator, SearchConfig
+
+FRAME_S = 0.02
+
+
+class ScriptedTrack:
+    """Stands in for a follower: gains ``rate(n)`` nats of log evidence on its n-th frame."""
+
+    def __init__(self, rate, position_states: float = 0.0) -> None:
+        self.rate = rate
+        self.n = 0
+        self.log_evidence = 0.0
+        self.position_states = position_states
+        self.adopted = None
+        self.started = True
+        self.state = SimpleNamespace(detune_cents=0.0)
+
+    def process(self, u, active, frame_end_s, now_s) -> None:
+        self.n += 1
+        self.log_evidence += self.rate(self.n)
+
+    def adopt(self, other) -> None:
+        self.adopted = other
+        self.position_states = other.position_states
+
+
+def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig()):
+    """Put shadows with the given evidence rates on trial against a main track; return
+    the number of frames until the main track adopted one (and which), or (None, None)
+    when the trial ended without a winner."""
+    search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8),
+                             per_state=5, reset=lambda: None)
+    home = ScriptedTrack(main_rate)
+    shadows = [ScriptedTrack(r, position_states=100.0 * (i + 1)) for i, r in enumerate(shadow_rates)]
+    relocator = Relocator(search, [home] + shadows, config, FRAME_S)
+    main = ScriptedTrack(main_rate)
+    relocator._pending = (shadows, [0.0] * len(shadows), (0.0, 0.0), 0)
+    u = np.zeros(8, dtype=np.float32)
+    for frame in range(1, 1000):
+        main.process(u, True, 0.0, 0.0)
+        moved = relocator._trial(u, True, 0.0, 0.0, main)
+        if moved:
+            return frame, shadows.index(main.adopted)
+        if relocator._pending is None:
+            return None, None
+    raise AssertionError("the trial never ended")
+
+
+def pace(fraction, config=SearchConfig()):
+    """A constant gain per frame at ``fraction`` of the winning pace (margin per trial_s)."""
+    per_frame = config.margin_nats / (config.trial_s / FRAME_S)
+    return lambda n: fraction * per_frame
+
+
+def test_a_clear_place_wins_within_the_nominal_trial():
+    frames, which = run_trial([pace(0.2), pace(1.5)])
+    assert which == 1
+    assert frames * FRAME_S < SearchConfig().trial_s
+
+
+def test_a_place_that_keeps_gaining_slowly_wins_after_the_nominal_trial():
+    """A varied repeat explains the player only a little better per frame: the trial goes
+    on past trial_s while the candidate keeps the pace, and it wins before trial_max_s."""
+    cfg = SearchConfig()
+    frames, which = run_trial([pace(0.7)])
+    assert which == 0
+    assert cfg.trial_s < frames * FRAME_S <= cfg.trial_max_s
+
+
+def test_a_place_that_stops_gaining_loses():
+    """Ahead early (it matched the frames the search chose it on), then no better than
+    the player's place: dropped at the end of the nominal trial."""
+    head = int(0.5 / FRAME_S)
+    frames, which = run_trial([lambda n: pace(1.2)(n) if n <= head else 0.0])
+    assert which is None
+
+
+def test_a_slow_place_loses_at_the_nominal_trial():
+    frames, which = run_trial([pace(0.3)])
+    assert which is None
+
+
+def test_the_main_tracks_gains_count_against_the_candidates():
+    frames, which = run_trial([pace(1.5)], main_rate=pace(1.4))
+    assert which is None
