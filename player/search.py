@@ -17,8 +17,9 @@ place was the true one for 83-92 % of the frames (cosine of semitone profiles: 4
 and after a splice the true place came first 0.7-1.9 s later (cosine: 1.0-4.2 s).
 
 A candidate far from the filter's place is verified by :class:`Relocator`, which replays
-the last frames through a shadow track started there; only a clear win on both halves of
-the replay moves the filter. Repeated passages score alike, so they never win by the margin.
+the last frames through a shadow track started there; only a place that explains both
+halves of the replay about as well and the whole better, then wins a trial on new frames,
+moves the filter. Repeated passages score alike, so they never win by the margin.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ class SearchConfig:
             the replay cost when a far place keeps scoring well but keeps losing.
         replay_per_frame: replayed frames per analysis frame: a screening is spread over
             several blocks so that no block costs much more than the others (live audio).
+        screen_tolerance_nats: a screened place may trail the reference by up to this
+            much in one window (log evidence, nats) if it leads over the whole replay: a
+            near-tie is no evidence against it (the window right after a splice, or a
+            phrase both places share). With 0, right places lost their screening by
+            0.1 nats and waited for the next sweep; 6 let a wrong place on trial, and win
+            it, in a plain run of a held-out chorale.
     """
 
     context_s: float = 2.0
@@ -87,6 +94,7 @@ class SearchConfig:
     retry_s: float = 0.5
     shadow_spread_s: float = 1.0
     replay_per_frame: int = 24
+    screen_tolerance_nats: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -240,8 +248,8 @@ class Relocator:
     It keeps the last ``replay_windows * confirm_s`` seconds of frames and the main track's
     evidence over them. For each candidate a "shadow" follower starts where the candidate
     says the player was at the start of that window and replays the frames at once: a
-    shadow passes if its evidence ``sum log p(u_t | u_<t)`` beats the reference in every
-    window of ``confirm_s``. Replaying the past instead of waiting for new frames screens the
+    shadow passes if its evidence ``sum log p(u_t | u_<t)`` beats the reference's over the
+    replay and trails it in no window of ``confirm_s`` by more than ``screen_tolerance_nats``. Replaying the past instead of waiting for new frames screens the
     candidates as soon as the search proposes them; but the search chose them on these very
     frames (and just after a jump the replay still holds frames from before it), so the
     passing shadows then follow new frames, and the best replaces the main track once it
@@ -382,7 +390,8 @@ class Relocator:
         """Run ``shadow`` over the kept ``frames`` (absolute indices), ``replay_per_frame``
         of them per resumption (a generator); returns its evidence per window
         ``(replay_windows,)`` minus ``reference`` (if given: then it stops at the first
-        window it loses, whose gain is returned as it stands and the later ones as -inf)."""
+        window it loses by more than the tolerance, whose gain is returned as it stands and
+        the later ones as -inf)."""
         ev = self._replay_evidence
         ev[0] = shadow.log_evidence
         gains = np.full(self.n_replay // self.window, -np.inf)
@@ -395,7 +404,7 @@ class Relocator:
             if (j + 1) % self.window == 0:
                 w = (j + 1) // self.window - 1
                 gains[w] = ev[j + 1] - ev[j + 1 - self.window] - (0.0 if reference is None else reference[w])
-                if reference is not None and gains[w] <= 0.0:
+                if reference is not None and gains[w] <= -self.config.screen_tolerance_nats:
                     break
         return gains
 
@@ -425,7 +434,7 @@ class Relocator:
             shadow.relocate(max(start, 0.0), spread_states=self.shadow_spread_states, tempo=cand.tempo)
             gains = yield from self._replay(shadow, frames, reference)
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
-            if gains.min() > 0.0:
+            if gains.min() > -self.config.screen_tolerance_nats and gains.sum() > 0.0:
                 passed.append((shadow, shadow.log_evidence))
         if not passed:
             return

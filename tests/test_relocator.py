@@ -1,13 +1,15 @@
-"""The relocator's trial, a sequential test on new frames, with scripted evidence: a far
-place that keeps gaining on the player's current place wins, even when it gains slower
-than the nominal pace; one that stops gaining does not; and the main track's own gains
-count against every candidate."""
+"""The relocator with scripted evidence. Its screening (a replay of the last frames): a far
+place that leads over the replay passes even if it ties the player's place in one window,
+not if it clearly loses one. Its trial, a sequential test on new frames: a far place that
+keeps gaining on the player's current place wins, even when it gains slower than the
+nominal pace; one that stops gaining does not; and the main track's own gains count
+against every candidate."""
 
 from types import SimpleNamespace
 
 import numpy as np
 
-from player.search import Relocator, SearchConfig
+from player.search import Candidate, Relocator, SearchConfig
 
 FRAME_S = 0.02
 
@@ -32,16 +34,24 @@ class ScriptedTrack:
         self.adopted = other
         self.position_states = other.position_states
 
+    def relocate(self, state: float, spread_states: float = 2.0, tempo: float | None = None) -> None:
+        self.position_states = state
+        self.n = 0
+
+
+def make_relocator(home: ScriptedTrack, shadows: list[ScriptedTrack], config: SearchConfig) -> Relocator:
+    search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8),
+                             per_state=5, reset=lambda: None)
+    return Relocator(search, [home] + shadows, config, FRAME_S)
+
 
 def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig()):
     """Put shadows with the given evidence rates on trial against a main track; return
     the number of frames until the main track adopted one (and which), or (None, None)
     when the trial ended without a winner."""
-    search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8),
-                             per_state=5, reset=lambda: None)
     home = ScriptedTrack(main_rate)
     shadows = [ScriptedTrack(r, position_states=100.0 * (i + 1)) for i, r in enumerate(shadow_rates)]
-    relocator = Relocator(search, [home] + shadows, config, FRAME_S)
+    relocator = make_relocator(home, shadows, config)
     main = ScriptedTrack(main_rate)
     relocator._pending = (shadows, [0.0] * len(shadows), (0.0, 0.0), 0)
     u = np.zeros(8, dtype=np.float32)
@@ -92,3 +102,50 @@ def test_a_slow_place_loses_at_the_nominal_trial():
 def test_the_main_tracks_gains_count_against_the_candidates():
     frames, which = run_trial([pace(1.5)], main_rate=pace(1.4))
     assert which is None
+
+
+def screen(window_gains, config=SearchConfig()) -> bool:
+    """Screen one far place whose replay gains ``window_gains[w]`` nats over window ``w``
+    on a player's place (main and home tracks) that gains nothing; True if it passed."""
+    relocator = make_relocator(ScriptedTrack(lambda n: 0.0), [], config)
+    window = relocator.window
+    assert len(window_gains) == relocator.n_replay // window
+    shadow = ScriptedTrack(lambda n: window_gains[(n - 1) // window] / window)
+    relocator.shadows = [shadow]
+    main = ScriptedTrack(lambda n: 0.0)
+    main.state.tempo = 1.0
+    relocator._count = relocator.n_replay  # the kept frames: all active, the main track gained 0
+    relocator._active[:] = True
+    job = relocator._screen([Candidate(state=500.0, tempo=1.0)], 0.0, main)
+    for _ in range(10 * relocator.n_replay):
+        relocator._budget = 1
+        try:
+            next(job)
+        except StopIteration:
+            break
+    return relocator._pending is not None
+
+
+def test_a_place_that_wins_every_window_passes_the_screening():
+    assert screen([5.0, 5.0])
+
+
+def test_a_near_tie_in_one_window_does_not_fail_the_screening():
+    """The window right after a splice can hold frames both places explain alike: a place
+    trailing there by a fraction of a nat, then clearly ahead, passes."""
+    tol = SearchConfig().screen_tolerance_nats
+    assert screen([-0.1, 12.0])
+    assert screen([-0.5 * tol, 12.0])
+
+
+def test_a_place_that_clearly_loses_a_window_fails_the_screening():
+    tol = SearchConfig().screen_tolerance_nats
+    assert not screen([-2.0 * tol, 40.0])
+    assert not screen([40.0, -2.0 * tol])
+
+
+def test_a_place_that_only_ties_fails_the_screening():
+    """Within the tolerance in every window but not ahead over the replay: no evidence for it."""
+    tol = SearchConfig().screen_tolerance_nats
+    assert not screen([-0.5 * tol, 0.4 * tol])
+    assert not screen([0.0, 0.0])
