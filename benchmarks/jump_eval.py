@@ -6,8 +6,11 @@ who jumps into a rest before they play).
 
 Splice points are fractions of the take: each pair ``(a, b)`` gives a forward jump (cut at
 a, resume at b), a backward one (cut at b, resume at a) and a start at a without --start.
+With ``--pause S`` the player stops for S seconds at the cut (the take's own room noise
+from before its first note) and then restarts at the other point; times then count from
+the restart.
 
-    .venv/bin/python benchmarks/jump_eval.py CASES_DIR [--work /tmp/follow_eval] [--pairs 0.3,0.65 ...]
+    .venv/bin/python benchmarks/jump_eval.py CASES_DIR [--work /tmp/follow_eval] [--pairs 0.3,0.65 ...] [--pause 2]
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ def relock_time(rows: np.ndarray, u_from: float, truth, u_end: float) -> float:
     return float("inf")
 
 
+def room_noise(u: np.ndarray, sr: int, first_onset_s: float, seconds: float) -> np.ndarray:
+    """``seconds`` of the take's room noise: the part before its first note, repeated."""
+    n = int(round(seconds * sr))
+    quiet = u[: max(1, int(0.8 * first_onset_s * sr))]
+    if n == 0 or quiet.size < sr // 10:
+        return np.zeros(n, dtype=np.float32)
+    return np.resize(quiet, n).astype(np.float32)
+
+
 def silence_before_first_note(onsets: np.ndarray, t: float) -> float:
     """Seconds from ``t`` to the soloist's first onset at or after it (0 if none)."""
     after = onsets[onsets >= t]
@@ -62,6 +74,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--pairs", nargs="+", default=["0.3,0.65"],
                     help="splice points as fractions of the take, a,b (default 0.3,0.65)")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds the player stops (room noise) between cut and restart")
     args = ap.parse_args()
     config = engine_config(parse_overrides(args.overrides))
     pairs = [tuple(float(v) for v in p.split(",")) for p in args.pairs]
@@ -76,15 +90,18 @@ def main() -> None:
         du, dx = read_map(case / "gt_dense.csv")
         onsets = np.loadtxt(case / "gt.csv", delimiter=",", skiprows=1, ndmin=2)[:, 0]
         span = du[-1] - du[0]
+        gap = room_noise(u, sr, onsets[0], args.pause)
+        pause = gap.size / sr
         with load_bundle(wd / "X.h5") as bundle:
             for fa, fb in pairs:
                 a, b = du[0] + fa * span, du[0] + fb * span
                 for name, (cut, resume) in {"forward": (a, b), "backward": (b, a)}.items():
-                    spliced = np.concatenate([u[: int(cut * sr)], u[int(resume * sr):]])
-                    truth = lambda t, cut=cut, resume=resume: np.interp(np.where(t < cut, t, t - cut + resume), du, dx)  # noqa: E731
+                    spliced = np.concatenate([u[: int(cut * sr)], gap, u[int(resume * sr):]])
+                    restart = cut + pause
+                    truth = lambda t, restart=restart, resume=resume: np.interp(np.where(t < restart, t, t - restart + resume), du, dx)  # noqa: E731
                     rows = run(bundle, spliced, sr, config)
-                    end = cut + (du[-1] - resume)
-                    lost = relock_time(rows, cut, truth, end)
+                    end = restart + (du[-1] - resume)
+                    lost = relock_time(rows, restart, truth, end)
                     silent = silence_before_first_note(onsets, resume)
                     results.append((case.name, name, fa, lost, max(0.0, lost - silent)))
                 start = a
