@@ -145,6 +145,22 @@ def test_relocks_after_a_jump(long_piece, kind):
     assert np.median(err) <= 0.1 and pct_within(err, 0.5) >= 95, np.round(err[::5], 2)
 
 
+def test_relocks_after_stopping_and_restarting_earlier(long_piece):
+    """The player stops for 2 s (room noise) and restarts a passage 24 beats back: found
+    within 3 s of the restart, and the accompaniment went on through the pause."""
+    case, bundle = long_piece
+    a, b = float(case.map_u(20.0)), float(case.map_u(44.0))
+    noise = case.u[: int(0.8 * case.sr)]  # the take's room before its first note
+    pause = np.resize(noise, 2 * case.sr)
+    spliced = np.concatenate([case.u[: int(b * case.sr)], pause, case.u[int(a * case.sr):]])
+    rows = follow(bundle, spliced, case.sr)
+    restart = b + pause.size / case.sr
+    err = _relock_errors(case, rows, restart, a, settle_s=3.0)
+    assert np.median(err) <= 0.1 and pct_within(err, 0.5) >= 95, np.round(err[::5], 2)
+    during = (rows[:, 0] > b + 0.5) & (rows[:, 0] < restart - 0.2)
+    assert np.all(np.diff(rows[during, 1]) > 0)  # kept going at the tempo through the pause
+
+
 def test_starts_mid_piece_without_start(long_piece):
     """The player starts at beat 30 without --start: found within 5 s."""
     case, bundle = long_piece
