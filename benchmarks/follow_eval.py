@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from player.echo import LeakConfig  # noqa: E402
+from player.denoise import DenoiseConfig  # noqa: E402
 from player.engine import EngineConfig  # noqa: E402
 from player.playback import PlaybackConfig  # noqa: E402
 from player.separation import SeparationConfig  # noqa: E402
@@ -55,7 +56,7 @@ def score(path_csv: Path, gt_csv: Path) -> dict:
     return out
 
 
-PREFIXES = ("search", "params", "sep", "play", "leak")
+PREFIXES = ("search", "params", "sep", "play", "leak", "denoise")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
@@ -81,6 +82,7 @@ def engine_config(over: dict[str, dict], search: bool = True) -> EngineConfig:
                         separation=dataclasses.replace(SeparationConfig(), **over["sep"]),
                         playback=dataclasses.replace(PlaybackConfig(), **over["play"]),
                         leak=dataclasses.replace(LeakConfig(), **over["leak"]),
+                        denoise=dataclasses.replace(DenoiseConfig(), **over["denoise"]),
                         search=search)
 
 

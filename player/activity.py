@@ -57,6 +57,7 @@ class ActivityDetector:
         self.floor_db = self.config.absolute_floor_db
         self.room_db: float | None = None  # the room's noise level (dBFS), once heard
         self.level_db = -np.inf
+        self.flatness = 0.0  # of the latest frame's band (geometric over arithmetic mean)
         self.active = False
         self._held = 0
         self._frames = 0
@@ -98,7 +99,8 @@ class ActivityDetector:
             self._levels[slot] = level
             # geometric over arithmetic mean of the band's power: ~0.3 for room noise,
             # ~0.001 for a note
-            self._flatness[slot] = np.exp(2.0 * np.mean(np.log(band + 1e-12))) * band.size / (power + 1e-30)
+            self.flatness = float(np.exp(2.0 * np.mean(np.log(band + 1e-12))) * band.size / (power + 1e-30))
+            self._flatness[slot] = self.flatness
             self._count += 1
             if self._count % self._every == 1:
                 self._update_floor()

@@ -3,7 +3,7 @@
 Each call to :meth:`Engine.process` takes one block of U (any rate, any channels) and
 returns the block to play (X's rate and channels). Inside: NaN guard -> mono -> streaming
 resampler to the analysis rate -> one analysis frame per fine hop (spectrum, activity,
-follower, global search) -> once per block: playback rate (controller), solo-removal gain
+room-noise subtraction, follower, global search) -> once per block: playback rate (controller), solo-removal gain
 (2-row PG-NMF) and the phase vocoder's output. Nothing here touches files or devices, so the
 file runner and the live audio thread drive exactly the same code.
 
@@ -27,6 +27,7 @@ import numpy as np
 import soxr
 
 from player.activity import ActivityConfig, ActivityDetector
+from player.denoise import DenoiseConfig, NoiseProfile
 from player.echo import LeakCanceller, LeakConfig
 from player.follower import Follower, FollowerConfig, FollowerState
 from player.playback import PlaybackConfig, PlaybackController
@@ -58,6 +59,7 @@ class EngineConfig:
     separation: SeparationConfig = field(default_factory=SeparationConfig)
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
     leak: LeakConfig = field(default_factory=LeakConfig)
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
     start_s: float = 0.0
     search: bool = True
     output_latency_s: float = 0.0
@@ -155,6 +157,7 @@ class Engine:
         self._sounding_now = False  # U's latest frame is above the sounding threshold
         # what the engine played, analysed like the input, for the leak canceller
         self.leak = LeakCanceller(p, self.config.leak)
+        self.denoise = NoiseProfile(p.n_bins, p.fine_period_s, self.config.denoise)
         self._played = HopStream(self.output_sr, p.sr, p.fine_hop)
         self._out_spectrum = OnlineSpectrum(p)
         self._out_frames = np.zeros((8, p.n_fft // 2 + 1), dtype=np.float32)  # ring of output spectra
@@ -303,13 +306,20 @@ class Engine:
             mag = self.leak.cancel(mag)
         self._u_mag = mag
         active = self.activity.update(mag)
-        u = observation_features(mag, self.params)
+        act = self.activity
+        room = act.room_db if act.room_db is not None else act.floor_db
+        is_noise = (not active and act.flatness > act.config.noise_flatness
+                    and act.level_db <= room + act.config.quiet_span_db)
+        self.denoise.observe(mag, act.level_db, active, is_noise)
+        u = observation_features(self.denoise.clean(mag), self.params)
         t1 = time.perf_counter()
         evidence_before, position_before = self.follower.log_evidence, self.follower.position_states
-        state = self.follower.process(u, active, frame_end, now_s=u_time)
+        scale = self.denoise.evidence_scale
+        state = self.follower.process(u, active, frame_end, now_s=u_time, evidence_scale=scale)
         self._presence = self._sounding(self._presence)
         t2 = time.perf_counter()
-        if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower, evidence_before, position_before):
+        if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower,
+                                                              evidence_before, position_before, scale):
             stats.jumps += 1
         t3 = time.perf_counter()
         stats.frames += 1

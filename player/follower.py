@@ -281,9 +281,9 @@ class Follower:
         kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
         self.alpha = np.convolve(self.alpha, kernel / kernel.sum(), mode="same")
 
-    def _update(self, u: np.ndarray) -> None:
+    def _update(self, u: np.ndarray, evidence_scale: float) -> None:
         cfg = self.config
-        kappa = cfg.kappa * self._novelty_weight(u)
+        kappa = cfg.kappa * evidence_scale * self._novelty_weight(u)
         s0 = self.lo // self.m
         s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
         cache, offset = self._band_templates(s0, s1)
@@ -320,7 +320,8 @@ class Follower:
         self._confidence = mass
         self._mode = self.lo + mode
 
-    def process(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float | None = None) -> FollowerState:
+    def process(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float | None = None,
+                evidence_scale: float = 1.0) -> FollowerState:
         """Advance by one fine frame.
 
         Args:
@@ -329,6 +330,8 @@ class Follower:
             frame_end_s: time in U of this frame's last sample (seconds).
             now_s: time in U at which the estimate is reported (seconds; >= frame_end_s when
                 the input path buffers, e.g. a resampler); the position is extrapolated to it.
+            evidence_scale: multiplies the likelihood's temper ``kappa`` for this frame
+                (below 1 when the input was denoised: sharper features, stronger evidence).
         """
         now_s = frame_end_s if now_s is None else now_s
         self.frames += 1
@@ -339,7 +342,7 @@ class Follower:
             if active:
                 if self._silent_frames * self.params.fine_period_s >= self.config.reentry_after_s:
                     self._reentry_spread()
-                self._update(u)
+                self._update(u, evidence_scale)
             self._normalise_and_follow()
         self._silent_frames = 0 if active else self._silent_frames + 1
         x_centre = self._s_hat * self.params.coarse_period_s

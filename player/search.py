@@ -293,6 +293,7 @@ class Relocator:
         self._u = np.zeros((self._cap, n_obs), dtype=np.float32)
         self._active = np.zeros(self._cap, dtype=bool)
         self._times = np.zeros((self._cap, 2))  # (frame_end_s, now_s)
+        self._scale = np.ones(self._cap)  # the likelihood's temper scale of each frame
         self._evidence = np.zeros(self._cap)  # the main track's log evidence before each frame
         self._position = np.zeros(self._cap)  # and its position (states)
         self._replay_evidence = np.zeros(self.n_replay + 1)
@@ -313,13 +314,15 @@ class Relocator:
         self.search.reset()
 
     def step(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float, follower,
-             evidence_before: float, position_before: float) -> bool:
+             evidence_before: float, position_before: float, evidence_scale: float = 1.0) -> bool:
         """After the main track has processed this frame (its log evidence and position were
-        ``evidence_before`` and ``position_before`` just before): True if it was moved."""
+        ``evidence_before`` and ``position_before`` just before; ``evidence_scale`` as it
+        was given to the main track): True if it was moved."""
         i = self._count % self._cap
         self._u[i] = u
         self._active[i] = active
         self._times[i] = frame_end_s, now_s
+        self._scale[i] = evidence_scale
         self._evidence[i] = evidence_before
         self._position[i] = position_before
         self._count += 1
@@ -348,7 +351,7 @@ class Relocator:
     def _feed(self, track, frame: int) -> None:
         """Run ``track`` on the kept frame of absolute index ``frame``."""
         k = frame % self._cap
-        track.process(self._u[k], bool(self._active[k]), *self._times[k])
+        track.process(self._u[k], bool(self._active[k]), *self._times[k], evidence_scale=float(self._scale[k]))
 
     def _trial(self, u, active, frame_end_s, now_s, follower) -> bool:
         """One new frame for the shadows on trial (a sequential test): the best is adopted
@@ -357,9 +360,10 @@ class Relocator:
         trial ends after ``trial_max_s``."""
         shadows, shadow0, (main0, home0), done = self._pending
         done += 1
-        self.home.process(u, active, frame_end_s, now_s)
+        scale = float(self._scale[(self._count - 1) % self._cap])  # this frame's, as the main track's
+        self.home.process(u, active, frame_end_s, now_s, evidence_scale=scale)
         for shadow in shadows:
-            shadow.process(u, active, frame_end_s, now_s)
+            shadow.process(u, active, frame_end_s, now_s, evidence_scale=scale)
         main_gain = follower.log_evidence - main0
         home_gain = self.home.log_evidence - home0
         ref = max(main_gain, home_gain)

@@ -26,7 +26,7 @@ class ScriptedTrack:
         self.started = True
         self.state = SimpleNamespace(detune_cents=0.0)
 
-    def process(self, u, active, frame_end_s, now_s) -> None:
+    def process(self, u, active, frame_end_s, now_s, evidence_scale=1.0) -> None:
         self.n += 1
         self.log_evidence += self.rate(self.n)
 
