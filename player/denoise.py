@@ -80,7 +80,9 @@ class NoiseProfile:
         if is_noise:
             self.frames += 1
             rate = max(self.rate, 1.0 / self.frames)  # a plain mean until the memory is full
-            self.noise += np.float32(rate) * (mag - self.noise)
+            np.subtract(mag, self.noise, out=self._tmp)  # in place: this runs per block, live
+            self._tmp *= np.float32(rate)
+            self.noise += self._tmp
             self.noise_db = level_db if self.noise_db is None else self.noise_db + rate * (level_db - self.noise_db)
         elif active:  # a held peak: a soft attack or passage is not a loud room
             self.playing_frames += 1
