@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.spectral import spectral_subtract
+
 
 @dataclass(frozen=True)
 class DenoiseConfig:
@@ -63,6 +65,7 @@ class NoiseProfile:
         self.min_playing = max(1, int(round(cfg.min_playing_s / frame_s)))
         self.noise = np.zeros(n_bins, dtype=np.float32)
         self._out = np.zeros(n_bins, dtype=np.float32)
+        self._estimate = np.zeros(n_bins, dtype=np.float32)
         self._tmp = np.zeros(n_bins, dtype=np.float32)
         self.reset()
 
@@ -102,8 +105,5 @@ class NoiseProfile:
         next call; ``mag`` itself when nothing is subtracted)."""
         if self.weight <= 0.0:
             return mag
-        np.multiply(self.noise, np.float32(self.weight), out=self._tmp)
-        np.subtract(mag, self._tmp, out=self._out)
-        np.multiply(mag, np.float32(self.config.keep), out=self._tmp)
-        np.maximum(self._out, self._tmp, out=self._out)
-        return self._out
+        np.multiply(self.noise, np.float32(self.weight), out=self._estimate)
+        return spectral_subtract(mag, self._estimate, self.config.keep, out=self._out, scratch=self._tmp)

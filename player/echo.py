@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.spectral import AnalysisParams
+from shared.spectral import AnalysisParams, spectral_subtract
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class LeakCanceller:
         if self.gain <= 0.0:
             return in_mag
         np.multiply(leak, cfg.over * self.gain, out=self._leak)
-        return np.maximum(in_mag - self._leak, cfg.floor * in_mag)
+        return spectral_subtract(in_mag, self._leak, cfg.floor)
 
     def _track_similarity(self, in_mag: np.ndarray) -> None:
         """Update the running mean cosine between this input frame and each lagged output."""

@@ -182,6 +182,24 @@ def detune_spectrum(mag: np.ndarray, cents: float, params: AnalysisParams) -> np
     return (mag[..., lo] * (1.0 - frac) + mag[..., hi] * frac).astype(np.float32)
 
 
+def spectral_subtract(mag: np.ndarray, estimate: np.ndarray, keep: float,
+                      out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Magnitude spectral subtraction: ``max(mag - estimate, keep * mag)`` per bin.
+
+    Args:
+        mag: magnitudes ``(n_bins,)``.
+        estimate: the magnitude of what to remove (noise, leakage), same shape.
+        keep: the least fraction of each bin kept (no bin is zeroed outright).
+        out, scratch: optional float32 buffers of the same shape (no allocation: the live
+            path calls this per frame); ``out`` is returned.
+    """
+    if out is None or scratch is None:
+        return np.maximum(mag - estimate, keep * mag)
+    np.subtract(mag, estimate, out=out)
+    np.multiply(mag, np.float32(keep), out=scratch)
+    return np.maximum(out, scratch, out=out)
+
+
 def observation_features(mag: np.ndarray, params: AnalysisParams) -> np.ndarray:
     """Normalised, compressed observation vectors from magnitude spectra.
 

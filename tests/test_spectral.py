@@ -95,3 +95,15 @@ def test_params_validation_and_roundtrip():
     with pytest.raises(ValueError):
         AnalysisParams(detune_cents=(-10.0, 10.0))  # no 0
     assert AnalysisParams.from_dict(P.to_dict()) == P
+
+
+def test_spectral_subtract_keeps_a_floor_and_needs_no_allocation():
+    from shared.spectral import spectral_subtract
+
+    mag = np.array([1.0, 2.0, 0.5, 4.0], dtype=np.float32)
+    noise = np.array([0.5, 3.0, 0.5, 1.0], dtype=np.float32)
+    expected = np.array([0.5, 0.2, 0.05, 3.0], dtype=np.float32)
+    assert np.allclose(spectral_subtract(mag, noise, 0.1), expected)
+    out, scratch = np.empty_like(mag), np.empty_like(mag)
+    got = spectral_subtract(mag, noise, 0.1, out=out, scratch=scratch)
+    assert got is out and np.allclose(out, expected)
