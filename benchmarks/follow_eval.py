@@ -7,6 +7,9 @@ same way as the official scorer: the causal estimate at an onset is the x of the
 row with u_time_s <= onset.
 
     .venv/bin/python benchmarks/follow_eval.py CASES_DIR [CASES_DIR ...] [--set kappa=6 ...]
+
+``--noise-snr DB`` adds pink noise DB below each take's RMS (a noisy room; the same noise
+for the same take and DB on every run).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from player.echo import LeakConfig  # noqa: E402
@@ -54,6 +58,17 @@ def score(path_csv: Path, gt_csv: Path) -> dict:
         dest = np.where(idx >= 0, px[np.clip(idx, 0, None)], 0.0)
         out["lost_s"] = float(np.sum(np.abs(dest - dx) > 1.0) * np.median(np.diff(du)))
     return out
+
+
+def add_pink_noise(u: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
+    """``u`` (samples ``(n,)`` or ``(n, channels)``) plus pink noise ``snr_db`` below its RMS."""
+    rng = np.random.default_rng(seed)
+    n = u.shape[0]
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    pink = np.fft.irfft(spectrum / np.sqrt(np.arange(spectrum.size) + 1.0), n=n)
+    pink *= np.sqrt(np.mean(u.astype(np.float64) ** 2)) * 10 ** (-snr_db / 20) / np.sqrt(np.mean(pink ** 2))
+    noisy = u + (pink[:, None] if u.ndim == 2 else pink)
+    return np.clip(noisy, -1.0, 1.0).astype(np.float32)
 
 
 PREFIXES = ("search", "params", "sep", "play", "leak", "denoise")
@@ -93,6 +108,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--no-search", action="store_true")
     ap.add_argument("--output", action="store_true", help="also render out.wav")
+    ap.add_argument("--noise-snr", type=float, default=None,
+                    help="add pink noise this many dB below each take's RMS")
     args = ap.parse_args()
     over = parse_overrides(args.overrides)
     po = over["params"]
@@ -105,8 +122,13 @@ def main() -> None:
         bundle = wd / "X.h5"
         if not bundle.exists():
             build_bundle(case / "X.flac", bundle, BuildOptions(params=AnalysisParams(**po)))
+        take = case / "U.flac"
+        if args.noise_snr is not None:
+            u, sr = sf.read(take, dtype="float32")
+            take = wd / f"U_snr{args.noise_snr:g}.flac"
+            sf.write(take, add_pink_noise(u, args.noise_snr), sr)
         with load_bundle(bundle) as b:
-            res = run_file(b, case / "U.flac", alignment_path=wd / "path.csv", config=config, force=True,
+            res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
                            output_path=(wd / "out.wav") if args.output else None)
         rows.append({"case": case.name, **score(wd / "path.csv", case / "gt.csv"), "rtf": res.rtf,
                      "jumps": res.counters["jumps"]})

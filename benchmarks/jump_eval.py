@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import engine_config, parse_overrides, read_map  # noqa: E402
+from benchmarks.follow_eval import add_pink_noise, engine_config, parse_overrides, read_map  # noqa: E402
 from player.engine import Engine, EngineConfig  # noqa: E402
 from prep.pipeline import build_bundle  # noqa: E402
 from shared.audio import to_mono  # noqa: E402
@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--pairs", nargs="+", default=["0.3,0.65"],
                     help="splice points as fractions of the take, a,b (default 0.3,0.65)")
+    ap.add_argument("--noise-snr", type=float, default=None,
+                    help="add pink noise this many dB below each take's RMS")
     ap.add_argument("--pause", type=float, default=0.0,
                     help="seconds the player stops (room noise) between cut and restart")
     args = ap.parse_args()
@@ -87,6 +89,8 @@ def main() -> None:
             build_bundle(case / "X.flac", wd / "X.h5")
         u, sr = sf.read(case / "U.flac", dtype="float32")
         u = to_mono(u)
+        if args.noise_snr is not None:
+            u = add_pink_noise(u, args.noise_snr)
         du, dx = read_map(case / "gt_dense.csv")
         onsets = np.loadtxt(case / "gt.csv", delimiter=",", skiprows=1, ndmin=2)[:, 0]
         span = du[-1] - du[0]
