@@ -11,11 +11,12 @@ each bin.
 
 Sharper features make every frame's evidence stronger, so the likelihood's temper
 (``FollowerConfig.kappa``) is lowered with the subtraction (``evidence_scale``): without
-it, the relocator's margin (a log Bayes factor) was reached by repeats of a phrase, and two
-held-out chorales at 12 dB SNR jumped falsely (4.9 lost s over six cases, against 0.9
-without the subtraction and 0.75 with both). In a quiet room the subtraction only strips the faint floor of
-the features, which the recording's templates keep, and it measured no better there: it
-fades in between ``snr_off_db`` and ``snr_full_db`` of the playing level over the room's.
+it, the relocator's margin (a log Bayes factor) was reached by repeats of a phrase (two
+held-out chorales at 12 dB SNR jumped falsely). In a quiet room the subtraction only
+strips the faint floor of the features, which the recording's templates keep, and it
+measured no better there: it fades in between ``snr_off_db`` and ``snr_full_db`` of the
+playing level over the room's. Figures: README and ``benchmarks/follow_eval.py
+--noise-snr``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class NoiseProfile:
     def reset(self) -> None:
         self.noise[:] = 0.0
         self.frames = 0
-        self.noise_db: float | None = None  # the room's level (dBFS) when its noise was learned
+        self.noise_db: float | None = None  # the room's level (dBFS), averaged like its spectrum
         self.playing_db: float | None = None  # level of the loudest recent playing (dBFS)
         self.playing_frames = 0
         self.weight = 0.0  # share of the noise subtracted now, in [0, 1]
