@@ -59,6 +59,7 @@ class ActivityDetector:
         self.level_db = -np.inf
         self.flatness = 0.0  # of the latest frame's band (geometric over arithmetic mean)
         self.active = False
+        self.room_noise = False  # the latest frame is the room alone (silent, quiet and flat)
         self._held = 0
         self._frames = 0
         self._count = 0
@@ -112,4 +113,7 @@ class ActivityDetector:
             self._held -= 1
             on = True
         self.active = on
+        room = self.room_db if self.room_db is not None else self.floor_db
+        self.room_noise = (not on and self.flatness > cfg.noise_flatness
+                           and level <= room + cfg.quiet_span_db)
         return on

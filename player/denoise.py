@@ -77,7 +77,6 @@ class NoiseProfile:
         self.playing_db: float | None = None  # level of the loudest recent playing (dBFS)
         self.playing_frames = 0
         self.weight = 0.0  # share of the noise subtracted now, in [0, 1]
-        self.evidence_scale = 1.0  # the likelihood's temper relative to the configured one
 
     def observe(self, mag: np.ndarray, level_db: float, active: bool, is_noise: bool) -> None:
         """Learn from one frame: room noise (``is_noise``) or playing (``active``)."""
@@ -99,7 +98,11 @@ class NoiseProfile:
             snr = self.playing_db - self.noise_db
             span = max(cfg.snr_off_db - cfg.snr_full_db, 1e-6)
             self.weight = float(min(1.0, max(0.0, (cfg.snr_off_db - snr) / span)))
-        self.evidence_scale = 1.0 - self.weight * (1.0 - cfg.kappa_ratio)
+
+    @property
+    def evidence_scale(self) -> float:
+        """The likelihood's temper relative to the configured one (1 with no subtraction)."""
+        return 1.0 - self.weight * (1.0 - self.config.kappa_ratio)
 
     def clean(self, mag: np.ndarray) -> np.ndarray:
         """``mag`` minus the weighted noise (a view of an internal buffer, valid until the

@@ -3,8 +3,8 @@
 Each call to :meth:`Engine.process` takes one block of U (any rate, any channels) and
 returns the block to play (X's rate and channels). Inside: NaN guard -> mono -> streaming
 resampler to the analysis rate -> one analysis frame per fine hop (spectrum, activity,
-room-noise subtraction, follower, global search) -> once per block: playback rate (controller), solo-removal gain
-(2-row PG-NMF) and the phase vocoder's output. Nothing here touches files or devices, so the
+room-noise subtraction, follower, global search) -> once per block: playback rate
+(controller), solo-removal gain (2-row PG-NMF) and the phase vocoder's output. Nothing here touches files or devices, so the
 file runner and the live audio thread drive exactly the same code.
 
 Latency: the block returned is heard ``output_latency_s`` after the end of the input block
@@ -306,11 +306,7 @@ class Engine:
             mag = self.leak.cancel(mag)
         self._u_mag = mag
         active = self.activity.update(mag)
-        act = self.activity
-        room = act.room_db if act.room_db is not None else act.floor_db
-        is_noise = (not active and act.flatness > act.config.noise_flatness
-                    and act.level_db <= room + act.config.quiet_span_db)
-        self.denoise.observe(mag, act.level_db, active, is_noise)
+        self.denoise.observe(mag, self.activity.level_db, active, self.activity.room_noise)
         u = observation_features(self.denoise.clean(mag), self.params)
         t1 = time.perf_counter()
         evidence_before, position_before = self.follower.log_evidence, self.follower.position_states

@@ -249,8 +249,9 @@ class Relocator:
     evidence over them. For each candidate a "shadow" follower starts where the candidate
     says the player was at the start of that window and replays the frames at once: a
     shadow passes if its evidence ``sum log p(u_t | u_<t)`` beats the reference's over the
-    replay and trails it in no window of ``confirm_s`` by more than ``screen_tolerance_nats``. Replaying the past instead of waiting for new frames screens the
-    candidates as soon as the search proposes them; but the search chose them on these very
+    replay and trails it in no window of ``confirm_s`` by more than
+    ``screen_tolerance_nats``. Replaying the past instead of waiting for new frames screens
+    the candidates as soon as the search proposes them; but the search chose them on these very
     frames (and just after a jump the replay still holds frames from before it), so the
     passing shadows then follow new frames, and the best replaces the main track once it
     leads the reference by ``margin_nats`` (a log Bayes factor; a sequential test: replay
@@ -338,7 +339,7 @@ class Relocator:
                 self._job = None
             return False
         if self._pending is not None:
-            return self._trial(u, active, frame_end_s, now_s, follower)
+            return self._trial(u, active, frame_end_s, now_s, follower, evidence_scale)
         if self._wait > 0 or self._count < self.n_replay:
             return False
         candidates = self.search.candidates(follower.position_states)[: len(self.shadows)]
@@ -353,17 +354,16 @@ class Relocator:
         k = frame % self._cap
         track.process(self._u[k], bool(self._active[k]), *self._times[k], evidence_scale=float(self._scale[k]))
 
-    def _trial(self, u, active, frame_end_s, now_s, follower) -> bool:
+    def _trial(self, u, active, frame_end_s, now_s, follower, evidence_scale: float = 1.0) -> bool:
         """One new frame for the shadows on trial (a sequential test): the best is adopted
         once it leads the reference by ``margin_nats``; one that falls ``reject_nats``
         behind is dropped; after ``trial_s`` so is one that gains slower than the pace; the
         trial ends after ``trial_max_s``."""
         shadows, shadow0, (main0, home0), done = self._pending
         done += 1
-        scale = float(self._scale[(self._count - 1) % self._cap])  # this frame's, as the main track's
-        self.home.process(u, active, frame_end_s, now_s, evidence_scale=scale)
+        self.home.process(u, active, frame_end_s, now_s, evidence_scale=evidence_scale)
         for shadow in shadows:
-            shadow.process(u, active, frame_end_s, now_s, evidence_scale=scale)
+            shadow.process(u, active, frame_end_s, now_s, evidence_scale=evidence_scale)
         main_gain = follower.log_evidence - main0
         home_gain = self.home.log_evidence - home0
         ref = max(main_gain, home_gain)
