@@ -1,0 +1,112 @@
+"""Trace the follower on one evaluation case: what it believed, frame by frame, against the
+ground truth, and every verification the global search made. For finding out *why* a case
+loses time (a drift in a held note, a false jump, a slow re-lock), not for scoring.
+
+    .venv/bin/python benchmarks/trace_case.py CASE_DIR [--work /tmp/follow_eval]
+        [--from 25 --to 30] [--every 5] [--mass] [--set kappa=4 ...]
+
+Per printed frame (every ``--every`` frames between ``--from`` and ``--to`` seconds of U):
+U time, position and true position in X (seconds), error, tempo (X s per U s), confidence,
+whether the soloist was heard, and what the relocator is doing (screening, or the trial's
+home track and candidates with their positions in X). ``--mass`` adds the filter's
+posterior mass per second of X in its band (where a second mode grows before the filter
+jumps to it). Then the verifications: screenings that passed, trials won or lost, and
+home-track takeovers, with the true position at that moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.follow_eval import engine_config, parse_overrides, read_map  # noqa: E402
+from player.engine import Engine  # noqa: E402
+from prep.pipeline import build_bundle  # noqa: E402
+from shared.audio import to_mono  # noqa: E402
+from shared.bundle import load_bundle  # noqa: E402
+
+
+def band_mass(follower, coarse_period_s: float, least: float = 1e-12) -> str:
+    """The posterior's mass per whole second of X inside the band, ``second:mass``."""
+    seconds = (follower.lo + np.arange(follower.alpha.size)) / follower.m * coarse_period_s
+    bins = np.floor(seconds).astype(int)
+    mass = np.bincount(bins - bins[0], weights=follower.alpha)
+    return " ".join(f"{bins[0] + k}:{v:.1e}" for k, v in enumerate(mass) if v > least)
+
+
+def relocator_state(relocator, coarse_period_s: float) -> str:
+    if relocator is None:
+        return ""
+    if relocator._job is not None:
+        return "screening"
+    if relocator._pending is not None:
+        shadows = relocator._pending[0]
+        where = ",".join(f"{s.position_states * coarse_period_s:.2f}" for s in shadows)
+        return f"trial home={relocator.home.position_states * coarse_period_s:.2f} candidates={where}"
+    return ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
+    ap.add_argument("--from", dest="t0", type=float, default=0.0, help="first U second printed")
+    ap.add_argument("--to", dest="t1", type=float, default=None, help="last U second run and printed")
+    ap.add_argument("--every", type=int, default=5, help="print every N-th frame")
+    ap.add_argument("--mass", action="store_true", help="print the band's posterior mass per X second")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    case = args.case
+    truth_file = case / "gt_dense.csv" if (case / "gt_dense.csv").exists() else case / "gt.csv"
+    du, dx = read_map(truth_file)
+    wd = args.work / case.name
+    wd.mkdir(parents=True, exist_ok=True)
+    if not (wd / "X.h5").exists():
+        build_bundle(case / "X.flac", wd / "X.h5")
+    u, sr = sf.read(case / "U.flac", dtype="float32")
+    u = to_mono(u)
+    if args.t1 is not None:
+        u = u[: int(args.t1 * sr)]
+    bundle = load_bundle(wd / "X.h5")
+    cp = bundle.params.coarse_period_s
+    engine = None
+    frame = 0
+
+    def on_frame(t: float, st) -> None:
+        nonlocal frame
+        frame += 1
+        reloc = engine.relocator
+        if t < args.t0 or frame % args.every:
+            return
+        truth = float(np.interp(t, du, dx))
+        line = (f"u={t:7.2f} x={st.x_s:7.2f} truth={truth:7.2f} err={st.x_s - truth:+6.2f} "
+                f"tempo={st.tempo:.3f} conf={st.confidence:.2f} {'playing' if st.active else 'silent '} "
+                f"{relocator_state(reloc, cp)}")
+        if args.mass:
+            line += "  mass " + band_mass(engine.follower, cp)
+        print(line.rstrip())
+
+    engine = Engine(bundle, sr, engine_config(parse_overrides(args.overrides)), on_frame=on_frame)
+    events = engine.relocator.history if engine.relocator is not None else []
+    if engine.relocator is not None:
+        engine.relocator.history = events = deque()  # keep them all, not only the last 64
+    block = int(round(bundle.params.fine_period_s * sr))
+    for i in range(0, len(u) - block + 1, block):
+        engine.process(u[i:i + block])
+    print("verifications (U s, filter's X s, candidate's X s, gain nats, outcome, true X s):")
+    for now_s, main_state, cand_state, gain, what in events:
+        if what == "screen" and gain <= -engine.config.search_config.screen_tolerance_nats:
+            continue  # failed screenings are many and say little
+        print(f"  {what:6s} u={now_s:7.2f} filter={main_state * cp:7.2f} candidate={cand_state * cp:7.2f} "
+              f"gain={gain:+7.1f} truth={float(np.interp(now_s, du, dx)):7.2f}")
+    bundle.close()
+
+
+if __name__ == "__main__":
+    main()
