@@ -34,6 +34,7 @@ from player.follower import FollowerConfig  # noqa: E402
 from player.search import SearchConfig  # noqa: E402
 from prep.pipeline import BuildOptions, build_bundle  # noqa: E402
 from shared.spectral import AnalysisParams  # noqa: E402
+from shared.audio import to_mono  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402
 
 
@@ -72,6 +73,24 @@ def add_pink_noise(u: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
 
 
 PREFIXES = ("search", "params", "sep", "play", "leak", "denoise")
+
+
+def case_bundle(case: Path, work: Path, params: dict | None = None) -> Path:
+    """The bundle of ``case``'s X.flac in ``work`` (built the first time; ``params`` are
+    analysis overrides, which get a folder of their own)."""
+    tag = "_".join(f"{k}{v}" for k, v in sorted((params or {}).items()))
+    folder = work / (case.name + (f"__{tag}" if tag else ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle = folder / "X.h5"
+    if not bundle.exists():
+        build_bundle(case / "X.flac", bundle, BuildOptions(params=AnalysisParams(**(params or {}))))
+    return bundle
+
+
+def read_take(case: Path) -> tuple[np.ndarray, int]:
+    """``case``'s U.flac, mono float32, and its sample rate (Hz)."""
+    u, sr = sf.read(case / "U.flac", dtype="float32")
+    return to_mono(u), sr
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
@@ -116,12 +135,8 @@ def main() -> None:
     config = engine_config(over, search=not args.no_search)
     rows = []
     for case in sorted(c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()) if (c / "gt.csv").exists()):
-        tag = "_".join(f"{k}{v}" for k, v in sorted(po.items()))
-        wd = args.work / (case.name + (f"__{tag}" if tag else ""))
-        wd.mkdir(parents=True, exist_ok=True)
-        bundle = wd / "X.h5"
-        if not bundle.exists():
-            build_bundle(case / "X.flac", bundle, BuildOptions(params=AnalysisParams(**po)))
+        bundle = case_bundle(case, args.work, po)
+        wd = bundle.parent
         take = case / "U.flac"
         if args.noise_snr is not None:
             u, sr = sf.read(take, dtype="float32")

@@ -20,13 +20,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import add_pink_noise, engine_config, parse_overrides, read_map  # noqa: E402
+from benchmarks.follow_eval import (add_pink_noise, case_bundle, engine_config, parse_overrides,  # noqa: E402
+                                    read_map, read_take)
 from player.engine import Engine, EngineConfig  # noqa: E402
-from prep.pipeline import build_bundle  # noqa: E402
-from shared.audio import to_mono  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402
 
 
@@ -83,12 +81,8 @@ def main() -> None:
     pairs = [tuple(float(v) for v in p.split(",")) for p in args.pairs]
     results = []
     for case in sorted(c for c in args.cases.iterdir() if (c / "gt_dense.csv").exists()):
-        wd = args.work / case.name
-        wd.mkdir(parents=True, exist_ok=True)
-        if not (wd / "X.h5").exists():
-            build_bundle(case / "X.flac", wd / "X.h5")
-        u, sr = sf.read(case / "U.flac", dtype="float32")
-        u = to_mono(u)
+        bundle_path = case_bundle(case, args.work)
+        u, sr = read_take(case)
         if args.noise_snr is not None:
             u = add_pink_noise(u, args.noise_snr)
         du, dx = read_map(case / "gt_dense.csv")
@@ -96,7 +90,7 @@ def main() -> None:
         span = du[-1] - du[0]
         gap = room_noise(u, sr, onsets[0], args.pause)
         pause = gap.size / sr
-        with load_bundle(wd / "X.h5") as bundle:
+        with load_bundle(bundle_path) as bundle:
             for fa, fb in pairs:
                 a, b = du[0] + fa * span, du[0] + fb * span
                 for name, (cut, resume) in {"forward": (a, b), "backward": (b, a)}.items():

@@ -22,13 +22,10 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import engine_config, parse_overrides, read_map  # noqa: E402
+from benchmarks.follow_eval import case_bundle, engine_config, parse_overrides, read_map, read_take  # noqa: E402
 from player.engine import Engine  # noqa: E402
-from prep.pipeline import build_bundle  # noqa: E402
-from shared.audio import to_mono  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402
 
 
@@ -65,15 +62,10 @@ def main() -> None:
     case = args.case
     truth_file = case / "gt_dense.csv" if (case / "gt_dense.csv").exists() else case / "gt.csv"
     du, dx = read_map(truth_file)
-    wd = args.work / case.name
-    wd.mkdir(parents=True, exist_ok=True)
-    if not (wd / "X.h5").exists():
-        build_bundle(case / "X.flac", wd / "X.h5")
-    u, sr = sf.read(case / "U.flac", dtype="float32")
-    u = to_mono(u)
+    u, sr = read_take(case)
     if args.t1 is not None:
         u = u[: int(args.t1 * sr)]
-    bundle = load_bundle(wd / "X.h5")
+    bundle = load_bundle(case_bundle(case, args.work))
     cp = bundle.params.coarse_period_s
     engine = None
     frame = 0
