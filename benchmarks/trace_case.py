@@ -85,9 +85,9 @@ def main() -> None:
         print(line.rstrip())
 
     engine = Engine(bundle, sr, engine_config(parse_overrides(args.overrides)), on_frame=on_frame)
-    events = engine.relocator.history if engine.relocator is not None else []
+    events: deque = deque()
     if engine.relocator is not None:
-        engine.relocator.history = events = deque()  # keep them all, not only the last 64
+        engine.relocator.history = events  # keep them all, not only the last 64
     block = int(round(bundle.params.fine_period_s * sr))
     for i in range(0, len(u) - block + 1, block):
         engine.process(u[i:i + block])

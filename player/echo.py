@@ -75,6 +75,8 @@ class LeakCanceller:
         self._sim_now = np.empty(self.n_lags)
         self._ratio = np.full(self.n_hist, np.nan)  # input/output band magnitude at the current lag
         self._leak = np.empty(params.n_bins, dtype=np.float32)
+        self._cleaned = np.empty(params.n_bins, dtype=np.float32)  # cancel()'s result
+        self._kept = np.empty(params.n_bins, dtype=np.float32)  # scratch of the subtraction
         self._band = params.obs_bins
         self.frames = 0
         self.lag = -1  # frames; -1: no leak detected
@@ -89,8 +91,10 @@ class LeakCanceller:
         self._out_norm[slot] = np.sqrt(np.dot(self._out_c[slot], self._out_c[slot]))
 
     def cancel(self, in_mag: np.ndarray) -> np.ndarray:
-        """The input spectrum ``(n_bins,)`` of this hop without the expected leak (new array
-        only when something is subtracted). Call once per hop, after :meth:`push_output`."""
+        """The input spectrum ``(n_bins,)`` of this hop without the expected leak: ``in_mag``
+        itself when nothing is subtracted, else a view of an internal buffer, valid until
+        the next call (no allocation per hop on the live path). Call once per hop, after
+        :meth:`push_output`."""
         cfg = self.config
         if not cfg.enabled:
             return in_mag
@@ -111,7 +115,7 @@ class LeakCanceller:
         if self.gain <= 0.0:
             return in_mag
         np.multiply(leak, cfg.over * self.gain, out=self._leak)
-        return spectral_subtract(in_mag, self._leak, cfg.floor)
+        return spectral_subtract(in_mag, self._leak, cfg.floor, out=self._cleaned, scratch=self._kept)
 
     def _track_similarity(self, in_mag: np.ndarray) -> None:
         """Update the running mean cosine between this input frame and each lagged output."""

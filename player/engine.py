@@ -4,8 +4,9 @@ Each call to :meth:`Engine.process` takes one block of U (any rate, any channels
 returns the block to play (X's rate and channels). Inside: NaN guard -> mono -> streaming
 resampler to the analysis rate -> one analysis frame per fine hop (spectrum, activity,
 room-noise subtraction, follower, global search) -> once per block: playback rate
-(controller), solo-removal gain (2-row PG-NMF) and the phase vocoder's output. Nothing here touches files or devices, so the
-file runner and the live audio thread drive exactly the same code.
+(controller), solo-removal gain (2-row PG-NMF) and the phase vocoder's output. Nothing
+here touches files or devices, so the file runner and the live audio thread drive exactly
+the same code.
 
 Latency: the block returned is heard ``output_latency_s`` after the end of the input block
 it answers (0 in file mode, where the runner writes it one block later; the device and
