@@ -43,9 +43,10 @@ def relocator_state(relocator, coarse_period_s: float) -> str:
     if relocator._job is not None:
         return "screening"
     if relocator._pending is not None:
-        shadows = relocator._pending[0]
-        where = ",".join(f"{s.position_states * coarse_period_s:.2f}" for s in shadows)
-        return f"trial home={relocator.home.position_states * coarse_period_s:.2f} candidates={where}"
+        trial = relocator._pending
+        where = ",".join(f"{s.position_states * coarse_period_s:.2f}" for s in trial.shadows)
+        return (f"trial home={relocator.home.position_states * coarse_period_s:.2f} candidates={where}"
+                f" onsets={trial.onsets}")
     return ""
 
 

@@ -63,7 +63,12 @@ class FollowerConfig:
         lead_s: extra U time (seconds) the reported position is extrapolated ahead, for the
             systematic lag of an onset's detection.
         mean_halfwidth: sub-states on each side of the mode averaged for the position.
-        floor: probability floor of each sub-state in the band (lets the filter recover).
+        floor: probability floor of each sub-state within ``floor_reach_s`` of the mode
+            (lets the filter recover from a small slip).
+        floor_reach_s: how far from the mode (seconds of X) the floor reaches. Beyond it a
+            place gets mass only by the transitions: a far place that explains a held note
+            better (a thinner accompaniment under the same pitch) must not take the filter
+            there unverified; far places are the global search's job, which verifies them.
         novelty_scale: Hellinger distance between consecutive frames that counts as a fully
             new observation; frames that change less are weighted down (to ``novelty_min``)
             because consecutive frames of a held note repeat the same evidence. 0 disables.
@@ -72,6 +77,7 @@ class FollowerConfig:
     kappa: float = 3.0
     novelty_scale: float = 0.2
     novelty_min: float = 0.2
+    novelty_base: float = 0.0
     substeps: int = 5
     band_states: int = 96
     band_lead: float = 0.7
@@ -87,6 +93,7 @@ class FollowerConfig:
     lead_s: float = 0.0
     mean_halfwidth: int = 5
     floor: float = 1e-60
+    floor_reach_s: float = 2.0
     min_tempo: float = 0.5
     max_tempo: float = 2.0
 
@@ -183,10 +190,12 @@ class Follower:
         self._cache_lo = 0
         self._cache = np.zeros((self.n_detune, 0, params.n_obs_bins), dtype=np.float32)
         self._offsets = np.arange(self.band, dtype=np.float64)
+        self._reach = max(1, int(round(cfg.floor_reach_s / params.coarse_period_s * self.m)))  # sub-states
         self._steps = np.arange(int(np.ceil(cfg.max_tempo * self.sub_per_frame + 3 * cfg.step_std)) + 1)
         self._confidence = 0.0
         self._mode = 0
         self._prev_root: np.ndarray | None = None
+        self.last_change: float | None = None  # Hellinger distance of the last observation to the one before
         self._silent_frames = 0
         self.reset(0.0)
 
@@ -232,8 +241,10 @@ class Follower:
     def _centre_on(self, j0: int, spread: float) -> None:
         self.lo = self._band_start(j0)
         idx = np.arange(self.lo, self.lo + self.band)
-        alpha = np.exp(-0.5 * ((idx - j0) / max(spread, 1e-3)) ** 2) + self.config.floor
-        self.alpha = alpha / alpha.sum()
+        z = (idx - j0) / max(spread, 1e-3)
+        # truncated at 3 sigma: a Gaussian's tail would seed far places far above the floor
+        alpha = np.where(np.abs(z) <= 3.0, np.exp(-0.5 * z * z), 0.0)
+        self.alpha = self._floored(alpha, j0 - self.lo)
         self._mode = j0
 
     def _band_templates(self, s0: int, s1: int) -> tuple[np.ndarray, int]:
@@ -257,14 +268,22 @@ class Follower:
         kernel /= kernel.sum()
         self.alpha = np.convolve(self.alpha, kernel)[: self.band]
 
-    def _novelty_weight(self, u: np.ndarray) -> float:
-        cfg = self.config
+    def _change(self, u: np.ndarray) -> float | None:
+        """Hellinger distance between this frame's observation and the previous one's (None
+        for the first frame since a reset)."""
         root = np.sqrt(u)
         prev, self._prev_root = self._prev_root, root
-        if cfg.novelty_scale <= 0 or prev is None:
+        if prev is None:
+            return None
+        return float(np.sqrt(max(0.0, 1.0 - float(np.dot(root, prev)))))
+
+    @staticmethod
+    def _ramp(change: float | None, base: float, scale: float, least: float) -> float:
+        """A frame's weight from its ``change``: ``least`` up to ``base``, rising linearly to 1
+        at ``scale`` (1 for a first frame, or when ``scale`` is 0: no weighting)."""
+        if change is None or scale <= 0:
             return 1.0
-        hellinger = np.sqrt(max(0.0, 1.0 - float(np.dot(root, prev))))
-        return float(min(max(hellinger / cfg.novelty_scale, cfg.novelty_min), 1.0))
+        return float(min(max((change - base) / (scale - base), least), 1.0))
 
     def _reentry_spread(self) -> None:
         """The soloist plays again after a rest: the rest was crossed at a guessed tempo, so
@@ -283,7 +302,9 @@ class Follower:
 
     def _update(self, u: np.ndarray, evidence_scale: float) -> None:
         cfg = self.config
-        kappa = cfg.kappa * evidence_scale * self._novelty_weight(u)
+        change = self.last_change = self._change(u)
+        weight = self._ramp(change, cfg.novelty_base, cfg.novelty_scale, cfg.novelty_min)
+        kappa = cfg.kappa * evidence_scale * weight
         s0 = self.lo // self.m
         s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
         cache, offset = self._band_templates(s0, s1)
@@ -294,23 +315,29 @@ class Follower:
         forget = np.exp(-self.params.fine_period_s / cfg.detune_memory_s)
         self.log_w = forget * self.log_w + cfg.detune_rate * (evidence - evidence.max())
 
+    def _floored(self, alpha: np.ndarray, mode: int) -> np.ndarray:
+        """``alpha`` (in place) plus the floor within reach of band index ``mode``, normalised."""
+        alpha[max(0, mode - self._reach): mode + self._reach + 1] += self.config.floor
+        alpha /= alpha.sum()
+        return alpha
+
     def _normalise_and_follow(self) -> None:
         cfg = self.config
-        a = self.alpha + cfg.floor
-        a /= a.sum()
+        a = self.alpha
         mode = int(np.argmax(a))
         new_lo = self._band_start(self.lo + mode)
         if new_lo != self.lo:
             shift = new_lo - self.lo
-            moved = np.full(self.band, cfg.floor)
+            moved = np.zeros(self.band)
             if abs(shift) < self.band:
                 if shift > 0:
                     moved[: self.band - shift] = a[shift:]
                 else:
                     moved[-shift:] = a[: self.band + shift]
-            a = moved / moved.sum()
+            a = moved
             self.lo = new_lo
             mode -= shift
+        a = self._floored(a, mode)
         self.alpha = a
         h = cfg.mean_halfwidth
         i0, i1 = max(0, mode - h), min(self.band, mode + h + 1)

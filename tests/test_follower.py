@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import soxr
 
+from player.follower import Follower, FollowerConfig
+from shared.spectral import AnalysisParams, QuantizedTemplates
 from shared.synth import OBOE, VIOLIN, FLUTE, make_case
 
 from .follow_helpers import bundle_for, causal_errors, follow, pct_within
@@ -175,3 +177,33 @@ def test_no_jump_on_a_plain_take(long_piece):
     case, bundle = long_piece
     follow(bundle, case.u, case.sr)
     assert follow.last_engine.stats.jumps == 0
+
+
+def _held_note_position(floor_reach_s: float) -> float:
+    """Where the filter is after 3 s of one held note (with bow noise: no two frames alike)
+    that X holds from 5 s to 8 s under a thick accompaniment and again, exposed, from
+    11 s to 14 s, inside the filter's band. The filter starts at 5 s, at tempo 1."""
+    params = AnalysisParams()
+    rng = np.random.default_rng(0)
+    n_states, n_obs = 200, params.n_obs_bins
+    templates = rng.gamma(0.3, size=(n_states, n_obs)) + 1e-3
+    templates /= templates.sum(axis=1, keepdims=True)
+    note = rng.gamma(0.3, size=n_obs) + 1e-3
+    note /= note.sum()
+    templates[50:80] = 0.5 * note + 0.5 * templates[50:80]
+    templates[110:140] = 0.9 * note + 0.1 / n_obs
+    log_t = np.log(np.repeat(templates[None], len(params.detune_cents), axis=0)).astype(np.float32)
+    follower = Follower(QuantizedTemplates.from_log(log_t), params, FollowerConfig(floor_reach_s=floor_reach_s))
+    follower.reset(5.0)
+    for i in range(int(3.0 / params.fine_period_s)):
+        u = note * rng.gamma(8.0, size=n_obs)
+        state = follower.process((u / u.sum()).astype(np.float32), True, (i + 1) * params.fine_period_s)
+    return state.x_s
+
+
+def test_a_far_place_under_the_same_held_note_does_not_take_the_filter():
+    """The far, exposed occurrence explains the note better on every frame (a thinner
+    accompaniment), but only the verified global search may move the filter that far."""
+    assert abs(_held_note_position(FollowerConfig().floor_reach_s) - 8.0) < 0.5
+    # with the floor over the whole band, the filter runs off to the far place
+    assert _held_note_position(floor_reach_s=100.0) > 11.0

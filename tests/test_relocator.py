@@ -2,14 +2,14 @@
 place that leads over the replay passes even if it ties the player's place in one window,
 not if it clearly loses one. Its trial, a sequential test on new frames: a far place that
 keeps gaining on the player's current place wins, even when it gains slower than the
-nominal pace; one that stops gaining does not; and the main track's own gains count
-against every candidate."""
+nominal pace; one that stops gaining does not; the main track's own gains count against
+every candidate; and one held note, however well a far place explains it, never wins."""
 
 from types import SimpleNamespace
 
 import numpy as np
 
-from player.search import Candidate, Relocator, SearchConfig
+from player.search import Candidate, Relocator, SearchConfig, _Trial
 
 FRAME_S = 0.02
 
@@ -45,19 +45,27 @@ def make_relocator(home: ScriptedTrack, shadows: list[ScriptedTrack], config: Se
     return Relocator(search, [home] + shadows, config, FRAME_S)
 
 
-def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig()):
-    """Put shadows with the given evidence rates on trial against a main track; return
-    the number of frames until the main track adopted one (and which), or (None, None)
-    when the trial ended without a winner."""
-    home = ScriptedTrack(main_rate)
+def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig(), home_rate=None,
+              note_s: float | None = 0.25):
+    """Put shadows with the given evidence rates on trial against a main track (and a home
+    track, by default as good as the main one), the player starting a note every
+    ``note_s`` seconds (None: one held note); return the number of frames until the main
+    track adopted one (and which: -1 for the home track), or (None, None) when the trial
+    ended without a winner."""
+    home = ScriptedTrack(home_rate or main_rate)
     shadows = [ScriptedTrack(r, position_states=100.0 * (i + 1)) for i, r in enumerate(shadow_rates)]
     relocator = make_relocator(home, shadows, config)
     main = ScriptedTrack(main_rate)
-    relocator._pending = (shadows, [0.0] * len(shadows), (0.0, 0.0), 0)
+    relocator._pending = _Trial(shadows, 0.0, home, config.note_lead_cap_nats)
+    note_frames = None if note_s is None else int(round(note_s / FRAME_S))
     u = np.zeros(8, dtype=np.float32)
     for frame in range(1, 1000):
+        before = main.log_evidence
         main.process(u, True, 0.0, 0.0)
-        moved = relocator._trial(u, True, 0.0, 0.0, main)
+        onset = note_frames is not None and frame % note_frames == 0
+        moved = relocator._trial(u, True, 0.0, 0.0, main, 1.0, onset, before)
+        if moved and main.adopted is home:
+            return frame, -1
         if moved:
             return frame, shadows.index(main.adopted)
         if relocator._pending is None:
@@ -101,6 +109,24 @@ def test_a_slow_place_loses_at_the_nominal_trial():
 
 def test_the_main_tracks_gains_count_against_the_candidates():
     frames, which = run_trial([pace(1.5)], main_rate=pace(1.4))
+    assert which is None
+
+
+def test_one_held_note_never_wins_however_well_a_far_place_explains_it():
+    """The same far place, gaining fast, on a held note and on a run of notes."""
+    frames, which = run_trial([pace(3.0)], note_s=0.25)
+    assert which == 0
+    frames, which = run_trial([pace(3.0)], note_s=None)
+    assert which is None
+
+
+def test_the_home_track_takes_over_only_on_a_lead_over_several_notes():
+    """The main track ran off (it gains nothing) while the home track, and a candidate no
+    better, explain the player well: the home track takes over when the trial ends, but
+    not on one held note."""
+    frames, which = run_trial([pace(1.5)], home_rate=pace(1.5), note_s=0.25)
+    assert which == -1
+    frames, which = run_trial([pace(1.5)], home_rate=pace(1.5), note_s=None)
     assert which is None
 
 
