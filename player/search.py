@@ -309,7 +309,6 @@ class Relocator:
         self._evidence = np.zeros(self._cap)  # the main track's log evidence before each frame
         self._position = np.zeros(self._cap)  # and its position (states)
         self._onset = np.zeros(self._cap, dtype=bool)  # whether a note began in the frame
-        self._was_changing = False
         self._replay_evidence = np.zeros(self.n_replay + 1)
         self._job = None  # a screening in progress (a generator, advanced once per frame)
         self._budget = 0
@@ -322,6 +321,7 @@ class Relocator:
     def cancel(self) -> None:
         """Forget the recent frames and the search's context (the player restarted)."""
         self._count = 0
+        self._was_changing = False  # the last frame changed by onset_change or more
         self._wait = 0
         self._job = None
         self._pending = None
