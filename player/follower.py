@@ -77,7 +77,6 @@ class FollowerConfig:
     kappa: float = 3.0
     novelty_scale: float = 0.2
     novelty_min: float = 0.2
-    novelty_base: float = 0.0
     substeps: int = 5
     band_states: int = 96
     band_lead: float = 0.7
@@ -277,13 +276,14 @@ class Follower:
             return None
         return float(np.sqrt(max(0.0, 1.0 - float(np.dot(root, prev)))))
 
-    @staticmethod
-    def _ramp(change: float | None, base: float, scale: float, least: float) -> float:
-        """A frame's weight from its ``change``: ``least`` up to ``base``, rising linearly to 1
-        at ``scale`` (1 for a first frame, or when ``scale`` is 0: no weighting)."""
-        if change is None or scale <= 0:
+    def _novelty_weight(self, change: float | None) -> float:
+        """A frame's evidence weight from its ``change``: proportional to it up to 1 at
+        ``novelty_scale``, at least ``novelty_min`` (1 for a first frame, or when the scale is
+        0: no weighting)."""
+        cfg = self.config
+        if change is None or cfg.novelty_scale <= 0:
             return 1.0
-        return float(min(max((change - base) / (scale - base), least), 1.0))
+        return float(min(max(change / cfg.novelty_scale, cfg.novelty_min), 1.0))
 
     def _reentry_spread(self) -> None:
         """The soloist plays again after a rest: the rest was crossed at a guessed tempo, so
@@ -302,9 +302,8 @@ class Follower:
 
     def _update(self, u: np.ndarray, evidence_scale: float) -> None:
         cfg = self.config
-        change = self.last_change = self._change(u)
-        weight = self._ramp(change, cfg.novelty_base, cfg.novelty_scale, cfg.novelty_min)
-        kappa = cfg.kappa * evidence_scale * weight
+        self.last_change = self._change(u)
+        kappa = cfg.kappa * evidence_scale * self._novelty_weight(self.last_change)
         s0 = self.lo // self.m
         s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
         cache, offset = self._band_templates(s0, s1)

@@ -386,7 +386,7 @@ class Relocator:
         for shadow in trial.shadows:
             shadow.process(u, active, frame_end_s, now_s, evidence_scale=evidence_scale)
         gains = trial.gains(follower.log_evidence, self.home)
-        leads = trial.leads(follower.log_evidence, self.home)
+        leads = trial.leads(gains)
         best = int(np.argmax(leads))
         if leads[best] > self.config.margin_nats:
             self._pending = None
@@ -517,9 +517,10 @@ class _Trial:
         ref = max(main - self.main_start, home.log_evidence - self.home_start)
         return np.array([(sh.log_evidence - e0) - ref for sh, e0 in zip(self.shadows, self.start)])
 
-    def leads(self, main: float, home) -> np.ndarray:
-        """Each shadow's gain with each note's part capped (nats)."""
-        return self._banked + self._clip(self.gains(main, home) - self._at_note)
+    def leads(self, gains: np.ndarray) -> np.ndarray:
+        """Each shadow's lead: its ``gains`` (from :meth:`gains`, this frame) with each
+        note's part capped (nats)."""
+        return self._banked + self._clip(gains - self._at_note)
 
     def _home_gain(self, main: float, home) -> float:
         return (home.log_evidence - self.home_start) - (main - self.main_start)
