@@ -27,6 +27,7 @@ def run(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: write what the speakers would play."),
     alignment: Optional[Path] = typer.Option(None, "--alignment", "-a", help="With --input: write the path (u_time_s,x_time_s)."),
     start: float = typer.Option(0.0, "--start", help="Where in the recording you start (seconds)."),
+    intro: bool = typer.Option(False, "--intro", help="Play the recording at once (its introduction), not from your first note."),
     alpha: float = typer.Option(2.0, "--alpha", help="Solo removal strength, 0 (none: play the recording as is) to 2."),
     input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone (name or index; see 'player devices')."),
     output_device: Optional[str] = typer.Option(None, "--output-device", help="Speakers/headphones (name or index)."),
@@ -48,7 +49,7 @@ def run(
     with load_bundle(bundle) as b:
         if not 0.0 <= start < b.duration_s:
             raise fail(f"--start {start:g} s is outside the recording (0..{b.duration_s:.1f} s)")
-        config = EngineConfig(start_s=start, search=not no_search, separation=SeparationConfig(alpha=alpha))
+        config = EngineConfig(start_s=start, intro=intro, search=not no_search, separation=SeparationConfig(alpha=alpha))
         if input is None:
             if output is not None or alignment is not None or report is not None:
                 raise fail("--output, --alignment and --report need --input FILE (live audio goes to the speakers)")

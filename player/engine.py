@@ -52,6 +52,9 @@ class EngineConfig:
         search: enable the global search (re-lock after jumps, start anywhere).
         output_latency_s: seconds from the end of an input block until the first sample of
             the block returned for it is heard (device and queue latency; 0 for files).
+        intro: play X at once from the start (and from every restart) at its own tempo
+            instead of waiting for the soloist's first note: a concerto's opening tutti,
+            after which the soloist comes in (found like a re-entry after a rest).
     """
 
     follower: FollowerConfig = field(default_factory=FollowerConfig)
@@ -64,6 +67,7 @@ class EngineConfig:
     start_s: float = 0.0
     search: bool = True
     output_latency_s: float = 0.0
+    intro: bool = False
 
 
 @dataclass
@@ -176,21 +180,22 @@ class Engine:
         # the piece means waiting where its music begins
         head = bundle.audio.read(0, int(min(bundle.duration_s, MUSIC_START_SEARCH_S) * self.output_sr))
         self.music_start_s = first_sound_s(head, self.output_sr)
-        self.follower.reset(self._waiting_place(start))
+        self.follower.reset(self._waiting_place(start), wait=not self.config.intro)
         self.follower.warm_up()
         self.remover.warm_up()
 
     @property
     def started(self) -> bool:
-        """Whether the soloist has been heard since the start or the last restart."""
+        """Whether the recording is playing: the soloist has been heard since the start or
+        the last restart (at once with ``intro``)."""
         return self.follower.started
 
     def restart(self, x_s: float) -> None:
-        """Start again at ``x_s`` seconds of X, waiting for the soloist's next note (what
-        ``start_s`` does at launch); the detune estimate and the room's noise floor stay.
+        """Start again at ``x_s`` seconds of X, waiting for the soloist's next note (or, with
+        ``intro``, playing from there at once: what ``start_s`` does at launch); the detune estimate and the room's noise floor stay.
         Call between blocks (the live worker does)."""
         x_s = float(min(max(x_s, 0.0), max(0.0, self.bundle.duration_s - 1e-3)))
-        self.follower.reset(self._waiting_place(x_s), keep_detune=True)
+        self.follower.reset(self._waiting_place(x_s), keep_detune=True, wait=not self.config.intro)
         if self.relocator is not None:
             self.relocator.cancel()
         # what was heard before the restart must not start the new run

@@ -199,15 +199,20 @@ class Follower:
         self.reset(0.0)
 
     # ------------------------------------------------------------------ set-up
-    def reset(self, start_s: float = 0.0, tempo: float = 1.0, keep_detune: bool = False) -> None:
+    def reset(self, start_s: float = 0.0, tempo: float = 1.0, keep_detune: bool = False,
+              wait: bool = True) -> None:
         """Start (again) at ``start_s`` seconds of X, waiting for the soloist; with
-        ``keep_detune`` the tuning estimate survives (a restart by the same player)."""
+        ``keep_detune`` the tuning estimate survives (a restart by the same player). With
+        ``wait=False`` the position goes on at once at ``tempo`` (X seconds per U second), as
+        through a rest: the recording plays its introduction and the soloist's first note
+        is a re-entry (the belief widened by the introduction's length)."""
         j0 = int(np.clip(round(start_s / self.params.coarse_period_s * self.m), 0, self.n_sub - 1))
         self._centre_on(j0, spread=self.m / 2)
         if not keep_detune:
             self.log_w = np.full(self.n_detune, -np.log(self.n_detune))
         self.tempo.reset(tempo)
-        self.started = False
+        self.started = not wait
+        self._silent_frames = 0
         self.frames = 0
         self.log_evidence = 0.0
         self._s_hat = j0 / self.m

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soxr
 
+from player.engine import Engine, EngineConfig
 from player.follower import Follower, FollowerConfig
 from shared.spectral import AnalysisParams, QuantizedTemplates
 from shared.synth import OBOE, VIOLIN, FLUTE, make_case
@@ -118,6 +119,36 @@ def test_tutti_rest_keeps_tempo_and_relocks(tmp_path):
     err = onset_errors(case, rows)
     after = case.onsets_u > case.map_u(24.0) + 1.0
     assert pct_within(err[after], 0.25) >= 90
+
+
+def test_intro_plays_at_once_and_the_soloist_comes_in(tmp_path):
+    """X opens with 6 s of accompaniment alone (the solo comes in at beat 10). With
+    ``intro`` the recording plays at once at its own tempo, and the soloist, coming in on
+    time, is followed from the first note; waiting (the default) stays silent where the
+    music begins, so the entry then lies 6 s ahead of the follower."""
+    bpm = 100.0
+    case = make_case(n_notes=30, seed=12, bpm_x=bpm, u_offset_s=0.0, solo_rests=((0.0, 10.0),),
+                     tempo_u=lambda b: bpm if b < 12 else bpm * (1.0 + 0.1 * np.sin(b / 3.0)))
+    bundle = bundle_for(case, tmp_path)
+    entry = float(case.onsets_u[0])
+    block = int(round(bundle.params.fine_period_s * case.sr))
+    runs = {}
+    for intro in (True, False):
+        rows: list = []
+        engine = Engine(bundle, case.sr, EngineConfig(intro=intro), on_frame=lambda t, st: rows.append((t, st.x_s)))
+        out = np.concatenate([engine.process(case.u[i:i + block]) for i in range(0, len(case.u) - block + 1, block)])
+        runs[intro] = np.array(rows), out
+    rows, out = runs[True]
+    before = out[: int((entry - 0.2) * case.sr)]
+    intro_x = case.x[int(0.5 * case.sr): int((entry - 0.2) * case.sr)]
+    assert np.sqrt(np.mean(before ** 2)) >= 0.3 * np.sqrt(np.mean(intro_x ** 2))  # the introduction sounds
+    t = np.arange(0.5, entry - 0.1, 0.1)
+    assert np.max(causal_errors(rows, t, case.x_of_u(t))) <= 0.1  # at the recording's tempo
+    err = onset_errors(case, rows)
+    assert err[0] <= 0.1 and pct_within(err, 0.10) >= 80, np.round(err, 3)
+    rows, out = runs[False]
+    assert not out[: int((entry - 0.2) * case.sr)].any()  # waits in silence for the first note
+    assert onset_errors(case, rows)[0] >= 5.0
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,23 @@ def test_input_at_48k_stereo_is_accepted(setup, tmp_path):
     assert (np.diff(rows[:, 0]) >= 0).all()
 
 
+def test_intro_plays_before_the_first_note(setup, tmp_path):
+    """``--intro``: the recording sounds, and the position moves, from the first block (the
+    take's second of room noise before its first note); without it both wait for the note."""
+    first_note = float(setup.case.onsets_u[0])
+    heard = {}
+    for flag in ([], ["--intro"]):
+        out, csv = tmp_path / f"out{len(flag)}.wav", tmp_path / f"path{len(flag)}.csv"
+        result = run("run", setup.bundle, "--input", setup.u, "--output", out, "--alignment", csv, "-q", *flag)
+        assert result.exit_code == 0, result.output
+        audio, sr = sf.read(str(out))
+        _, rows = read_path(csv)
+        early = rows[rows[:, 0] < first_note - 0.1]
+        heard[bool(flag)] = np.abs(audio[: int((first_note - 0.1) * sr)]).max(), np.ptp(early[:, 1])
+    assert heard[False] == (0.0, 0.0)
+    assert heard[True][0] > 0.01 and heard[True][1] >= 0.5 * (first_note - 0.2)
+
+
 def test_existing_output_needs_force(setup, tmp_path):
     out, csv = tmp_path / "out.wav", tmp_path / "path.csv"
     out.write_bytes(b"keep me")
