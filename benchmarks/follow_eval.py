@@ -72,7 +72,7 @@ def add_pink_noise(u: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     return np.clip(noisy, -1.0, 1.0).astype(np.float32)
 
 
-PREFIXES = ("search", "params", "sep", "play", "leak", "denoise")
+PREFIXES = ("search", "params", "sep", "play", "leak", "denoise", "engine")
 
 
 def case_bundle(case: Path, work: Path, params: dict | None = None) -> Path:
@@ -95,8 +95,8 @@ def read_take(case: Path) -> tuple[np.ndarray, int]:
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``key=value`` items: follower fields, or ``search.``, ``params.`` (analysis),
-    ``sep.`` (separation), ``play.`` (playback controller) and ``leak.`` (leak canceller)
-    fields. Returns
+    ``sep.`` (separation), ``play.`` (playback controller), ``leak.`` (leak canceller),
+    ``denoise.`` and ``engine.`` (the engine's own, e.g. ``engine.intro=true``) fields. Returns
     ``{"follower": {...}, "search": {...}, ...}``."""
     out: dict[str, dict] = {name: {} for name in ("follower", *PREFIXES)}
     for item in items:
@@ -117,7 +117,7 @@ def engine_config(over: dict[str, dict], search: bool = True) -> EngineConfig:
                         playback=dataclasses.replace(PlaybackConfig(), **over["play"]),
                         leak=dataclasses.replace(LeakConfig(), **over["leak"]),
                         denoise=dataclasses.replace(DenoiseConfig(), **over["denoise"]),
-                        search=search)
+                        **{"search": search, **over["engine"]})
 
 
 def main() -> None:

@@ -6,11 +6,14 @@ who jumps into a rest before they play).
 
 Splice points are fractions of the take: each pair ``(a, b)`` gives a forward jump (cut at
 a, resume at b), a backward one (cut at b, resume at a) and a start at a without --start.
+``--back S ...`` adds short restarts at a: the player goes back S seconds of the take, as
+when repeating the last bar or two.
 With ``--pause S`` the player stops for S seconds at the cut (the take's own room noise
 from before its first note) and then restarts at the other point; times then count from
 the restart.
 
     .venv/bin/python benchmarks/jump_eval.py CASES_DIR [--work /tmp/follow_eval] [--pairs 0.3,0.65 ...] [--pause 2]
+        [--back 1.5 2.5 4]
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def main() -> None:
                     help="add pink noise this many dB below each take's RMS")
     ap.add_argument("--pause", type=float, default=0.0,
                     help="seconds the player stops (room noise) between cut and restart")
+    ap.add_argument("--back", nargs="*", type=float, default=[],
+                    help="also restart this many seconds of the take back from each pair's first point")
     args = ap.parse_args()
     config = engine_config(parse_overrides(args.overrides))
     pairs = [tuple(float(v) for v in p.split(",")) for p in args.pairs]
@@ -93,7 +98,9 @@ def main() -> None:
         with load_bundle(bundle_path) as bundle:
             for fa, fb in pairs:
                 a, b = du[0] + fa * span, du[0] + fb * span
-                for name, (cut, resume) in {"forward": (a, b), "backward": (b, a)}.items():
+                splices = {"forward": (a, b), "backward": (b, a)}
+                splices.update({f"back{d:g}s": (a, max(du[0], a - d)) for d in args.back})
+                for name, (cut, resume) in splices.items():
                     spliced = np.concatenate([u[: int(cut * sr)], gap, u[int(resume * sr):]])
                     restart = cut + pause
                     truth = lambda t, restart=restart, resume=resume: np.interp(np.where(t < restart, t, t - restart + resume), du, dx)  # noqa: E731
@@ -108,10 +115,10 @@ def main() -> None:
                 lost = relock_time(rows, 0.0, truth, du[-1] - start)
                 silent = silence_before_first_note(onsets, start)
                 results.append((case.name, "start_mid", fa, lost, max(0.0, lost - silent)))
-                for r in results[-3:]:
+                for r in results[-(3 + len(args.back)):]:
                     print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s",
                           flush=True)
-    for kind in ("forward", "backward", "start_mid"):
+    for kind in ("forward", "backward", *(f"back{d:g}s" for d in args.back), "start_mid"):
         vals = np.array([r[3] for r in results if r[1] == kind])
         played = np.array([r[4] for r in results if r[1] == kind])
         print(f"{kind:<10} max {vals.max():6.2f} s  mean {vals.mean():6.2f} s  median {np.median(vals):6.2f} s"
