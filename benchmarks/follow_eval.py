@@ -9,7 +9,10 @@ row with u_time_s <= onset.
     .venv/bin/python benchmarks/follow_eval.py CASES_DIR [CASES_DIR ...] [--set kappa=6 ...]
 
 ``--noise-snr DB`` adds pink noise DB below each take's RMS (a noisy room; the same noise
-for the same take and DB on every run).
+for the same take and DB on every run). ``--retune CENTS`` plays each take CENTS higher
+(resampled, so it is also that much faster; the ground truth follows): on top of the take's
+own tuning, or, with ``--specs`` (the render specs, whose ``perturb.detune_cents`` is each
+take's tuning against X), so that the take ends up CENTS away from X.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from player.echo import LeakConfig  # noqa: E402
@@ -129,7 +133,14 @@ def main() -> None:
     ap.add_argument("--output", action="store_true", help="also render out.wav")
     ap.add_argument("--noise-snr", type=float, default=None,
                     help="add pink noise this many dB below each take's RMS")
+    ap.add_argument("--retune", type=float, default=None, help="play each take this many cents higher")
+    ap.add_argument("--specs", type=Path, default=None,
+                    help="with --retune: render specs giving each take's own tuning against X")
     args = ap.parse_args()
+    own_cents = {}
+    if args.specs is not None:
+        own_cents = {c["name"]: float(c.get("perturb", {}).get("detune_cents", 0.0))
+                     for c in json.loads(args.specs.read_text())}
     over = parse_overrides(args.overrides)
     po = over["params"]
     config = engine_config(over, search=not args.no_search)
@@ -137,18 +148,36 @@ def main() -> None:
     for case in sorted(c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()) if (c / "gt.csv").exists()):
         bundle = case_bundle(case, args.work, po)
         wd = bundle.parent
-        take = case / "U.flac"
+        take, gt = case / "U.flac", case / "gt.csv"
+        if args.retune is not None:
+            take, gt = retuned_take(case, wd / f"retune{args.retune:g}", args.retune - own_cents.get(case.name, 0.0))
         if args.noise_snr is not None:
             u, sr = sf.read(take, dtype="float32")
-            take = wd / f"U_snr{args.noise_snr:g}.flac"
+            take = take.with_name(f"U_snr{args.noise_snr:g}.flac")
             sf.write(take, add_pink_noise(u, args.noise_snr), sr)
         with load_bundle(bundle) as b:
             res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
                            output_path=(wd / "out.wav") if args.output else None)
-        rows.append({"case": case.name, **score(wd / "path.csv", case / "gt.csv"), "rtf": res.rtf,
+        rows.append({"case": case.name, **score(wd / "path.csv", gt), "rtf": res.rtf,
                      "jumps": res.counters["jumps"]})
         print_row(rows[-1])
     print_mean(rows)
+
+
+def retuned_take(case: Path, folder: Path, cents: float) -> tuple[Path, Path]:
+    """``case``'s take played ``cents`` higher (and as much faster) and its ground truth
+    (gt.csv, with gt_dense.csv beside it) on the new timeline, written into ``folder``."""
+    ratio = 2.0 ** (cents / 1200.0)
+    u, sr = sf.read(case / "U.flac", dtype="float32")
+    folder.mkdir(parents=True, exist_ok=True)
+    take = folder / "U.flac"
+    sf.write(take, soxr.resample(u, sr * ratio, sr), sr)
+    for name in ("gt.csv", "gt_dense.csv"):
+        if (case / name).exists():
+            data = np.loadtxt(case / name, delimiter=",", skiprows=1, ndmin=2)
+            data[:, 0] /= ratio
+            np.savetxt(folder / name, data, delimiter=",", header="u_time_s,x_time_s", comments="", fmt="%.5f")
+    return take, folder / "gt.csv"
 
 
 def print_row(row: dict) -> None:
