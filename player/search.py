@@ -80,6 +80,13 @@ class SearchConfig:
             Without it, a far place holding the same pitch over a thinner accompaniment
             won trials by 25 to 115 nats within one held note (two held-out cases, 8 and
             2.4 lost seconds).
+        home_takeover_nats: the home track also takes over, without waiting for the trial
+            to end, once its evidence since the trial began leads the main track's by this
+            much uncapped (nats) and the trial has heard a note change. The per-note cap
+            censors a lead over legato notes whose onsets the change detector misses (a
+            player restarting 3 s back, with the home track on the right place 70 nats ahead
+            of the main track, took over only on the next trial); the home track stays near
+            the main one, and a held note alone never passes.
         onset_change: Hellinger distance between consecutive observations (the follower's
             ``last_change``) from which a frame counts as a note's onset (held notes
             change by 0.13-0.17 from frame to frame on the corpus, onsets by 0.24-0.34).
@@ -105,6 +112,7 @@ class SearchConfig:
     screen_tolerance_nats: float = 3.0
     note_lead_cap_nats: float = 20.0
     onset_change: float = 0.22
+    home_takeover_nats: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -275,7 +283,8 @@ class Relocator:
     long note of that pitch explains it well; the home track holds the note too, so such a
     place does not win. Two places that sound alike never win by the margin either. If no
     candidate wins but the home track ends the trial ahead of the main track by the margin
-    (the main track ran off within its band), the home track takes over.
+    (the main track ran off within its band), the home track takes over; it does so at once
+    if its uncapped lead passes ``home_takeover_nats`` after a note change.
 
     Args:
         search: the global search that proposes candidates.
@@ -394,23 +403,31 @@ class Relocator:
                                  leads[best], "won"))
             follower.adopt(trial.shadows[best])
             return True
+        # the main track may itself have run off since the trial began (its band spans
+        # seconds): the home track takes over on a clear raw lead over a note change, or
+        # when the trial ends with its capped lead past the margin
+        home_gain = trial.home_gain(follower.log_evidence, self.home)
+        if trial.onsets > 0 and home_gain > self.config.home_takeover_nats:
+            return self._take_home(now_s, follower, home_gain)
         bar = -self.config.reject_nats if trial.done < self.trial_frames else self.pace_per_frame * trial.done
         keep = [i for i, g in enumerate(gains) if g > bar]
         if not keep or trial.done >= self.trial_max_frames:
             self._pending = None
             self.history.append((now_s, follower.position_states, trial.shadows[best].position_states,
                                  leads[best], "lost"))
-            # the main track may itself have run off since the trial began (its band spans
-            # seconds): the home track, if it now leads it by the margin, takes over
             home_lead = trial.home_lead(follower.log_evidence, self.home)
             if home_lead > self.config.margin_nats:
-                self.history.append((now_s, follower.position_states, self.home.position_states,
-                                     home_lead, "home"))
-                follower.adopt(self.home)
-                return True
+                return self._take_home(now_s, follower, home_lead)
             return False
         trial.keep(keep)
         return False
+
+    def _take_home(self, now_s: float, follower, lead: float) -> bool:
+        """The home track replaces the main track (``lead``: by how much, nats); True."""
+        self._pending = None
+        self.history.append((now_s, follower.position_states, self.home.position_states, lead, "home"))
+        follower.adopt(self.home)
+        return True
 
     def _replay(self, shadow, frames: range, reference: np.ndarray | None = None):
         """Run ``shadow`` over the kept ``frames`` (absolute indices), ``replay_per_frame``
@@ -507,7 +524,7 @@ class _Trial:
         gains = self.gains(main_before, home)
         self._banked += self._clip(gains - self._at_note)
         self._at_note = gains
-        home_gain = self._home_gain(main_before, home)
+        home_gain = self.home_gain(main_before, home)
         self._home_banked += float(self._clip(home_gain - self._home_at_note))
         self._home_at_note = home_gain
         self.onsets += 1
@@ -522,13 +539,14 @@ class _Trial:
         note's part capped (nats)."""
         return self._banked + self._clip(gains - self._at_note)
 
-    def _home_gain(self, main: float, home) -> float:
+    def home_gain(self, main: float, home) -> float:
+        """The home track's evidence since the trial began minus the main track's (nats)."""
         return (home.log_evidence - self.home_start) - (main - self.main_start)
 
     def home_lead(self, main: float, home) -> float:
         """The home track's evidence since the trial began minus the main track's, each
         note's part capped (nats)."""
-        return self._home_banked + float(self._clip(self._home_gain(main, home) - self._home_at_note))
+        return self._home_banked + float(self._clip(self.home_gain(main, home) - self._home_at_note))
 
     def keep(self, indices: list[int]) -> None:
         """Go on with the shadows at ``indices`` only."""

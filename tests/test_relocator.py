@@ -5,6 +5,7 @@ keeps gaining on the player's current place wins, even when it gains slower than
 nominal pace; one that stops gaining does not; the main track's own gains count against
 every candidate; and one held note, however well a far place explains it, never wins."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -128,6 +129,23 @@ def test_the_home_track_takes_over_only_on_a_lead_over_several_notes():
     assert which == -1
     frames, which = run_trial([pace(1.5)], home_rate=pace(1.5), note_s=None)
     assert which is None
+
+
+def test_the_home_track_takes_over_early_on_a_clear_lead_over_rarely_detected_notes():
+    """The main track ran off; the home track explains the player well through a legato
+    passage whose note changes the onset detector mostly misses (one every 1.1 s), and a
+    far place keeps a slow pace on it. The home track's capped lead would not pass the
+    margin before that far place wins; its raw lead passes ``home_takeover_nats`` after the
+    first detected note change, and it takes over then."""
+    cfg = SearchConfig()
+    home = pace(1.5)
+    slow_far = lambda n: home(n) + 1.05 * cfg.trial_pace * cfg.margin_nats / (cfg.trial_s / FRAME_S)  # noqa: E731
+    frames, which = run_trial([slow_far], home_rate=home, note_s=1.1)
+    assert which == -1
+    assert frames == int(np.floor(cfg.home_takeover_nats / home(0))) + 1
+    capped_only = dataclasses.replace(cfg, home_takeover_nats=float("inf"))
+    later, which = run_trial([slow_far], home_rate=home, note_s=1.1, config=capped_only)
+    assert which == 0 and later > frames  # without it, the far place won
 
 
 def screen(window_gains, config=SearchConfig()) -> bool:
