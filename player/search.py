@@ -83,10 +83,11 @@ class SearchConfig:
         home_takeover_nats: the home track also takes over, without waiting for the trial
             to end, once its evidence since the trial began leads the main track's by this
             much uncapped (nats) and the trial has heard a note change. The per-note cap
-            censors a lead over legato notes whose onsets the change detector misses (a
-            player restarting 3 s back, with the home track on the right place 70 nats ahead
-            of the main track, took over only on the next trial); the home track stays near
-            the main one, and a held note alone never passes.
+            censors a lead over legato notes whose onsets the change detector misses: a
+            player going back 3 s after a pause had the home track on the right place 70
+            nats ahead of the main track (20 capped), the trial ended without a takeover and
+            re-lock took 7 s. The home track stays near the main one, and a held note alone
+            never passes.
         onset_change: Hellinger distance between consecutive observations (the follower's
             ``last_change``) from which a frame counts as a note's onset (held notes
             change by 0.13-0.17 from frame to frame on the corpus, onsets by 0.24-0.34).
