@@ -97,6 +97,7 @@ def main() -> None:
         pause = gap.size / sr
         with load_bundle(bundle_path) as bundle:
             for fa, fb in pairs:
+                first = len(results)
                 a, b = du[0] + fa * span, du[0] + fb * span
                 splices = {"forward": (a, b), "backward": (b, a)}
                 splices.update({f"back{d:g}s": (a, max(du[0], a - d)) for d in args.back})
@@ -115,7 +116,7 @@ def main() -> None:
                 lost = relock_time(rows, 0.0, truth, du[-1] - start)
                 silent = silence_before_first_note(onsets, start)
                 results.append((case.name, "start_mid", fa, lost, max(0.0, lost - silent)))
-                for r in results[-(3 + len(args.back)):]:
+                for r in results[first:]:
                     print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s",
                           flush=True)
     for kind in ("forward", "backward", *(f"back{d:g}s" for d in args.back), "start_mid"):

@@ -192,8 +192,8 @@ class Engine:
 
     def restart(self, x_s: float) -> None:
         """Start again at ``x_s`` seconds of X, waiting for the soloist's next note (or, with
-        ``intro``, playing from there at once: what ``start_s`` does at launch); the detune estimate and the room's noise floor stay.
-        Call between blocks (the live worker does)."""
+        ``intro``, playing from there at once: what ``start_s`` does at launch); the detune
+        estimate and the room's noise floor stay. Call between blocks (the live worker does)."""
         x_s = float(min(max(x_s, 0.0), max(0.0, self.bundle.duration_s - 1e-3)))
         self.follower.reset(self._waiting_place(x_s), keep_detune=True, wait=not self.config.intro)
         if self.relocator is not None:

@@ -27,13 +27,15 @@ def bundle_for(case: Case, folder: Path, name: str = "x", params: AnalysisParams
 
 def follow(bundle: Bundle, u: np.ndarray, sr: int, config: EngineConfig | None = None,
            blocksize: int | None = None) -> np.ndarray:
-    """Run the engine over ``u`` block by block; rows ``(n_frames, 2)`` of (u_time_s, x_s)."""
+    """Run the engine over ``u`` block by block; rows ``(n_frames, 2)`` of (u_time_s, x_s).
+    The engine and what it played (``(n_samples, channels)``) stay in ``follow.last_engine``
+    and ``follow.last_output``."""
     rows: list[tuple[float, float]] = []
     engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
     block = blocksize or int(round(bundle.params.fine_period_s * sr))
-    for i in range(0, len(u) - block + 1, block):
-        engine.process(u[i:i + block])
+    played = [engine.process(u[i:i + block]) for i in range(0, len(u) - block + 1, block)]
     follow.last_engine = engine
+    follow.last_output = np.concatenate(played)
     return np.array(rows)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soxr
 
-from player.engine import Engine, EngineConfig
+from player.engine import EngineConfig
 from player.follower import Follower, FollowerConfig
 from shared.spectral import AnalysisParams, QuantizedTemplates
 from shared.synth import OBOE, VIOLIN, FLUTE, make_case
@@ -131,13 +131,10 @@ def test_intro_plays_at_once_and_the_soloist_comes_in(tmp_path):
                      tempo_u=lambda b: bpm if b < 12 else bpm * (1.0 + 0.1 * np.sin(b / 3.0)))
     bundle = bundle_for(case, tmp_path)
     entry = float(case.onsets_u[0])
-    block = int(round(bundle.params.fine_period_s * case.sr))
     runs = {}
     for intro in (True, False):
-        rows: list = []
-        engine = Engine(bundle, case.sr, EngineConfig(intro=intro), on_frame=lambda t, st: rows.append((t, st.x_s)))
-        out = np.concatenate([engine.process(case.u[i:i + block]) for i in range(0, len(case.u) - block + 1, block)])
-        runs[intro] = np.array(rows), out
+        rows = follow(bundle, case.u, case.sr, EngineConfig(intro=intro))
+        runs[intro] = rows, follow.last_output
     rows, out = runs[True]
     before = out[: int((entry - 0.2) * case.sr)]
     intro_x = case.x[int(0.5 * case.sr): int((entry - 0.2) * case.sr)]

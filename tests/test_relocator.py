@@ -139,7 +139,7 @@ def test_the_home_track_takes_over_early_on_a_clear_lead_over_rarely_detected_no
     first detected note change, and it takes over then."""
     cfg = SearchConfig()
     home = pace(1.5)
-    slow_far = lambda n: home(n) + 1.05 * cfg.trial_pace * cfg.margin_nats / (cfg.trial_s / FRAME_S)  # noqa: E731
+    slow_far = lambda n: home(n) + pace(1.05 * cfg.trial_pace)(n)  # noqa: E731
     frames, which = run_trial([slow_far], home_rate=home, note_s=1.1)
     assert which == -1
     assert frames == int(np.floor(cfg.home_takeover_nats / home(0))) + 1
