@@ -40,6 +40,7 @@ from prep.pipeline import BuildOptions, build_bundle  # noqa: E402
 from shared.spectral import AnalysisParams  # noqa: E402
 from shared.audio import to_mono  # noqa: E402
 from shared.bundle import load_bundle  # noqa: E402
+from shared.errors import BundleError  # noqa: E402
 
 
 def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -80,14 +81,20 @@ PREFIXES = ("search", "params", "sep", "play", "leak", "denoise", "engine")
 
 
 def case_bundle(case: Path, work: Path, params: dict | None = None) -> Path:
-    """The bundle of ``case``'s X.flac in ``work`` (built the first time; ``params`` are
-    analysis overrides, which get a folder of their own)."""
+    """The bundle of ``case``'s X.flac in ``work`` (built the first time, and again when
+    this version cannot load it; ``params`` are analysis overrides, which get a folder of
+    their own)."""
     tag = "_".join(f"{k}{v}" for k, v in sorted((params or {}).items()))
     folder = work / (case.name + (f"__{tag}" if tag else ""))
     folder.mkdir(parents=True, exist_ok=True)
     bundle = folder / "X.h5"
-    if not bundle.exists():
-        build_bundle(case / "X.flac", bundle, BuildOptions(params=AnalysisParams(**(params or {}))))
+    if bundle.exists():
+        try:
+            load_bundle(bundle).close()
+            return bundle
+        except BundleError:  # an older format: rebuild
+            pass
+    build_bundle(case / "X.flac", bundle, BuildOptions(params=AnalysisParams(**(params or {}))), force=True)
     return bundle
 
 

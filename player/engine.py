@@ -30,7 +30,7 @@ import soxr
 from player.activity import ActivityConfig, ActivityDetector
 from player.denoise import DenoiseConfig, NoiseProfile
 from player.echo import LeakCanceller, LeakConfig
-from player.follower import Follower, FollowerConfig, FollowerState
+from player.follower import Follower, FollowerConfig, FollowerState, OnsetTerms
 from player.playback import PlaybackConfig, PlaybackController
 from player.search import GlobalSearch, Relocator, SearchConfig
 from player.separation import PositionSpectrum, SeparationConfig, SoloRemover, gain_on_bins
@@ -38,7 +38,7 @@ from player.vocoder import StreamingVocoder
 from shared.audio import first_sound_s, to_mono
 from shared.bundle import Bundle
 from shared.errors import BundleError
-from shared.spectral import OnlineSpectrum, observation_features
+from shared.spectral import OnlineSpectrum, OnsetStrength, observation_features
 
 FrameCallback = Callable[[float, FollowerState], None]
 
@@ -142,12 +142,14 @@ class Engine:
         p = self.params
         self._input = HopStream(self.input_sr, p.sr, p.fine_hop)
         self.spectrum = OnlineSpectrum(p)
+        self.onsets = OnsetStrength(p)
         self.activity = ActivityDetector(p, self.config.activity)
-        self.follower = Follower(bundle.templates, p, self.config.follower)
+        onset_terms = OnsetTerms.from_strength(bundle.onsets, p, self.config.follower, bundle.n_states)
+        self.follower = Follower(bundle.templates, p, self.config.follower, onset_terms)
         self.relocator = None
         if self.config.search:
             self.relocator = Relocator(GlobalSearch(bundle.templates, p, self.config.search_config),
-                                       [Follower(bundle.templates, p, self.config.follower)
+                                       [Follower(bundle.templates, p, self.config.follower, onset_terms)
                                         for _ in range(self.config.search_config.candidates + 1)],
                                        self.config.search_config, p.fine_period_s)
         self.controller = PlaybackController(self.config.playback)
@@ -200,6 +202,7 @@ class Engine:
             self.relocator.cancel()
         # what was heard before the restart must not start the new run
         self.spectrum.reset()
+        self.onsets.reset()
         self.activity.release()
         self._presence = 0.0
         self._playing = False  # the vocoder seeks to the new place at the first note
@@ -313,15 +316,17 @@ class Engine:
         self._u_mag = mag
         active = self.activity.update(mag)
         self.denoise.observe(mag, self.activity.level_db, active, self.activity.room_noise)
-        u = observation_features(self.denoise.clean(mag), self.params)
+        clean = self.denoise.clean(mag)
+        u = observation_features(clean, self.params)
+        onset = self.onsets.push(clean)  # after the leak and noise removal: the soloist's own onsets
         t1 = time.perf_counter()
         evidence_before, position_before = self.follower.log_evidence, self.follower.position_states
         scale = self.denoise.evidence_scale
-        state = self.follower.process(u, active, frame_end, now_s=u_time, evidence_scale=scale)
+        state = self.follower.process(u, active, frame_end, now_s=u_time, evidence_scale=scale, onset=onset)
         self._presence = self._sounding(self._presence)
         t2 = time.perf_counter()
         if self.relocator is not None and self.relocator.step(u, active, frame_end, u_time, self.follower,
-                                                              evidence_before, position_before, scale):
+                                                              evidence_before, position_before, scale, onset):
             stats.jumps += 1
         t3 = time.perf_counter()
         stats.frames += 1

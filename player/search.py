@@ -316,9 +316,10 @@ class Relocator:
         self._active = np.zeros(self._cap, dtype=bool)
         self._times = np.zeros((self._cap, 2))  # (frame_end_s, now_s)
         self._scale = np.ones(self._cap)  # the likelihood's temper scale of each frame
+        self._strength = np.zeros(self._cap)  # the onset strength of each frame
         self._evidence = np.zeros(self._cap)  # the main track's log evidence before each frame
         self._position = np.zeros(self._cap)  # and its position (states)
-        self._onset = np.zeros(self._cap, dtype=bool)  # whether a note began in the frame
+        self._note_began = np.zeros(self._cap, dtype=bool)  # whether a note began in the frame
         self._replay_evidence = np.zeros(self.n_replay + 1)
         self._job = None  # a screening in progress (a generator, advanced once per frame)
         self._budget = 0
@@ -338,21 +339,15 @@ class Relocator:
         self.search.reset()
 
     def step(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float, follower,
-             evidence_before: float, position_before: float, evidence_scale: float = 1.0) -> bool:
+             evidence_before: float, position_before: float, evidence_scale: float = 1.0,
+             onset: float = 0.0) -> bool:
         """After the main track has processed this frame (its log evidence and position were
-        ``evidence_before`` and ``position_before`` just before; ``evidence_scale`` as it
-        was given to the main track): True if it was moved."""
-        i = self._count % self._cap
-        self._u[i] = u
-        self._active[i] = active
-        self._times[i] = frame_end_s, now_s
-        self._scale[i] = evidence_scale
-        self._evidence[i] = evidence_before
-        self._position[i] = position_before
+        ``evidence_before`` and ``position_before`` just before; ``evidence_scale`` and
+        ``onset`` strength as they were given to the main track): True if it was moved."""
         changing = active and (follower.last_change or 0.0) >= self.config.onset_change
-        self._onset[i] = changing and not self._was_changing
+        frame = self._keep(u, active, frame_end_s, now_s, evidence_scale, onset, evidence_before,
+                           position_before, changing and not self._was_changing)
         self._was_changing = changing
-        self._count += 1
         self._wait = max(0, self._wait - 1)
         if not follower.started:
             return False
@@ -365,8 +360,7 @@ class Relocator:
                 self._job = None
             return False
         if self._pending is not None:
-            return self._trial(u, active, frame_end_s, now_s, follower, evidence_scale, bool(self._onset[i]),
-                               evidence_before)
+            return self._trial(frame, follower, evidence_before)
         if self._wait > 0 or self._count < self.n_replay:
             return False
         candidates = self.search.candidates(follower.position_states)[: len(self.shadows)]
@@ -376,25 +370,41 @@ class Relocator:
         self._job = self._screen(candidates, now_s, follower)
         return False
 
+    def _keep(self, u, active: bool, frame_end_s: float, now_s: float, evidence_scale: float, onset: float,
+              evidence_before: float, position_before: float, note_began: bool) -> int:
+        """Keep a frame (and the main track's evidence and position before it) in the ring;
+        return its absolute index."""
+        i = self._count % self._cap
+        self._u[i] = u
+        self._active[i] = active
+        self._times[i] = frame_end_s, now_s
+        self._scale[i] = evidence_scale
+        self._strength[i] = onset
+        self._evidence[i] = evidence_before
+        self._position[i] = position_before
+        self._note_began[i] = note_began
+        self._count += 1
+        return self._count - 1
+
     def _feed(self, track, frame: int) -> None:
         """Run ``track`` on the kept frame of absolute index ``frame``."""
         k = frame % self._cap
-        track.process(self._u[k], bool(self._active[k]), *self._times[k], evidence_scale=float(self._scale[k]))
+        track.process(self._u[k], bool(self._active[k]), *self._times[k], evidence_scale=float(self._scale[k]),
+                      onset=float(self._strength[k]))
 
-    def _trial(self, u, active, frame_end_s, now_s, follower, evidence_scale: float, onset: bool,
-               main_before: float) -> bool:
+    def _trial(self, frame: int, follower, main_before: float) -> bool:
         """One new frame for the shadows on trial (a sequential test): the best is adopted
         once its lead (each note capped, see :class:`_Trial`) passes ``margin_nats``; one
         that falls ``reject_nats`` behind is dropped; after ``trial_s`` so is one that gains
-        slower than the pace; the trial ends after ``trial_max_s``. ``onset``: a note began
-        in this frame; ``main_before``: the main track's log evidence before it."""
+        slower than the pace; the trial ends after ``trial_max_s``. ``frame``: the new
+        frame's absolute index; ``main_before``: the main track's log evidence before it."""
         trial = self._pending
         trial.done += 1
-        if onset:
+        now_s = float(self._times[frame % self._cap, 1])
+        if self._note_began[frame % self._cap]:
             trial.note_onset(main_before, self.home)
-        self.home.process(u, active, frame_end_s, now_s, evidence_scale=evidence_scale)
-        for shadow in trial.shadows:
-            shadow.process(u, active, frame_end_s, now_s, evidence_scale=evidence_scale)
+        for track in [self.home] + trial.shadows:
+            self._feed(track, frame)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
         best = int(np.argmax(leads))
@@ -485,7 +495,7 @@ class Relocator:
         trial = _Trial([sh for sh, _ in passed], main_end, self.home, self.config.note_lead_cap_nats)
         for f in range(end, self._count):
             k = f % self._cap
-            if self._onset[k]:
+            if self._note_began[k]:
                 trial.note_onset(self._evidence[k], self.home)
             for track in [self.home] + trial.shadows:
                 self._feed(track, f)

@@ -1,8 +1,8 @@
 """The offline analysis of a recording X into a bundle (``prep build`` without the CLI).
 
-Stages: load -> analyse (coarse STFT, detuned templates) -> learn accompaniment bases
-(PG-NMF) -> encode audio and write the bundle atomically. Progress is reported through a
-callback ``progress(stage, done, total)`` so the CLI can draw bars and tests can stay quiet.
+Stages: load -> analyse (coarse STFT, onset strength at the fine hop, detuned templates)
+-> learn accompaniment bases (PG-NMF) -> encode audio and write the bundle atomically.
+Progress is reported through a callback ``progress(stage, done, total)`` so the CLI can draw bars and tests can stay quiet.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from shared import __version__
 from shared.audio import check_readable_file, file_sha256, load_audio, resample
 from shared.bundle import BundleContent, NMFBases, SourceInfo, check_output_path, write_bundle
 from shared.pgnmf import GammaPriors, learn
-from shared.spectral import AnalysisParams, QuantizedTemplates, log_templates, stft_magnitude
+from shared.spectral import (AnalysisParams, QuantizedTemplates, log_templates, onset_strength_curve,
+                             stft_magnitude)
 
 Progress = Callable[[str, int, int], None]
 
@@ -127,6 +128,7 @@ def build_bundle(
     report("analyse", 0, 1)
     mono = resample(audio.mono(), audio.sr, params.sr)
     state_mag = stft_magnitude(mono, params, params.coarse_hop)
+    onsets = onset_strength_curve(mono, params)
     del mono
     report("analyse", 1, 1)
 
@@ -140,6 +142,7 @@ def build_bundle(
         params=params,
         source=SourceInfo(name=source.name, sha256=sha, duration_s=audio.duration_s),
         state_mag=state_mag,
+        onsets=onsets,
         templates=templates,
         nmf=nmf,
     )

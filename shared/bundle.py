@@ -1,6 +1,6 @@
 """The HDF5 bundle: everything the player needs from one recording X, and nothing else.
 
-Layout (schema version 1)::
+Layout (schema version 2)::
 
     /                    attrs: format, format_version, source_name, source_sha256,
                                 source_duration_s, created_utc*, tool_version*
@@ -10,6 +10,8 @@ Layout (schema version 1)::
     /audio/offsets       int64 (n_chunks + 1,)      byte offsets of the FLAC chunks
     /audio               attrs: codec, sr, channels, n_samples, chunk_samples, subtype
     /spectra/coarse      float16 (n_states, n_bins) magnitude of X at the coarse hop
+    /spectra/onsets      float32 (n_frames,)        onset strength of X at the fine hop, in [0, 1]
+                         (frame k centred on sample k * fine_hop at params.sr)
     /templates/log_obs   uint8 (n_detune, n_states, n_obs_bins) log observation templates,
                          attrs offset, step: log T = offset + step * code
     /templates/detune_cents float64 (n_detune,)
@@ -47,7 +49,7 @@ from shared.errors import BundleError, OutputError
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
 FORMAT_NAME = "followme-karaoke-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: /spectra/onsets
 #: Root attributes that change from build to build and are not content.
 VOLATILE_ATTRS = ("created_utc", "tool_version")
 
@@ -106,6 +108,7 @@ class BundleContent:
     params: AnalysisParams
     source: SourceInfo
     state_mag: np.ndarray  # (n_states, n_bins)
+    onsets: np.ndarray  # (n_frames,) onset strength at the fine hop
     templates: QuantizedTemplates  # (n_detune, n_states, n_obs_bins)
     nmf: NMFBases
 
@@ -246,6 +249,8 @@ def write_bundle(
             spectra = f.create_group("spectra")
             spectra.create_dataset("coarse", data=content.state_mag.astype(np.float16),
                                    compression="gzip", shuffle=True, track_times=False)
+            spectra.create_dataset("onsets", data=np.asarray(content.onsets, dtype=np.float32),
+                                   compression="gzip", shuffle=True, track_times=False)
             templates = f.create_group("templates")
             log_obs = templates.create_dataset("log_obs", data=content.templates.q, compression="gzip",
                                                track_times=False,
@@ -359,6 +364,7 @@ class Bundle:
     source: SourceInfo
     attrs: dict
     state_mag: np.ndarray
+    onsets: np.ndarray
     templates: QuantizedTemplates
     nmf: NMFBases
     audio: BundleAudio
@@ -546,12 +552,20 @@ def _load_validated(f: h5py.File, path: Path) -> Bundle:
     expected_states = int(round(duration * params.sr)) // params.coarse_hop + 1
     if abs(expected_states - n_states) > 2:
         raise _fail(path, f"{n_states} states do not match the audio's duration ({expected_states} expected)")
+    onsets = _dataset(f, path, "spectra/onsets", "f", (None,))
+    expected_frames = int(round(duration * params.sr)) // params.fine_hop + 1
+    if abs(onsets.shape[0] - expected_frames) > 2 * params.fine_per_coarse:
+        raise _fail(path, f"/spectra/onsets has {onsets.shape[0]} frames, the audio's duration gives {expected_frames}")
+    onsets = _finite(path, "spectra/onsets", onsets[()]).astype(np.float32)
+    if (onsets < 0).any() or (onsets > 1).any():
+        raise _fail(path, "/spectra/onsets has values outside [0, 1]")
     return Bundle(
         path=path,
         params=params,
         source=SourceInfo(attrs["source_name"], attrs["source_sha256"], float(attrs["source_duration_s"])),
         attrs=attrs,
         state_mag=state_mag,
+        onsets=onsets,
         templates=templates,
         nmf=NMFBases(ws, wr, priors, int(nmf_attrs.get("n_iter", 0)), _finite(path, "nmf/bound_trace", trace[()]),
                      float(data_scale)),

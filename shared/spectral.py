@@ -28,6 +28,7 @@ sample arrives, so that frame is centred ``n_fft / 2`` samples before "now".
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -48,6 +49,14 @@ class AnalysisParams:
         fmin_hz, fmax_hz: band of the observation features (Hz).
         compression_gain: ``g`` in ``log1p(g * mag / frame_max)`` (dimensionless).
         detune_cents: detune of each template variant (cents, ascending, includes 0).
+        onset_bands: mel bands of the onset strength (:class:`OnsetStrength`) in the band.
+        onset_lag: frames back the onset strength compares each frame with.
+        onset_ref_s: decay time (seconds) of the running peak that sets the onset
+            strength's reference level.
+        onset_baseline_s: time constant (seconds) of the running mean flux subtracted as
+            the texture's steady change.
+        onset_scale: flux above that mean (mean log rise per band) that gives strength
+            ``1 - 1/e``.
     """
 
     sr: int = 22050
@@ -58,6 +67,11 @@ class AnalysisParams:
     fmax_hz: float = 5000.0
     compression_gain: float = 10.0
     detune_cents: tuple[float, ...] = field(default=(-50.0, -25.0, 0.0, 25.0, 50.0))
+    onset_bands: int = 96
+    onset_lag: int = 2
+    onset_ref_s: float = 3.0
+    onset_baseline_s: float = 0.5
+    onset_scale: float = 0.02
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detune_cents", tuple(float(c) for c in self.detune_cents))
@@ -79,6 +93,14 @@ class AnalysisParams:
             problems.append("detune_cents (1..31 ascending distinct values including 0)")
         elif max(abs(c) for c in cents) > 200:
             problems.append("detune_cents (within +-200 cents)")
+        if not 4 <= self.onset_bands <= 256:
+            problems.append(f"onset_bands={self.onset_bands} (4..256)")
+        if not 1 <= self.onset_lag <= 16:
+            problems.append(f"onset_lag={self.onset_lag} (1..16)")
+        if not (0.01 <= self.onset_ref_s <= 600 and 0.01 <= self.onset_baseline_s <= 600):
+            problems.append("onset_ref_s / onset_baseline_s (0.01..600 s)")
+        if not 1e-6 <= self.onset_scale <= 10:
+            problems.append(f"onset_scale={self.onset_scale} (1e-6..10)")
         if problems:
             raise ValueError("invalid analysis parameters: " + "; ".join(problems))
 
@@ -129,10 +151,10 @@ class AnalysisParams:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         if "detune_cents" in known:
             known["detune_cents"] = tuple(float(c) for c in np.asarray(known["detune_cents"]).ravel())
-        for key in ("sr", "n_fft", "fine_hop", "coarse_hop"):
+        for key in ("sr", "n_fft", "fine_hop", "coarse_hop", "onset_bands", "onset_lag"):
             if key in known:
                 known[key] = int(known[key])
-        for key in ("fmin_hz", "fmax_hz", "compression_gain"):
+        for key in ("fmin_hz", "fmax_hz", "compression_gain", "onset_ref_s", "onset_baseline_s", "onset_scale"):
             if key in known:
                 known[key] = float(known[key])
         return cls(**known)
@@ -300,3 +322,93 @@ class OnlineSpectrum:
         np.multiply(buf, self._window, out=self._frame)
         np.abs(np.fft.rfft(self._frame), out=self._mag)
         return self._mag
+
+
+class OnsetStrength:
+    """Streaming onset strength in [0, 1): how surely a note began in each analysis frame.
+
+    The follower's spectral templates cannot see a note repeated at the same pitch, nor
+    where a slowly swelling note (a voice, a choir) begins; a rise in energy shows both.
+    The same code runs on X (prep, :func:`onset_strength_curve`) and on U (the player, one
+    frame at a time), so the two curves are alike wherever the solo's notes begin.
+
+    Per frame ``(n_bins,)`` of magnitudes: ``onset_bands`` mel bands between ``fmin_hz`` and
+    ``fmax_hz``; level ``log1p(compression_gain * band / ref)`` with ``ref`` a running peak
+    (decaying over ``onset_ref_s``), so a microphone's gain does not matter; flux = mean
+    rise of the level over the frame ``onset_lag`` frames back, that frame first
+    max-filtered over neighbouring bands so vibrato and slides do not count (SuperFlux,
+    Boeck & Widmer 2013); the running mean flux (``onset_baseline_s``), a dense texture's
+    steady change, is subtracted; strength ``1 - exp(-excess / onset_scale)``.
+
+    ``push`` allocates nothing (the live path calls it per frame).
+    """
+
+    def __init__(self, params: AnalysisParams) -> None:
+        import librosa.filters  # light (0.1 s); the filterbank is the same on both sides
+
+        self.params = params
+        self._bank = librosa.filters.mel(sr=params.sr, n_fft=params.n_fft, n_mels=params.onset_bands,
+                                         fmin=params.fmin_hz, fmax=params.fmax_hz, htk=True).astype(np.float32)
+        frame_s = params.fine_period_s
+        self._ref_decay = float(np.exp(-frame_s / params.onset_ref_s))
+        self._base_decay = float(np.exp(-frame_s / params.onset_baseline_s))
+        n = params.onset_bands
+        self._levels = np.zeros((params.onset_lag, n), dtype=np.float32)  # ring of past levels
+        self._band = np.zeros(n, dtype=np.float32)
+        self._spread = np.zeros(n, dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the past (a restart: what came before must not look like an onset)."""
+        self._frames = 0
+        self._ref = 0.0
+        self._baseline = 0.0
+
+    def push(self, mag: np.ndarray) -> float:
+        """Onset strength of one magnitude frame ``(n_bins,)``, in [0, 1)."""
+        p = self.params
+        band, spread = self._band, self._spread
+        np.matmul(self._bank, mag, out=band)
+        self._ref = max(float(band.max()), self._ref * self._ref_decay)
+        if self._ref <= 0.0:  # digital silence so far
+            band[:] = 0.0
+        else:
+            np.multiply(band, np.float32(p.compression_gain / self._ref), out=band)
+            np.log1p(band, out=band)
+        slot = self._frames % p.onset_lag
+        flux = 0.0
+        if self._frames >= p.onset_lag:
+            past = self._levels[slot]
+            spread[:] = past
+            np.maximum(spread[1:], past[:-1], out=spread[1:])
+            np.maximum(spread[:-1], past[1:], out=spread[:-1])
+            np.subtract(band, spread, out=spread)
+            np.maximum(spread, 0.0, out=spread)
+            flux = float(spread.mean())
+        self._levels[slot] = band
+        self._frames += 1
+        excess = max(0.0, flux - self._baseline)
+        self._baseline = self._base_decay * self._baseline + (1.0 - self._base_decay) * flux
+        return 1.0 - math.exp(-excess / p.onset_scale)
+
+
+def onset_strength_curve(y: np.ndarray, params: AnalysisParams) -> np.ndarray:
+    """Onset strength of a whole mono signal ``y`` at ``params.sr``, by the live code path.
+
+    Returns:
+        float32 ``(len(y) // fine_hop + 1,)``: frame ``k`` is centred on sample
+        ``k * fine_hop``, as in :func:`stft_magnitude` (the signal is zero-padded at both
+        ends, and the streaming analysis's first frames, centred before the start, dropped).
+    """
+    hop, half = params.fine_hop, params.n_fft // 2
+    y = np.asarray(y, dtype=np.float32)
+    n_frames = y.size // hop + 1
+    early = -(-(half - hop) // hop) if half > hop else 0  # streaming frames centred before sample 0
+    lead = early * hop + hop - half  # zeros before y so that a frame's centre lands on k * hop
+    total = (n_frames + early) * hop
+    padded = np.zeros(total, dtype=np.float32)
+    take = min(y.size, total - lead)
+    padded[lead: lead + take] = y[:take]
+    spectrum, onsets = OnlineSpectrum(params), OnsetStrength(params)
+    curve = np.array([onsets.push(spectrum.push(h)) for h in padded.reshape(-1, hop)], dtype=np.float32)
+    return curve[early:]

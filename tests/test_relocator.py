@@ -27,7 +27,7 @@ class ScriptedTrack:
         self.started = True
         self.state = SimpleNamespace(detune_cents=0.0)
 
-    def process(self, u, active, frame_end_s, now_s, evidence_scale=1.0) -> None:
+    def process(self, u, active, frame_end_s, now_s, evidence_scale=1.0, onset=0.0) -> None:
         self.n += 1
         self.log_evidence += self.rate(self.n)
 
@@ -63,8 +63,9 @@ def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig(), home
     for frame in range(1, 1000):
         before = main.log_evidence
         main.process(u, True, 0.0, 0.0)
-        onset = note_frames is not None and frame % note_frames == 0
-        moved = relocator._trial(u, True, 0.0, 0.0, main, 1.0, onset, before)
+        note_began = note_frames is not None and frame % note_frames == 0
+        kept = relocator._keep(u, True, 0.0, 0.0, 1.0, 0.0, before, 0.0, note_began)
+        moved = relocator._trial(kept, main, before)
         if moved and main.adopted is home:
             return frame, -1
         if moved:
