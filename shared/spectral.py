@@ -325,7 +325,7 @@ class OnlineSpectrum:
 
 
 class OnsetStrength:
-    """Streaming onset strength in [0, 1): how surely a note began in each analysis frame.
+    """Streaming onset strength in [0, 1]: how surely a note began in each analysis frame.
 
     The follower's spectral templates cannot see a note repeated at the same pitch, nor
     where a slowly swelling note (a voice, a choir) begins; a rise in energy shows both.
@@ -365,7 +365,7 @@ class OnsetStrength:
         self._baseline = 0.0
 
     def push(self, mag: np.ndarray) -> float:
-        """Onset strength of one magnitude frame ``(n_bins,)``, in [0, 1)."""
+        """Onset strength of one magnitude frame ``(n_bins,)``, in [0, 1]."""
         p = self.params
         band, spread = self._band, self._spread
         np.matmul(self._bank, mag, out=band)

@@ -201,14 +201,17 @@ def make_case(
     acc_db: float = 0.0,
     snr_db: float = 40.0,
     solo_rests: tuple[tuple[float, float], ...] = (),
+    notes: list[Note] | None = None,
 ) -> Case:
     """Render a case. ``tempo_u`` is a bpm curve ``f(beat)`` (default: 0.85x..1.15x of bpm_x).
 
-    ``solo_rests`` removes solo notes in the given beat ranges (tutti passages).
+    ``solo_rests`` removes solo notes in the given beat ranges (tutti passages); ``notes``
+    replaces the random melody (``n_notes``, ``seed``) with given solo notes.
     """
-    solo = [n for n in melody(n_notes, seed) if not any(lo <= n.beat < hi for lo, hi in solo_rests)]
-    total_beats = max(n.beat + n.dur for n in melody(n_notes, seed))
-    accomp = accompaniment(melody(n_notes, seed), seed)
+    tune = list(notes) if notes is not None else melody(n_notes, seed)
+    solo = [n for n in tune if not any(lo <= n.beat < hi for lo, hi in solo_rests)]
+    total_beats = max(n.beat + n.dur for n in tune)
+    accomp = accompaniment(tune, seed)
     map_x = TimeMap.constant(bpm_x, offset_s=0.3)
     if tempo_u is None:
         tempo_u = lambda b: bpm_x * (1.0 + 0.15 * np.sin(2 * np.pi * b / max(total_beats, 1)))  # noqa: E731

@@ -28,6 +28,12 @@ def test_round_trip(bundle_path, x_wav, case):
         assert abs(b.n_states - b.duration_s / b.params.coarse_period_s) <= 2
         assert b.nmf.w_shape.shape == (FAST_BUILD.n_components, b.params.n_bins)
         assert b.nmf.data_scale > 0
+        assert b.onsets.shape == (int(round(b.duration_s * b.params.sr)) // b.params.fine_hop + 1,)
+        assert b.onsets.dtype == np.float32 and 0.0 <= b.onsets.min() and b.onsets.max() <= 1.0
+        # X's onset strength peaks at its solo's notes (within 60 ms; a few are slurred)
+        t = np.arange(b.onsets.size) * b.params.fine_period_s
+        peaks = [b.onsets[np.abs(t - on) <= 0.06].max() for on in case.onsets_x]
+        assert np.mean(np.array(peaks) > 0.5) >= 0.8
 
 
 def test_audio_is_lossless_and_blockwise(bundle_path, x_wav):
@@ -115,6 +121,9 @@ CASES = {
     "NaN values": (lambda f: f["spectra/coarse"].__setitem__((0, 0), np.nan), "NaN"),
     "bad params": (lambda f: f["params"].attrs.__setitem__("coarse_hop", 1000), "invalid analysis parameters"),
     "huge channels": (lambda f: f["audio"].attrs.__setitem__("channels", 10_000), "channels"),
+    "onsets NaN": (lambda f: f["spectra/onsets"].__setitem__(3, np.nan), "NaN"),
+    "onsets out of range": (lambda f: f["spectra/onsets"].__setitem__(3, 1.5), "outside"),
+    "onsets too short": (lambda f: _replace(f, "spectra/onsets", np.zeros(10, np.float32)), "onsets has 10 frames"),
     "bad offsets": (lambda f: _replace(f, "audio/offsets", np.zeros(f["audio/offsets"].shape, np.int64)), "offsets"),
 }
 

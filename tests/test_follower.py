@@ -8,7 +8,7 @@ import soxr
 from player.engine import EngineConfig
 from player.follower import Follower, FollowerConfig
 from shared.spectral import AnalysisParams, QuantizedTemplates
-from shared.synth import OBOE, VIOLIN, FLUTE, make_case
+from shared.synth import OBOE, VIOLIN, FLUTE, Note, make_case
 
 from .follow_helpers import bundle_for, causal_errors, follow, pct_within
 
@@ -105,6 +105,34 @@ def test_pause_fermata(tmp_path):
     assert pct_within(err, 0.25) >= 85
     after = case.onsets_u > case.map_u(12.0) + 1.0
     assert pct_within(err[after], 0.25) >= 90
+
+
+def repeated_notes(pitches, per_run: int = 6) -> list[Note]:
+    """Runs of one pitch repeated ``per_run`` times (detached eighths), each closed by a
+    long note a tone higher."""
+    notes, beat = [], 0.0
+    for pitch in pitches:
+        for _ in range(per_run):
+            notes.append(Note(beat, 0.4, float(pitch)))
+            beat += 0.5
+        notes.append(Note(beat, 2.0, float(pitch + 2)))
+        beat += 2.0
+    return notes
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_onsets_place_the_player_in_runs_of_repeated_notes(tmp_path, seed):
+    """The spectra of a run of repeated notes do not change, so alone they leave the
+    filter to extrapolate across it at a tempo that is changing; U's onsets against X's
+    place each note. Both with U's tempo swinging +-15%."""
+    case = make_case(notes=repeated_notes([72, 76, 74, 79, 71, 77]), seed=seed)
+    bundle = bundle_for(case, tmp_path)
+    err = onset_errors(case, follow(bundle, case.u, case.sr))
+    spectra_only = EngineConfig(follower=FollowerConfig(onset_weight=0.0))
+    err_spectra = onset_errors(case, follow(bundle, case.u, case.sr, spectra_only))
+    assert pct_within(err, 0.10) >= 75, np.round(err, 3)
+    assert pct_within(err, 0.05) >= 55
+    assert pct_within(err, 0.05) >= pct_within(err_spectra, 0.05) + 10
 
 
 def test_tutti_rest_keeps_tempo_and_relocks(tmp_path):

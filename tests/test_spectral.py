@@ -1,10 +1,10 @@
-"""Spectral analysis: shapes, rates, feature normalisation, detuned templates."""
+"""Spectral analysis: shapes, rates, feature normalisation, detuned templates, onset strength."""
 
 import numpy as np
 import pytest
 
-from shared.spectral import (AnalysisParams, OnlineSpectrum, detune_spectrum, log_templates,
-                             observation_features, stft_magnitude)
+from shared.spectral import (AnalysisParams, OnlineSpectrum, OnsetStrength, detune_spectrum, log_templates,
+                             observation_features, onset_strength_curve, stft_magnitude)
 from shared.synth import VIOLIN, Note, TimeMap, render_notes
 
 P = AnalysisParams()
@@ -94,6 +94,10 @@ def test_params_validation_and_roundtrip():
         AnalysisParams(coarse_hop=1000)  # not a multiple of the fine hop
     with pytest.raises(ValueError):
         AnalysisParams(detune_cents=(-10.0, 10.0))  # no 0
+    with pytest.raises(ValueError):
+        AnalysisParams(onset_bands=1)
+    with pytest.raises(ValueError):
+        AnalysisParams(onset_scale=0.0)
     assert AnalysisParams.from_dict(P.to_dict()) == P
 
 
@@ -107,3 +111,48 @@ def test_spectral_subtract_keeps_a_floor_and_needs_no_allocation():
     out, scratch = np.empty_like(mag), np.empty_like(mag)
     got = spectral_subtract(mag, noise, 0.1, out=out, scratch=scratch)
     assert got is out and np.allclose(out, expected)
+
+
+# ------------------------------------------------------------------------------- onsets
+#: Eight detached repetitions of one pitch, then two long notes, all with a wide vibrato.
+REPEATS = [Note(0.5 * k, 0.4, 69.0) for k in range(8)] + [Note(4.0, 3.0, 72.0), Note(7.0, 3.0, 67.0)]
+REPEATS_MAP = TimeMap.constant(100.0, offset_s=0.5)
+
+
+def repeats(vibrato_cents: float = 40.0) -> np.ndarray:
+    return render_notes(REPEATS, REPEATS_MAP, P.sr, VIOLIN, vibrato_cents=vibrato_cents)
+
+
+def test_onset_strength_marks_repeated_notes_not_vibrato():
+    """A note repeated at the same pitch has an onset the spectra cannot see; the strength
+    shows each one (within 60 ms), and stays low inside long notes with 40-cent vibrato."""
+    curve = onset_strength_curve(repeats(), P)
+    t = np.arange(curve.size) * P.fine_period_s
+    for note in REPEATS:
+        near = np.abs(t - REPEATS_MAP(note.beat)) <= 0.06
+        assert curve[near].max() > 0.5, note
+    held = np.zeros(curve.size, dtype=bool)
+    for note in REPEATS[-2:]:
+        held |= (t > REPEATS_MAP(note.beat) + 0.15) & (t < REPEATS_MAP(note.beat + note.dur) - 0.05)
+    assert np.percentile(curve[held], 95) < 0.3
+    assert 0.0 <= curve.min() and curve.max() <= 1.0
+
+
+def test_onset_strength_ignores_the_input_level():
+    """A microphone's gain is unknown: 60 dB quieter gives the same curve."""
+    y = repeats()
+    np.testing.assert_allclose(onset_strength_curve(1e-3 * y, P), onset_strength_curve(y, P), atol=1e-4)
+
+
+def test_onset_curve_is_the_live_analysis_centred_like_the_stft():
+    """prep's curve of X is the player's streaming analysis, frame k centred on k * hop."""
+    params = AnalysisParams(n_fft=1024, fine_hop=256, coarse_hop=1280)
+    y = repeats()
+    spectrum, onsets = OnlineSpectrum(params), OnsetStrength(params)
+    live = np.array([onsets.push(spectrum.push(y[i:i + 256])) for i in range(0, len(y) - 255, 256)])
+    curve = onset_strength_curve(y, params)
+    assert curve.shape == (len(y) // 256 + 1,)
+    # live frame j ends at sample (j + 1) * 256, so it is centred on (j - 1) * 256
+    np.testing.assert_allclose(curve[: len(live) - 1], live[1:], atol=1e-6)
+    onsets.reset()
+    assert onsets.push(spectrum.push(y[:256])) == 0.0  # no past: no onset
