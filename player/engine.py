@@ -142,7 +142,7 @@ class Engine:
         p = self.params
         self._input = HopStream(self.input_sr, p.sr, p.fine_hop)
         self.spectrum = OnlineSpectrum(p)
-        self.onsets = OnsetStrength(p)
+        self.onsets = OnsetStrength(p, bundle.onset_bank)
         self.activity = ActivityDetector(p, self.config.activity)
         onset_terms = OnsetTerms.from_strength(bundle.onsets, p, self.config.follower, bundle.n_states)
         self.follower = Follower(bundle.templates, p, self.config.follower, onset_terms)

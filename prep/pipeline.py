@@ -18,8 +18,8 @@ from shared import __version__
 from shared.audio import check_readable_file, file_sha256, load_audio, resample
 from shared.bundle import BundleContent, NMFBases, SourceInfo, check_output_path, write_bundle
 from shared.pgnmf import GammaPriors, learn
-from shared.spectral import (AnalysisParams, QuantizedTemplates, log_templates, onset_strength_curve,
-                             stft_magnitude)
+from shared.spectral import (AnalysisParams, QuantizedTemplates, log_templates, onset_filterbank,
+                             onset_strength_curve, stft_magnitude)
 
 Progress = Callable[[str, int, int], None]
 
@@ -128,7 +128,8 @@ def build_bundle(
     report("analyse", 0, 1)
     mono = resample(audio.mono(), audio.sr, params.sr)
     state_mag = stft_magnitude(mono, params, params.coarse_hop)
-    onsets = onset_strength_curve(mono, params)
+    onset_bank = onset_filterbank(params)
+    onsets = onset_strength_curve(mono, params, onset_bank)
     del mono
     report("analyse", 1, 1)
 
@@ -143,6 +144,7 @@ def build_bundle(
         source=SourceInfo(name=source.name, sha256=sha, duration_s=audio.duration_s),
         state_mag=state_mag,
         onsets=onsets,
+        onset_bank=onset_bank,
         templates=templates,
         nmf=nmf,
     )

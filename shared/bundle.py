@@ -12,6 +12,7 @@ Layout (schema version 2)::
     /spectra/coarse      float16 (n_states, n_bins) magnitude of X at the coarse hop
     /spectra/onsets      float32 (n_frames,)        onset strength of X at the fine hop, in [0, 1]
                          (frame k centred on sample k * fine_hop at params.sr)
+    /spectra/onset_bank  float32 (onset_bands, n_bins) the mel filterbank of the onset strength
     /templates/log_obs   uint8 (n_detune, n_states, n_obs_bins) log observation templates,
                          attrs offset, step: log T = offset + step * code
     /templates/detune_cents float64 (n_detune,)
@@ -109,6 +110,7 @@ class BundleContent:
     source: SourceInfo
     state_mag: np.ndarray  # (n_states, n_bins)
     onsets: np.ndarray  # (n_frames,) onset strength at the fine hop
+    onset_bank: np.ndarray  # (onset_bands, n_bins) its filterbank
     templates: QuantizedTemplates  # (n_detune, n_states, n_obs_bins)
     nmf: NMFBases
 
@@ -251,6 +253,8 @@ def write_bundle(
                                    compression="gzip", shuffle=True, track_times=False)
             spectra.create_dataset("onsets", data=np.asarray(content.onsets, dtype=np.float32),
                                    compression="gzip", shuffle=True, track_times=False)
+            spectra.create_dataset("onset_bank", data=np.asarray(content.onset_bank, dtype=np.float32),
+                                   compression="gzip", shuffle=True, track_times=False)
             templates = f.create_group("templates")
             log_obs = templates.create_dataset("log_obs", data=content.templates.q, compression="gzip",
                                                track_times=False,
@@ -365,6 +369,7 @@ class Bundle:
     attrs: dict
     state_mag: np.ndarray
     onsets: np.ndarray
+    onset_bank: np.ndarray
     templates: QuantizedTemplates
     nmf: NMFBases
     audio: BundleAudio
@@ -559,6 +564,10 @@ def _load_validated(f: h5py.File, path: Path) -> Bundle:
     onsets = _finite(path, "spectra/onsets", onsets[()]).astype(np.float32)
     if (onsets < 0).any() or (onsets > 1).any():
         raise _fail(path, "/spectra/onsets has values outside [0, 1]")
+    bank = _finite(path, "spectra/onset_bank",
+                   _dataset(f, path, "spectra/onset_bank", "f", (params.onset_bands, n_bins))[()]).astype(np.float32)
+    if (bank < 0).any() or (bank > 1.0).any():
+        raise _fail(path, "/spectra/onset_bank has weights outside [0, 1]")
     return Bundle(
         path=path,
         params=params,
@@ -566,6 +575,7 @@ def _load_validated(f: h5py.File, path: Path) -> Bundle:
         attrs=attrs,
         state_mag=state_mag,
         onsets=onsets,
+        onset_bank=bank,
         templates=templates,
         nmf=NMFBases(ws, wr, priors, int(nmf_attrs.get("n_iter", 0)), _finite(path, "nmf/bound_trace", trace[()]),
                      float(data_scale)),

@@ -340,15 +340,17 @@ class OnsetStrength:
     Boeck & Widmer 2013); the running mean flux (``onset_baseline_s``), a dense texture's
     steady change, is subtracted; strength ``1 - exp(-excess / onset_scale)``.
 
-    ``push`` allocates nothing (the live path calls it per frame).
+    ``push`` allocates nothing (the live path calls it per frame). ``bank``: the mel
+    filterbank (:func:`onset_filterbank`); the player takes X's from the bundle, so it
+    needs no librosa (and its scipy) at run time.
     """
 
-    def __init__(self, params: AnalysisParams) -> None:
-        import librosa.filters  # light (0.1 s); the filterbank is the same on both sides
-
+    def __init__(self, params: AnalysisParams, bank: np.ndarray | None = None) -> None:
         self.params = params
-        self._bank = librosa.filters.mel(sr=params.sr, n_fft=params.n_fft, n_mels=params.onset_bands,
-                                         fmin=params.fmin_hz, fmax=params.fmax_hz, htk=True).astype(np.float32)
+        self._bank = np.ascontiguousarray(onset_filterbank(params) if bank is None else bank, dtype=np.float32)
+        if self._bank.shape != (params.onset_bands, params.n_bins):
+            raise ValueError(f"onset filterbank of shape {self._bank.shape}, expected "
+                             f"{(params.onset_bands, params.n_bins)}")
         frame_s = params.fine_period_s
         self._ref_decay = float(np.exp(-frame_s / params.onset_ref_s))
         self._base_decay = float(np.exp(-frame_s / params.onset_baseline_s))
@@ -392,8 +394,18 @@ class OnsetStrength:
         return 1.0 - math.exp(-excess / p.onset_scale)
 
 
-def onset_strength_curve(y: np.ndarray, params: AnalysisParams) -> np.ndarray:
-    """Onset strength of a whole mono signal ``y`` at ``params.sr``, by the live code path.
+def onset_filterbank(params: AnalysisParams) -> np.ndarray:
+    """The onset strength's mel filterbank, float32 ``(onset_bands, n_bins)`` (HTK mel,
+    ``fmin_hz`` to ``fmax_hz``)."""
+    import librosa.filters  # offline only (prep, tests): the player reads it from the bundle
+
+    return librosa.filters.mel(sr=params.sr, n_fft=params.n_fft, n_mels=params.onset_bands,
+                               fmin=params.fmin_hz, fmax=params.fmax_hz, htk=True).astype(np.float32)
+
+
+def onset_strength_curve(y: np.ndarray, params: AnalysisParams, bank: np.ndarray | None = None) -> np.ndarray:
+    """Onset strength of a whole mono signal ``y`` at ``params.sr``, by the live code path
+    (``bank``: as for :class:`OnsetStrength`).
 
     Returns:
         float32 ``(len(y) // fine_hop + 1,)``: frame ``k`` is centred on sample
@@ -409,6 +421,6 @@ def onset_strength_curve(y: np.ndarray, params: AnalysisParams) -> np.ndarray:
     padded = np.zeros(total, dtype=np.float32)
     take = min(y.size, total - lead)
     padded[lead: lead + take] = y[:take]
-    spectrum, onsets = OnlineSpectrum(params), OnsetStrength(params)
+    spectrum, onsets = OnlineSpectrum(params), OnsetStrength(params, bank)
     curve = np.array([onsets.push(spectrum.push(h)) for h in padded.reshape(-1, hop)], dtype=np.float32)
     return curve[early:]

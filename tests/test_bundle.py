@@ -12,7 +12,7 @@ from prep.compare import diff_bundles
 from prep.pipeline import build_bundle
 from shared.bundle import FORMAT_VERSION, load_bundle
 from shared.errors import BundleError, OutputError
-from shared.spectral import AnalysisParams
+from shared.spectral import AnalysisParams, onset_filterbank
 
 from .conftest import FAST_BUILD
 
@@ -34,6 +34,7 @@ def test_round_trip(bundle_path, x_wav, case):
         t = np.arange(b.onsets.size) * b.params.fine_period_s
         peaks = [b.onsets[np.abs(t - on) <= 0.06].max() for on in case.onsets_x]
         assert np.mean(np.array(peaks) > 0.5) >= 0.8
+        np.testing.assert_array_equal(b.onset_bank, onset_filterbank(b.params))
 
 
 def test_audio_is_lossless_and_blockwise(bundle_path, x_wav):
@@ -123,6 +124,8 @@ CASES = {
     "huge channels": (lambda f: f["audio"].attrs.__setitem__("channels", 10_000), "channels"),
     "onsets NaN": (lambda f: f["spectra/onsets"].__setitem__(3, np.nan), "NaN"),
     "onsets out of range": (lambda f: f["spectra/onsets"].__setitem__(3, 1.5), "outside"),
+    "onset bank shape": (lambda f: _replace(f, "spectra/onset_bank", np.zeros((3, 4), np.float32)), "shape"),
+    "onset bank negative": (lambda f: f["spectra/onset_bank"].__setitem__((0, 0), -1.0), "outside"),
     "onsets too short": (lambda f: _replace(f, "spectra/onsets", np.zeros(10, np.float32)), "onsets has 10 frames"),
     "bad offsets": (lambda f: _replace(f, "audio/offsets", np.zeros(f["audio/offsets"].shape, np.int64)), "offsets"),
 }

@@ -273,3 +273,16 @@ def test_console_script_missing_bundle(setup, tmp_path):
     assert proc.stderr.strip() == f"error: bundle not found: {missing}"
     assert "Traceback" not in proc.stdout + proc.stderr
     assert outputs_in(tmp_path) == []
+
+
+def test_the_player_runs_without_the_analysis_libraries(setup, tmp_path):
+    """`player run` in a fresh process never imports librosa (a lean install on a small
+    device): X's analysis, the onset filterbank included, comes from the bundle."""
+    code = ("import sys; from player.cli import app; "
+            "sys.argv = ['player', 'run', sys.argv[1], '--input', sys.argv[2], '--alignment', sys.argv[3], '-q']; "
+            "app(standalone_mode=False); print(sorted(m for m in sys.modules if m.split('.')[0] == 'librosa'))")
+    proc = subprocess.run([sys.executable, "-c", code, str(setup.bundle), str(setup.u), str(tmp_path / "path.csv")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+    assert (tmp_path / "path.csv").exists()
