@@ -26,8 +26,10 @@ class ScriptedTrack:
         self.adopted = None
         self.started = True
         self.state = SimpleNamespace(detune_cents=0.0)
+        self.seen: list[tuple[float, float, float]] = []  # (u[0], evidence_scale, onset) per frame
 
     def process(self, u, active, frame_end_s, now_s, evidence_scale=1.0, onset=0.0) -> None:
+        self.seen.append((float(u[0]), evidence_scale, onset))
         self.n += 1
         self.log_evidence += self.rate(self.n)
 
@@ -194,3 +196,31 @@ def test_a_place_that_only_ties_fails_the_screening():
     tol = SearchConfig().screen_tolerance_nats
     assert not screen([-0.5 * tol, 0.4 * tol])
     assert not screen([0.0, 0.0])
+
+
+def test_shadows_see_each_frame_as_the_main_track_saw_it():
+    """Replays and trials feed every track the kept frame with its own temper scale and
+    onset strength: a shadow judged on other observations than the main track's is not a
+    fair comparison (a place that heard no onsets would lose on the onset term alone)."""
+    home, shadow = ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 10.0)
+    relocator = make_relocator(home, [shadow], SearchConfig())
+    frame = lambda k: (np.full(8, k, dtype=np.float32), 1.0 - k / 1000.0, (k % 7) / 7.0)  # noqa: E731
+    for k in range(relocator.n_replay):
+        u, scale, onset = frame(k)
+        relocator._keep(u, True, 0.0, 0.0, scale, onset, 0.0, 0.0, False)
+    main = ScriptedTrack(lambda n: 0.0)
+    main.state.tempo = 1.0
+    job = relocator._screen([Candidate(state=500.0, tempo=1.0)], 0.0, main)
+    for _ in range(10 * relocator.n_replay):
+        relocator._budget = 1
+        try:
+            next(job)
+        except StopIteration:
+            break
+    expected = [(float(u[0]), scale, onset) for u, scale, onset in map(frame, range(relocator.n_replay))]
+    assert home.seen == expected and shadow.seen == expected
+    assert relocator._pending is not None  # the shadow went on trial
+    u, scale, onset = frame(relocator.n_replay)
+    kept = relocator._keep(u, True, 0.0, 0.0, scale, onset, 0.0, 0.0, True)
+    relocator._trial(kept, main, 0.0)
+    assert home.seen[-1] == shadow.seen[-1] == (float(u[0]), scale, onset)
