@@ -2,7 +2,8 @@
 
 Stages: load -> analyse (coarse STFT, onset strength at the fine hop, detuned templates)
 -> learn accompaniment bases (PG-NMF) -> encode audio and write the bundle atomically.
-Progress is reported through a callback ``progress(stage, done, total)`` so the CLI can draw bars and tests can stay quiet.
+Progress is reported through a callback ``progress(stage, done, total)`` so the CLI can
+draw bars and tests can stay quiet.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Layout (schema version 2)::
 
     /                    attrs: format, format_version, source_name, source_sha256,
                                 source_duration_s, created_utc*, tool_version*
-    /params              attrs: the AnalysisParams (sr, n_fft, hops, band, gain, detune_cents)
+    /params              attrs: the AnalysisParams (sr, n_fft, hops, band, gain, detune_cents,
+                                onset_*)
     /audio/data          FLAC:  uint8 (n_bytes,)    concatenated FLAC streams, one per chunk
                          PCM:   int16|int32 (n_samples, channels), shuffle+gzip (> 8 channels)
     /audio/offsets       int64 (n_chunks + 1,)      byte offsets of the FLAC chunks
@@ -50,7 +51,7 @@ from shared.errors import BundleError, OutputError
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
 FORMAT_NAME = "followme-karaoke-bundle"
-FORMAT_VERSION = 2  # 2: /spectra/onsets
+FORMAT_VERSION = 2  # 2: /spectra/onsets and /spectra/onset_bank
 #: Root attributes that change from build to build and are not content.
 VOLATILE_ATTRS = ("created_utc", "tool_version")
 
