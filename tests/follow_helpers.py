@@ -39,6 +39,24 @@ def follow(bundle: Bundle, u: np.ndarray, sr: int, config: EngineConfig | None =
     return np.array(rows)
 
 
+def follow_with_leak(bundle: Bundle, u: np.ndarray, sr: int, leak_db: float, delay_s: float,
+                     config: EngineConfig | None = None) -> np.ndarray:
+    """Like :func:`follow`, with the engine's own output (mixed to mono) coming back into
+    the microphone ``delay_s`` seconds later at ``leak_db`` (a laptop's speakers): a closed
+    loop, as live. Needs U at X's sample rate (the output is added to the input as is)."""
+    assert bundle.audio.sr == sr
+    rows: list[tuple[float, float]] = []
+    engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
+    block = int(round(bundle.params.fine_period_s * sr))
+    delay = int(round(delay_s * sr))
+    leak = np.zeros(len(u) + delay + block, dtype=np.float32)
+    gain = np.float32(10 ** (leak_db / 20))
+    for i in range(0, len(u) - block + 1, block):
+        played = engine.process(u[i:i + block] + gain * leak[i:i + block])
+        leak[i + delay:i + delay + played.shape[0]] = played.mean(axis=1)
+    return np.array(rows)
+
+
 def causal_errors(rows: np.ndarray, u_times: np.ndarray, x_true: np.ndarray) -> np.ndarray:
     """|error| (seconds) of the causal estimate (last row with u_time <= t) at each time."""
     idx = np.searchsorted(rows[:, 0], u_times + 1e-9, side="right") - 1
