@@ -163,6 +163,12 @@ def screen(window_gains, config=SearchConfig()) -> bool:
     main.state.tempo = 1.0
     relocator._count = relocator.n_replay  # the kept frames: all active, the main track gained 0
     relocator._active[:] = True
+    run_screening(relocator, main)
+    return relocator._pending is not None
+
+
+def run_screening(relocator: Relocator, main: ScriptedTrack) -> None:
+    """Screen one far place (state 500) over the kept frames, to the end."""
     job = relocator._screen([Candidate(state=500.0, tempo=1.0)], 0.0, main)
     for _ in range(10 * relocator.n_replay):
         relocator._budget = 1
@@ -170,7 +176,6 @@ def screen(window_gains, config=SearchConfig()) -> bool:
             next(job)
         except StopIteration:
             break
-    return relocator._pending is not None
 
 
 def test_a_place_that_wins_every_window_passes_the_screening():
@@ -210,13 +215,7 @@ def test_shadows_see_each_frame_as_the_main_track_saw_it():
         relocator._keep(u, True, 0.0, 0.0, scale, onset, 0.0, 0.0, False)
     main = ScriptedTrack(lambda n: 0.0)
     main.state.tempo = 1.0
-    job = relocator._screen([Candidate(state=500.0, tempo=1.0)], 0.0, main)
-    for _ in range(10 * relocator.n_replay):
-        relocator._budget = 1
-        try:
-            next(job)
-        except StopIteration:
-            break
+    run_screening(relocator, main)
     expected = [(float(u[0]), scale, onset) for u, scale, onset in map(frame, range(relocator.n_replay))]
     assert home.seen == expected and shadow.seen == expected
     assert relocator._pending is not None  # the shadow went on trial
