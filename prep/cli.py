@@ -214,6 +214,12 @@ def _build_batch(sources: list[Path], out_dir: Path, options: BuildOptions, *, f
         raise typer.Exit(EXIT_ERROR)
 
 
+def count_onsets(strength: np.ndarray, threshold: float = 0.5) -> int:
+    """Onsets in an onset-strength curve ``(n_frames,)``: rises through ``threshold``."""
+    above = np.asarray(strength) >= threshold
+    return int(above[0]) + int(np.count_nonzero(above[1:] & ~above[:-1]))
+
+
 def bundle_summary(path: Path) -> dict:
     """A JSON-ready description of a bundle (validated first)."""
     with load_bundle(path) as b:
@@ -231,6 +237,7 @@ def bundle_summary(path: Path) -> dict:
             "live_frame_rate_hz": round(1.0 / p.fine_period_s, 3),
             "detune_cents": list(p.detune_cents),
             "observation_bins": p.n_obs_bins,
+            "onsets": count_onsets(b.onsets),
             "nmf_components": int(b.nmf.w_shape.shape[0]),
             "nmf_priors": b.nmf.priors,
             "params": p.to_dict(),
@@ -273,6 +280,8 @@ def _print_summary_table(bundle: Path, info: dict) -> None:
         ("states", f"{info['states']} at {info['state_rate_hz']:g}/s (live frames {info['live_frame_rate_hz']:g}/s)"),
         ("detune", ", ".join(f"{c:+g}" for c in info["detune_cents"]) + " cents"),
         ("observation", f"{info['observation_bins']} bins, {info['params']['fmin_hz']:g}-{info['params']['fmax_hz']:g} Hz"),
+        ("onsets", f"{info['onsets']} heard in the recording "
+                   f"({info['onsets'] / max(info['source']['duration_s'], 1e-9) * 60:.0f} per minute)"),
         ("NMF bases", f"{info['nmf_components']} (c={info['nmf_priors']['c']:g})"),
         ("size", f"{info['bytes'] / 1e6:.1f} MB"),
         ("format", f"v{info['format_version']}, made {info['created_utc']} by {info['tool_version']}"),

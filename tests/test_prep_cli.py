@@ -76,7 +76,9 @@ def test_inspect_and_diff(tmp_path, short_tutti):
     assert run("build", src, "-o", a, *QUICK).exit_code == 0
     assert run("build", src, "-o", b, *QUICK).exit_code == 0
     text = run("inspect", a).stdout
-    assert "in.flac" in text and "states" in text
+    assert "in.flac" in text and "states" in text and "onsets" in text
+    # the 5 solo notes of the first 3 s, and the chords' onsets under some of them
+    assert 5 <= json.loads(run("inspect", a, "--json").stdout)["onsets"] <= 8
     same = run("diff", a, b)
     assert same.exit_code == 0 and "equivalent" in same.stdout
     c = tmp_path / "c.h5"
