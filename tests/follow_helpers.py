@@ -26,34 +26,28 @@ def bundle_for(case: Case, folder: Path, name: str = "x", params: AnalysisParams
 
 
 def follow(bundle: Bundle, u: np.ndarray, sr: int, config: EngineConfig | None = None,
-           blocksize: int | None = None) -> np.ndarray:
+           blocksize: int | None = None, leak_db: float | None = None, leak_delay_s: float = 0.05) -> np.ndarray:
     """Run the engine over ``u`` block by block; rows ``(n_frames, 2)`` of (u_time_s, x_s).
     The engine and what it played (``(n_samples, channels)``) stay in ``follow.last_engine``
-    and ``follow.last_output``."""
+    and ``follow.last_output``. With ``leak_db``, what the engine plays (mixed to mono)
+    comes back into the microphone ``leak_delay_s`` seconds later at that level (a laptop's
+    speakers): a closed loop, as live; U must then be at X's sample rate."""
     rows: list[tuple[float, float]] = []
     engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
     block = blocksize or int(round(bundle.params.fine_period_s * sr))
-    played = [engine.process(u[i:i + block]) for i in range(0, len(u) - block + 1, block)]
+    if leak_db is not None:
+        assert bundle.audio.sr == sr, "the leak is added to the input as it was played"
+        delay = int(round(leak_delay_s * sr))
+        leak = np.zeros(len(u) + delay + block, dtype=np.float32)
+        gain = np.float32(10 ** (leak_db / 20))
+    played = []
+    for i in range(0, len(u) - block + 1, block):
+        mic = u[i:i + block] if leak_db is None else u[i:i + block] + gain * leak[i:i + block]
+        played.append(engine.process(mic))
+        if leak_db is not None:
+            leak[i + delay:i + delay + played[-1].shape[0]] = played[-1].mean(axis=1)
     follow.last_engine = engine
     follow.last_output = np.concatenate(played)
-    return np.array(rows)
-
-
-def follow_with_leak(bundle: Bundle, u: np.ndarray, sr: int, leak_db: float, delay_s: float,
-                     config: EngineConfig | None = None) -> np.ndarray:
-    """Like :func:`follow`, with the engine's own output (mixed to mono) coming back into
-    the microphone ``delay_s`` seconds later at ``leak_db`` (a laptop's speakers): a closed
-    loop, as live. Needs U at X's sample rate (the output is added to the input as is)."""
-    assert bundle.audio.sr == sr
-    rows: list[tuple[float, float]] = []
-    engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
-    block = int(round(bundle.params.fine_period_s * sr))
-    delay = int(round(delay_s * sr))
-    leak = np.zeros(len(u) + delay + block, dtype=np.float32)
-    gain = np.float32(10 ** (leak_db / 20))
-    for i in range(0, len(u) - block + 1, block):
-        played = engine.process(u[i:i + block] + gain * leak[i:i + block])
-        leak[i + delay:i + delay + played.shape[0]] = played.mean(axis=1)
     return np.array(rows)
 
 

@@ -10,7 +10,7 @@ from player.follower import Follower, FollowerConfig
 from shared.spectral import AnalysisParams, QuantizedTemplates
 from shared.synth import OBOE, VIOLIN, FLUTE, Note, make_case
 
-from .follow_helpers import bundle_for, causal_errors, follow, follow_with_leak, pct_within
+from .follow_helpers import bundle_for, causal_errors, follow, pct_within
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_its_own_output_in_the_microphone_does_not_pull_it(tmp_path):
     the later onsets within 250 ms and errors up to 1.9 s."""
     case = make_case(n_notes=24, seed=9, pauses={12.0: 2.0}, solo_u=FLUTE)
     bundle = bundle_for(case, tmp_path)
-    err = onset_errors(case, follow_with_leak(bundle, case.u, case.sr, leak_db=-6.0, delay_s=0.05))
+    err = onset_errors(case, follow(bundle, case.u, case.sr, leak_db=-6.0, leak_delay_s=0.05))
     after = case.onsets_u > case.map_u(12.0) + 1.0
     assert pct_within(err, 0.25) >= 90, np.round(err, 3)
     assert pct_within(err[after], 0.25) >= 90
