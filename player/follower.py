@@ -221,9 +221,9 @@ class Follower:
     def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: FollowerConfig | None = None,
                  onsets: OnsetTerms | None = None):
         self.templates = templates
-        self.onsets = onsets if onsets is not None and (config is None or config.onset_weight > 0) else None
         self.params = params
         self.config = cfg = config or FollowerConfig()
+        self.onsets = onsets if cfg.onset_weight > 0 else None
         self.n_states = templates.n_states
         self.n_detune = templates.q.shape[0]
         self.cents = np.asarray(params.detune_cents, dtype=np.float64)
