@@ -352,7 +352,9 @@ class Follower:
         rest_s = self._silent_frames * self.params.fine_period_s
         sigma_s = cfg.reentry_min_s + cfg.reentry_tempo_uncertainty * rest_s * self.tempo.tempo
         sigma = sigma_s / self.params.coarse_period_s * self.m  # sub-states
-        half = int(min(3 * sigma, self.band // 2))
+        # np.convolve(mode="same") returns the longer input's length: the kernel must not
+        # outgrow the band (a rest of 16 s or more did, and the band grew by one sub-state)
+        half = int(min(3 * sigma, (self.band - 1) // 2))
         if half < 1:
             return
         offsets = np.arange(-half, half + 1)
@@ -444,7 +446,8 @@ class Follower:
                     self._reentry_spread()
                 self._update(u, evidence_scale, onset)
             self._normalise_and_follow()
-        self._silent_frames = 0 if active else self._silent_frames + 1
+        if self.started:  # waiting for the first note crosses no music: nothing to widen for
+            self._silent_frames = 0 if active else self._silent_frames + 1
         x_centre = self._s_hat * self.params.coarse_period_s
         tempo = self.tempo.tempo
         if active and self.started and self._confidence > 0.5:

@@ -191,6 +191,25 @@ def test_intro_plays_at_once_and_the_soloist_comes_in(tmp_path):
     assert onset_errors(case, rows)[0] >= 5.0
 
 
+def test_a_concerto_s_long_opening_tutti(tmp_path):
+    """X opens with 21 s of accompaniment alone (a concerto's tutti) and the soloist waits
+    it out in U. Waiting (the default), the follower finds the entry far ahead within a
+    few notes; with ``intro`` the entry comes after 21 s of a guessed tempo, so the belief
+    is spread as wide as the band allows. (A rest of 16 s or more used to grow the band by
+    one sub-state and stop the engine with a shape error, in both modes.)"""
+    bpm = 100.0
+    case = make_case(n_notes=60, seed=14, bpm_x=bpm, u_offset_s=0.0, solo_rests=((0.0, 34.0),),
+                     tempo_u=lambda b: bpm if b < 36 else bpm * (1.0 + 0.1 * np.sin(b / 3.0)))
+    assert case.onsets_x[0] > 20.0
+    bundle = bundle_for(case, tmp_path)
+    later = case.onsets_u > case.onsets_u[0] + 3.0
+    for intro in (False, True):
+        err = onset_errors(case, follow(bundle, case.u, case.sr, EngineConfig(intro=intro)))
+        assert pct_within(err[later], 0.25) >= 95, (intro, np.round(err, 2))
+        assert pct_within(err[later], 0.10) >= 75, (intro, np.round(err, 2))
+    assert err[0] <= 0.1  # with the introduction played, the entry is caught at once
+
+
 @pytest.fixture(scope="module")
 def long_piece(tmp_path_factory):
     """60 notes (about 40 s): room for jumps of many seconds."""
