@@ -28,6 +28,7 @@ import soundfile as sf
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from player.activity import ActivityConfig  # noqa: E402
 from player.echo import LeakConfig  # noqa: E402
 from player.denoise import DenoiseConfig  # noqa: E402
 from player.engine import EngineConfig  # noqa: E402
@@ -77,7 +78,7 @@ def add_pink_noise(u: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     return np.clip(noisy, -1.0, 1.0).astype(np.float32)
 
 
-PREFIXES = ("search", "params", "sep", "play", "leak", "denoise", "engine")
+PREFIXES = ("search", "params", "sep", "play", "leak", "denoise", "activity", "engine")
 
 
 def case_bundle(case: Path, work: Path, params: dict | None = None) -> Path:
@@ -107,7 +108,7 @@ def read_take(case: Path) -> tuple[np.ndarray, int]:
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``key=value`` items: follower fields, or ``search.``, ``params.`` (analysis),
     ``sep.`` (separation), ``play.`` (playback controller), ``leak.`` (leak canceller),
-    ``denoise.`` and ``engine.`` (the engine's own, e.g. ``engine.intro=true``) fields. Returns
+    ``denoise.``, ``activity.`` (the soloist's gate) and ``engine.`` (the engine's own, e.g. ``engine.intro=true``) fields. Returns
     ``{"follower": {...}, "search": {...}, ...}``."""
     out: dict[str, dict] = {name: {} for name in ("follower", *PREFIXES)}
     for item in items:
@@ -128,6 +129,7 @@ def engine_config(over: dict[str, dict], search: bool = True) -> EngineConfig:
                         playback=dataclasses.replace(PlaybackConfig(), **over["play"]),
                         leak=dataclasses.replace(LeakConfig(), **over["leak"]),
                         denoise=dataclasses.replace(DenoiseConfig(), **over["denoise"]),
+                        activity=dataclasses.replace(ActivityConfig(), **over["activity"]),
                         **{"search": search, **over["engine"]})
 
 

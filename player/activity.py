@@ -31,7 +31,7 @@ class ActivityConfig:
     hysteresis_db: float = 3.0
     window_s: float = 10.0
     floor_percentile: float = 10.0
-    max_floor_below_peak_db: float = 20.0
+    max_floor_below_peak_db: float = 30.0
     noise_flatness: float = 0.02
     room_rise_db_per_s: float = 0.5
     quiet_span_db: float = 3.0
