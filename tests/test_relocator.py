@@ -151,6 +151,39 @@ def test_the_home_track_takes_over_early_on_a_clear_lead_over_rarely_detected_no
     assert which == 0 and later > frames  # without it, the far place won
 
 
+def test_a_home_takeover_does_not_end_the_trial_of_a_far_place_that_keeps_gaining():
+    """Started mid-piece: the main track ran off, the home track (the player's guessed
+    place, wrong too) takes over early on its clear lead, and the far place on trial, the
+    right one, gains on both: its trial goes on against the new main track, and it wins.
+    (When a takeover ended the trial, a start mid-piece on a corpus take took 6.5 s to
+    find, 4.7 s now.)"""
+    cfg = SearchConfig()
+    home_rate = pace(1.5)
+    right = lambda n: home_rate(n) + pace(0.6)(n)  # noqa: E731
+    home, shadow = ScriptedTrack(home_rate), ScriptedTrack(right, position_states=100.0)
+    relocator = make_relocator(home, [shadow], cfg)
+
+    class MainTrack(ScriptedTrack):
+        def adopt(self, other) -> None:  # from now on it gains what the adopted track gains
+            super().adopt(other)
+            self.rate = other.rate
+
+    main = MainTrack(lambda n: 0.0)
+    relocator._pending = _Trial([shadow], 0.0, home, cfg.note_lead_cap_nats)
+    u = np.zeros(8, dtype=np.float32)
+    adopted = []
+    for frame in range(1, int(cfg.trial_max_s / FRAME_S) + 1):
+        before = main.log_evidence
+        main.process(u, True, 0.0, 0.0)
+        kept = relocator._keep(u, True, 0.0, 0.0, 1.0, 0.0, before, 0.0, frame % int(1.1 / FRAME_S) == 0)
+        if relocator._trial(kept, main, before):
+            adopted.append((frame, main.adopted))
+        if relocator._pending is None:
+            break
+    assert [track for _, track in adopted] == [home, shadow]
+    assert adopted[0][0] < adopted[1][0]
+
+
 def screen(window_gains, config=SearchConfig()) -> bool:
     """Screen one far place whose replay gains ``window_gains[w]`` nats over window ``w``
     on a player's place (main and home tracks) that gains nothing; True if it passed."""
