@@ -421,10 +421,9 @@ class Relocator:
         # when the trial ends with its capped lead past the margin
         home_gain = trial.home_gain(follower.log_evidence, self.home)
         if trial.onsets > 0 and home_gain > self.config.home_takeover_nats:
-            # the main track becomes the home track, and the candidates' trial goes on
-            # against it: a far place that was gaining keeps its lead
-            self.history.append((now_s, follower.position_states, self.home.position_states, home_gain, "home"))
-            follower.adopt(self.home)
+            # the candidates' trial goes on against the new main track: a far place that
+            # was gaining keeps its lead
+            self._take_home(now_s, follower, home_gain)
             trial.main_became_home(follower.log_evidence, self.home)
             return True
         bar = -self.config.reject_nats if trial.done < self.trial_frames else self.pace_per_frame * trial.done
@@ -441,8 +440,8 @@ class Relocator:
         return False
 
     def _take_home(self, now_s: float, follower, lead: float) -> bool:
-        """The home track replaces the main track (``lead``: by how much, nats); True."""
-        self._pending = None
+        """The home track replaces the main track (``lead``: by how much, nats); True. (A
+        trial in progress is the caller's to end or go on with.)"""
         self.history.append((now_s, follower.position_states, self.home.position_states, lead, "home"))
         follower.adopt(self.home)
         return True
