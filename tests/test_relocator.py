@@ -60,14 +60,7 @@ def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig(), home
     relocator = make_relocator(home, shadows, config)
     main = ScriptedTrack(main_rate)
     relocator._pending = _Trial(shadows, 0.0, home, config.note_lead_cap_nats)
-    note_frames = None if note_s is None else int(round(note_s / FRAME_S))
-    u = np.zeros(8, dtype=np.float32)
-    for frame in range(1, 1000):
-        before = main.log_evidence
-        main.process(u, True, 0.0, 0.0)
-        note_began = note_frames is not None and frame % note_frames == 0
-        kept = relocator._keep(u, True, 0.0, 0.0, 1.0, 0.0, before, 0.0, note_began)
-        moved = relocator._trial(kept, main, before)
+    for frame, moved in trial_frames(relocator, main, note_s):
         if moved and main.adopted is home:
             return frame, -1
         if moved:
@@ -75,6 +68,20 @@ def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig(), home
         if relocator._pending is None:
             return None, None
     raise AssertionError("the trial never ended")
+
+
+def trial_frames(relocator: Relocator, main: ScriptedTrack, note_s: float | None):
+    """Feed the main track and the relocator's trial new frames, the player starting a
+    note every ``note_s`` seconds (None: one held note); yield ``(frame, moved)`` per frame
+    (``moved``: the main track adopted another track's belief)."""
+    note_frames = None if note_s is None else int(round(note_s / FRAME_S))
+    u = np.zeros(8, dtype=np.float32)
+    for frame in range(1, 1000):
+        before = main.log_evidence
+        main.process(u, True, 0.0, 0.0)
+        note_began = note_frames is not None and frame % note_frames == 0
+        kept = relocator._keep(u, True, 0.0, 0.0, 1.0, 0.0, before, 0.0, note_began)
+        yield frame, relocator._trial(kept, main, before)
 
 
 def pace(fraction, config=SearchConfig()):
@@ -170,13 +177,9 @@ def test_a_home_takeover_does_not_end_the_trial_of_a_far_place_that_keeps_gainin
 
     main = MainTrack(lambda n: 0.0)
     relocator._pending = _Trial([shadow], 0.0, home, cfg.note_lead_cap_nats)
-    u = np.zeros(8, dtype=np.float32)
     adopted = []
-    for frame in range(1, int(cfg.trial_max_s / FRAME_S) + 1):
-        before = main.log_evidence
-        main.process(u, True, 0.0, 0.0)
-        kept = relocator._keep(u, True, 0.0, 0.0, 1.0, 0.0, before, 0.0, frame % int(1.1 / FRAME_S) == 0)
-        if relocator._trial(kept, main, before):
+    for frame, moved in trial_frames(relocator, main, note_s=1.1):
+        if moved:
             adopted.append((frame, main.adopted))
         if relocator._pending is None:
             break
