@@ -108,8 +108,8 @@ def read_take(case: Path) -> tuple[np.ndarray, int]:
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``key=value`` items: follower fields, or ``search.``, ``params.`` (analysis),
     ``sep.`` (separation), ``play.`` (playback controller), ``leak.`` (leak canceller),
-    ``denoise.``, ``activity.`` (the soloist's gate) and ``engine.`` (the engine's own, e.g. ``engine.intro=true``) fields. Returns
-    ``{"follower": {...}, "search": {...}, ...}``."""
+    ``denoise.``, ``activity.`` (the soloist's gate) and ``engine.`` (the engine's own,
+    e.g. ``engine.intro=true``) fields. Returns ``{"follower": {...}, "search": {...}, ...}``."""
     out: dict[str, dict] = {name: {} for name in ("follower", *PREFIXES)}
     for item in items:
         key, value = item.split("=", 1)
