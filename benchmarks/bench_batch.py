@@ -9,7 +9,7 @@ spawning the workers). A short warm-up build first makes both runs start with th
 warm file and numba caches. The parallel bundles are checked against the serial ones
 with ``prep diff`` (builds are deterministic).
 
-    .venv/bin/python benchmarks/bench_batch.py [--files 4] [--seconds 60] [--jobs 2] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_batch [--files 4] [--seconds 60] [--jobs 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_prep import emit  # noqa: E402
-from shared.synth import ORGAN, VIOLIN, TimeMap, accompaniment, melody, render_notes  # noqa: E402
+from benchmarks.bench_prep import emit
+from shared.synth import ORGAN, VIOLIN, TimeMap, accompaniment, melody, render_notes
 
 
 def synthesise(path: Path, seconds: float, seed: int, sr: int = 44100) -> None:

@@ -7,7 +7,7 @@ follows the same 60-second solo take with both (starting mid-piece in the long o
 the per-frame cost is compared on identical input. Reported as ratios and per-frame
 milliseconds, never as assertions.
 
-    .venv/bin/python benchmarks/bench_player.py [--long-minutes 40] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_player [--long-minutes 40] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import shared  # noqa: E402,F401  (before numpy: one BLAS thread, as in the player itself)
+import shared,F401  (before numpy: one BLAS thread, as in the player itself)
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
+import numpy as np
+import soundfile as sf
 
-from benchmarks.bench_prep import synthesise  # noqa: E402
-from player.engine import Engine, EngineConfig  # noqa: E402
-from shared.bundle import load_bundle  # noqa: E402
-from shared.synth import VIOLIN, TimeMap, melody, render_notes  # noqa: E402
+from benchmarks.bench_prep import synthesise
+from player.engine import Engine, EngineConfig
+from shared.bundle import load_bundle
+from shared.synth import VIOLIN, TimeMap, melody, render_notes
 
 
 def solo_take(seconds: float, sr: int = 44100) -> np.ndarray:

@@ -4,7 +4,7 @@ By default it synthesises a 10-minute stereo 44.1 kHz 16-bit recording (a solo l
 chords, deterministic), or uses ``--input FILE``. It runs the installed ``prep`` console
 script as a child process, so the figures include start-up, exactly as a user sees them.
 
-    .venv/bin/python benchmarks/bench_prep.py [--minutes 10] [--input FILE] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_prep [--minutes 10] [--input FILE] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.synth import ORGAN, VIOLIN, TimeMap, accompaniment, melody, render_notes  # noqa: E402
+from shared.synth import ORGAN, VIOLIN, TimeMap, accompaniment, melody, render_notes
 
 
 def synthesise(path: Path, minutes: float, sr: int = 44100) -> None:

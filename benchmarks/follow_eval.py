@@ -6,7 +6,7 @@ A case folder holds X.flac, U.flac and gt.csv (u_time_s,x_time_s at solo onsets)
 same way as the official scorer: the causal estimate at an onset is the x of the last path
 row with u_time_s <= onset.
 
-    .venv/bin/python benchmarks/follow_eval.py CASES_DIR [CASES_DIR ...] [--set kappa=6 ...]
+    .venv/bin/python -m benchmarks.follow_eval CASES_DIR [CASES_DIR ...] [--set kappa=6 ...]
 
 ``--noise-snr DB`` adds pink noise DB below each take's RMS (a noisy room; the same noise
 for the same take and DB on every run). ``--retune CENTS`` plays each take CENTS higher
@@ -18,30 +18,22 @@ take's tuning against X), so that the take ends up CENTS away from X.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from player.activity import ActivityConfig  # noqa: E402
-from player.echo import LeakConfig  # noqa: E402
-from player.denoise import DenoiseConfig  # noqa: E402
-from player.engine import EngineConfig  # noqa: E402
-from player.playback import PlaybackConfig  # noqa: E402
-from player.separation import SeparationConfig  # noqa: E402
-from player.filemode import run_file  # noqa: E402
-from player.follower import FollowerConfig  # noqa: E402
-from player.search import SearchConfig  # noqa: E402
-from prep.pipeline import BuildOptions, build_bundle  # noqa: E402
-from shared.spectral import AnalysisParams  # noqa: E402
-from shared.audio import to_mono  # noqa: E402
-from shared.bundle import load_bundle  # noqa: E402
-from shared.errors import BundleError  # noqa: E402
+from player.config import EngineConfig
+from player.filemode import run_file
+from prep.pipeline import BuildOptions, build_bundle
+from shared.alignment import causal_positions
+from shared.audio import to_mono
+from shared.bundle import load_bundle
+from shared.config import replace_fields
+from shared.errors import BundleError
+from shared.spectral import AnalysisParams
 
 
 def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -50,10 +42,9 @@ def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score(path_csv: Path, gt_csv: Path) -> dict:
-    pu, px = read_map(path_csv)
+    path = np.loadtxt(path_csv, delimiter=",", skiprows=1, ndmin=2)
     gu, gx = read_map(gt_csv)
-    idx = np.searchsorted(pu, gu + 1e-9, side="right") - 1
-    est = np.where(idx >= 0, px[np.clip(idx, 0, None)], 0.0)
+    est = causal_positions(path, gu)
     err = np.abs(est - gx) * 1000
     out = {f"<={t}": float(100 * np.mean(err <= t)) for t in (50, 100, 250, 500, 1000)}
     out["median_ms"] = float(np.median(err))
@@ -61,8 +52,7 @@ def score(path_csv: Path, gt_csv: Path) -> dict:
     dense = gt_csv.with_name("gt_dense.csv")
     if dense.exists():
         du, dx = read_map(dense)
-        idx = np.searchsorted(pu, du + 1e-9, side="right") - 1
-        dest = np.where(idx >= 0, px[np.clip(idx, 0, None)], 0.0)
+        dest = causal_positions(path, du)
         out["lost_s"] = float(np.sum(np.abs(dest - dx) > 1.0) * np.median(np.diff(du)))
     return out
 
@@ -76,9 +66,6 @@ def add_pink_noise(u: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     pink *= np.sqrt(np.mean(u.astype(np.float64) ** 2)) * 10 ** (-snr_db / 20) / np.sqrt(np.mean(pink ** 2))
     noisy = u + (pink[:, None] if u.ndim == 2 else pink)
     return np.clip(noisy, -1.0, 1.0).astype(np.float32)
-
-
-PREFIXES = ("search", "params", "sep", "play", "leak", "denoise", "activity", "engine")
 
 
 def case_bundle(case: Path, work: Path, params: dict | None = None) -> Path:
@@ -105,39 +92,28 @@ def read_take(case: Path) -> tuple[np.ndarray, int]:
     return to_mono(u), sr
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """``key=value`` items: follower fields, or ``search.``, ``params.`` (analysis),
-    ``sep.`` (separation), ``play.`` (playback controller), ``leak.`` (leak canceller),
-    ``denoise.``, ``activity.`` (the soloist's gate) and ``engine.`` (the engine's own,
-    e.g. ``engine.intro=true``) fields. Returns ``{"follower": {...}, "search": {...}, ...}``."""
-    out: dict[str, dict] = {name: {} for name in ("follower", *PREFIXES)}
-    for item in items:
-        key, value = item.split("=", 1)
-        group, _, field = key.rpartition(".")
-        if group and group not in PREFIXES:
-            raise SystemExit(f"unknown override group {group!r} (one of {PREFIXES})")
-        value = json.loads(value)
-        out[group or "follower"][field] = tuple(value) if isinstance(value, list) else value
-    return out
+def engine_config(overrides: list[str], search: bool = True) -> EngineConfig:
+    """The engine's settings with ``--set`` overrides (see
+    :meth:`player.config.EngineConfig.from_overrides`; ``params.*`` items are the bundle's
+    analysis parameters, see :func:`analysis_overrides`, and are left out here)."""
+    return EngineConfig.from_overrides([o for o in overrides if not o.startswith("params.")],
+                                       base=EngineConfig(global_search=search))
 
 
-def engine_config(over: dict[str, dict], search: bool = True) -> EngineConfig:
-    """The engine's configuration with the overrides of :func:`parse_overrides` applied."""
-    return EngineConfig(follower=dataclasses.replace(FollowerConfig(), **over["follower"]),
-                        search_config=dataclasses.replace(SearchConfig(), **over["search"]),
-                        separation=dataclasses.replace(SeparationConfig(), **over["sep"]),
-                        playback=dataclasses.replace(PlaybackConfig(), **over["play"]),
-                        leak=dataclasses.replace(LeakConfig(), **over["leak"]),
-                        denoise=dataclasses.replace(DenoiseConfig(), **over["denoise"]),
-                        activity=dataclasses.replace(ActivityConfig(), **over["activity"]),
-                        **{"search": search, **over["engine"]})
+def analysis_overrides(overrides: list[str]) -> dict:
+    """The ``params.FIELD=VALUE`` items of ``--set`` as a dict (validated against
+    :class:`shared.spectral.AnalysisParams`)."""
+    values = dict(o.removeprefix("params.").split("=", 1) for o in overrides if o.startswith("params."))
+    fields = replace_fields(AnalysisParams(), values)
+    return {k: getattr(fields, k) for k in values}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sets", nargs="+", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="STAGE.FIELD=VALUE (follower.kappa=4, relocator.margin_nats=30, ...) or params.FIELD=VALUE")
     ap.add_argument("--no-search", action="store_true")
     ap.add_argument("--output", action="store_true", help="also render out.wav")
     ap.add_argument("--noise-snr", type=float, default=None,
@@ -150,9 +126,8 @@ def main() -> None:
     if args.specs is not None:
         own_cents = {c["name"]: float(c.get("perturb", {}).get("detune_cents", 0.0))
                      for c in json.loads(args.specs.read_text())}
-    over = parse_overrides(args.overrides)
-    po = over["params"]
-    config = engine_config(over, search=not args.no_search)
+    po = analysis_overrides(args.overrides)
+    config = engine_config(args.overrides, search=not args.no_search)
     rows = []
     for case in sorted(c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()) if (c / "gt.csv").exists()):
         bundle = case_bundle(case, args.work, po)

@@ -12,32 +12,32 @@ With ``--pause S`` the player stops for S seconds at the cut (the take's own roo
 from before its first note) and then restarts at the other point; times then count from
 the restart.
 
-    .venv/bin/python benchmarks/jump_eval.py CASES_DIR [--work /tmp/follow_eval] [--pairs 0.3,0.65 ...] [--pause 2]
+    .venv/bin/python -m benchmarks.jump_eval CASES_DIR [--work /tmp/follow_eval] [--pairs 0.3,0.65 ...] [--pause 2]
         [--back 1.5 2.5 4]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import (add_pink_noise, case_bundle, engine_config, parse_overrides,  # noqa: E402
-                                    read_map, read_take)
-from player.engine import Engine, EngineConfig  # noqa: E402
-from shared.bundle import load_bundle  # noqa: E402
+from benchmarks.follow_eval import add_pink_noise, case_bundle, engine_config, read_map, read_take
+from player.config import EngineConfig
+from player.engine import Engine
+from player.trace import TraceRecorder
+from shared.bundle import load_bundle
 
 
 def run(bundle, u: np.ndarray, sr: int, config: EngineConfig) -> np.ndarray:
-    rows = []
-    engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
+    """The path ``(n_frames, 2)`` of the engine over the take ``u``, block by block."""
+    recorder = TraceRecorder()
+    engine = Engine(bundle, sr, config, on_frame=recorder.frame)
     block = int(round(bundle.params.fine_period_s * sr))
     for i in range(0, len(u) - block + 1, block):
         engine.process(u[i:i + block])
-    return np.array(rows)
+    return recorder.result().path
 
 
 def relock_time(rows: np.ndarray, u_from: float, truth, u_end: float) -> float:
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--back", nargs="*", type=float, default=[],
                     help="also restart this many seconds of the take back from each pair's first point")
     args = ap.parse_args()
-    config = engine_config(parse_overrides(args.overrides))
+    config = engine_config(args.overrides)
     pairs = [tuple(float(v) for v in p.split(",")) for p in args.pairs]
     results = []
     for case in sorted(c for c in args.cases.iterdir() if (c / "gt_dense.csv").exists()):

@@ -8,19 +8,17 @@ seconds per U second). Where this ideal gets few onsets within 100 ms (strong ru
 long notes), no causal follower can do much better; a follower far below it on a case
 has room to improve there.
 
-    .venv/bin/python benchmarks/onset_headroom.py ../shared/corpus [--memory 2 4]
+    .venv/bin/python -m benchmarks.onset_headroom ../shared/corpus [--memory 2 4]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import read_map  # noqa: E402
+from benchmarks.follow_eval import read_map
 
 TOLERANCES_MS = (50, 100, 250)
 

@@ -2,23 +2,21 @@
 that a tuning gain holds beyond four cases (slow practice, fast, rubato, pauses, detune,
 other timbre, noise, rests).
 
-    .venv/bin/python benchmarks/synth_eval.py [--set kappa=4 ...] [--no-search]
+    .venv/bin/python -m benchmarks.synth_eval [--set kappa=4 ...] [--no-search]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import engine_config, parse_overrides, print_mean, print_row  # noqa: E402
-from shared.spectral import AnalysisParams  # noqa: E402
-from shared.synth import FLUTE, OBOE, PIANO, VIOLIN, make_case  # noqa: E402
-from tests.follow_helpers import bundle_for, causal_errors, follow, pct_within  # noqa: E402
+from benchmarks.follow_eval import analysis_overrides, engine_config, print_mean, print_row
+from shared.spectral import AnalysisParams
+from shared.synth import FLUTE, OBOE, PIANO, VIOLIN, make_case
+from tests.follow_helpers import bundle_for, causal_errors, follow, pct_within
 
 CASES = {
     "rubato": dict(n_notes=40, seed=21),
@@ -39,9 +37,8 @@ def main() -> None:
     ap.add_argument("--no-search", action="store_true")
     ap.add_argument("--cases", nargs="*")
     args = ap.parse_args()
-    over = parse_overrides(args.overrides)
-    po = over["params"]
-    config = engine_config(over, search=not args.no_search)
+    po = analysis_overrides(args.overrides)
+    config = engine_config(args.overrides, search=not args.no_search)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kwargs in CASES.items():

@@ -2,7 +2,7 @@
 ground truth, and every verification the global search made. For finding out *why* a case
 loses time (a drift in a held note, a false jump, a slow re-lock), not for scoring.
 
-    .venv/bin/python benchmarks/trace_case.py CASE_DIR [--work /tmp/follow_eval]
+    .venv/bin/python -m benchmarks.trace_case CASE_DIR [--work /tmp/follow_eval]
         [--from 25 --to 30] [--every 5] [--mass] [--set kappa=4 ...]
 
 Per printed frame (every ``--every`` frames between ``--from`` and ``--to`` seconds of U):
@@ -17,33 +17,31 @@ home-track takeovers, with the true position at that moment.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.follow_eval import case_bundle, engine_config, parse_overrides, read_map, read_take  # noqa: E402
-from player.engine import Engine  # noqa: E402
-from shared.bundle import load_bundle  # noqa: E402
+from benchmarks.follow_eval import case_bundle, engine_config, read_map, read_take
+from player.engine import Engine
+from shared.bundle import load_bundle
 
 
 def band_mass(follower, coarse_period_s: float, least: float = 1e-12) -> str:
     """The posterior's mass per whole second of X inside the band, ``second:mass``."""
-    seconds = (follower.lo + np.arange(follower.alpha.size)) / follower.m * coarse_period_s
+    seconds = (follower.lo + np.arange(follower.posterior.size)) / follower.m * coarse_period_s
     bins = np.floor(seconds).astype(int)
-    mass = np.bincount(bins - bins[0], weights=follower.alpha)
+    mass = np.bincount(bins - bins[0], weights=follower.posterior)
     return " ".join(f"{bins[0] + k}:{v:.1e}" for k, v in enumerate(mass) if v > least)
 
 
 def relocator_state(relocator, coarse_period_s: float) -> str:
     if relocator is None:
         return ""
-    if relocator._job is not None:
+    if relocator.screening:
         return "screening"
-    if relocator._pending is not None:
-        trial = relocator._pending
+    if relocator.on_trial:
+        trial = relocator.trial
         where = ",".join(f"{s.position_states * coarse_period_s:.2f}" for s in trial.shadows)
         return (f"trial home={relocator.home.position_states * coarse_period_s:.2f} candidates={where}"
                 f" onsets={trial.onsets}")
@@ -85,7 +83,7 @@ def main() -> None:
             line += "  mass " + band_mass(engine.follower, cp)
         print(line.rstrip())
 
-    engine = Engine(bundle, sr, engine_config(parse_overrides(args.overrides)), on_frame=on_frame)
+    engine = Engine(bundle, sr, engine_config(args.overrides), on_frame=on_frame)
     events: deque = deque()
     if engine.relocator is not None:
         engine.relocator.history = events  # keep them all, not only the last 64
@@ -94,7 +92,7 @@ def main() -> None:
         engine.process(u[i:i + block])
     print("verifications (U s, filter's X s, candidate's X s, gain nats, outcome, true X s):")
     for now_s, main_state, cand_state, gain, what in events:
-        if what == "screen" and gain <= -engine.config.search_config.screen_tolerance_nats:
+        if what == "screen" and gain <= -engine.config.relocator.screen_tolerance_nats:
             continue  # failed screenings are many and say little
         print(f"  {what:6s} u={now_s:7.2f} filter={main_state * cp:7.2f} candidate={cand_state * cp:7.2f} "
               f"gain={gain:+7.1f} truth={float(np.interp(now_s, du, dx)):7.2f}")

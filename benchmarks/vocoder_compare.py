@@ -17,7 +17,7 @@ follows the rate) is shown as the floor to beat. ``cost`` is CPU per output seco
 ours, rendered block by block (20 ms) as the live worker does; for the offline methods,
 the whole call (librosa) or the whole process (Rubber Band CLI).
 
-    .venv/bin/python benchmarks/vocoder_compare.py [--notes 16] [--sr 44100]
+    .venv/bin/python -m benchmarks.vocoder_compare [--notes 16] [--sr 44100]
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from player.vocoder import StreamingVocoder  # noqa: E402
-from shared.audio import ArrayAudio  # noqa: E402
-from shared.synth import ORGAN, PIANO, VIOLIN, TimeMap, accompaniment, melody, render_notes  # noqa: E402
+from player.vocoder import StreamingVocoder
+from shared.audio import ArrayAudio
+from shared.synth import ORGAN, PIANO, VIOLIN, TimeMap, accompaniment, melody, render_notes
 
 RATES = (0.5, 0.8, 1.25, 2.0)
 BPM = 100.0

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from player.stages import Frame
+from shared.config import check_fields, field_error
 from shared.spectral import AnalysisParams
 
 
@@ -38,6 +40,13 @@ class ActivityConfig:
     absolute_floor_db: float = -100.0
     hold_s: float = 0.06
 
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("window_s", "noise_flatness"),
+                     non_negative=("threshold_db", "hysteresis_db", "max_floor_below_peak_db", "room_rise_db_per_s",
+                                   "quiet_span_db", "hold_s"))
+        if not 0.0 <= self.floor_percentile <= 100.0:
+            raise field_error(self, "floor_percentile", self.floor_percentile, "within [0, 100]")
+
 
 class ActivityDetector:
     """Frame-by-frame soloist activity from magnitude frames ``(n_bins,)``."""
@@ -54,6 +63,7 @@ class ActivityDetector:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the room and the soloist (the state at construction)."""
         self.floor_db = self.config.absolute_floor_db
         self.room_db: float | None = None  # the room's noise level (dBFS), once heard
         self.level_db = -np.inf
@@ -86,7 +96,14 @@ class ActivityDetector:
         limit = float(recent.max()) - cfg.max_floor_below_peak_db
         self.floor_db = min(quiet, limit if self.room_db is None else max(limit, self.room_db))
 
+    def process_frame(self, frame: Frame) -> None:
+        """Gate ``frame.mag``: sets ``frame.active``, ``level_db``, ``floor_db`` and
+        ``room_noise``."""
+        frame.active = self.update(frame.mag)
+        frame.level_db, frame.floor_db, frame.room_noise = self.level_db, self.floor_db, self.room_noise
+
     def update(self, mag: np.ndarray) -> bool:
+        """Take one magnitude frame ``(n_bins,)``; True while the soloist is playing."""
         band = mag[self.params.obs_bins]
         power = float(np.dot(band, band))
         level = 10.0 * np.log10(power / self._ref + 1e-20)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
-from player.engine import Engine, EngineConfig
+from player.config import EngineConfig
+from player.engine import Engine
 from player.filemode import default_blocksize, run_file
-from player.separation import SeparationConfig
-from player.report import read_truth, write_report
-from shared.bundle import check_output_path, load_bundle
+from player.report import write_report
+from shared.alignment import read_path
+from shared.bundle import load_bundle
+from shared.fileio import check_output_path
 from shared.plotting import check_plot_path, require_matplotlib
 from shared.cli_support import fail, make_app, one_line_errors
+from shared.errors import ConfigError
 
 app = make_app("Play a prepared recording along with you, following your tempo, solo removed.")
 
@@ -44,12 +48,9 @@ def run(
     """Follow the soloist and play the recording along."""
     if blocksize is not None and not 16 <= blocksize <= 1 << 16:
         raise fail("--blocksize must be within 16..65536 samples")
-    if not 0.0 <= alpha <= 2.0:  # also rejects NaN
-        raise fail(f"--alpha must be within [0, 2], got {alpha:g}")
-    with load_bundle(bundle) as b:
-        if not 0.0 <= start < b.duration_s:
-            raise fail(f"--start {start:g} s is outside the recording (0..{b.duration_s:.1f} s)")
-        config = EngineConfig(start_s=start, intro=intro, search=not no_search, separation=SeparationConfig(alpha=alpha))
+    with naming_options(), load_bundle(bundle) as b:
+        config = EngineConfig.from_overrides({"start_s": start, "intro": intro, "global_search": not no_search,
+                                              "separation.alpha": alpha})
         if input is None:
             if output is not None or alignment is not None or report is not None:
                 raise fail("--output, --alignment and --report need --input FILE (live audio goes to the speakers)")
@@ -66,6 +67,20 @@ def run(
               f"{result.counters['nan_blocks']} NaN blocks)", file=sys.stderr)
 
 
+#: The option of ``player run`` that sets each engine setting (named in its errors).
+OPTION_OF_SETTING = {"start_s": "--start", "alpha": "--alpha"}
+
+
+@contextmanager
+def naming_options() -> Iterator[None]:
+    """Prefix a setting's error with the option that set it (``--alpha: ...``)."""
+    try:
+        yield
+    except ConfigError as exc:
+        option = OPTION_OF_SETTING.get(exc.field or "")
+        raise fail(f"{option}: {exc}" if option else str(exc)) from None
+
+
 def _check_report_options(report: Optional[Path], truth: Optional[Path], force: bool):
     """Validate --report/--truth before the run (not after minutes of work); the truth array."""
     if report is None:
@@ -75,7 +90,7 @@ def _check_report_options(report: Optional[Path], truth: Optional[Path], force: 
     require_matplotlib()
     check_plot_path(report, "--report")
     check_output_path(report, force)
-    return read_truth(truth) if truth is not None else None
+    return read_path(truth, "truth") if truth is not None else None
 
 
 def _device(value: Optional[str]):

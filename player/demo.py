@@ -4,9 +4,9 @@ The example is synthesised deterministically (nothing is downloaded or shipped):
 24-note duet, violin-like solo over organ-like chords, as the "recording" X (stereo,
 44.1 kHz), and a separate solo take U by another instrument (flute-like), 30 cents sharp,
 with its own tempo curve (0.8x to 1.15x of the recording's), a pause and room noise.
-The demo prepares X's bundle (what ``prep build`` does), follows U in file mode (what
-``player run --input`` does) and writes what the speakers would play, the path and a
-report picture beside the inputs.
+The demo prepares X's bundle by running the ``prep`` tool (the player never loads the
+analysis code), follows U in file mode (what ``player run --input`` does) and writes what
+the speakers would play, the path and a report picture beside the inputs.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import subprocess
+import sys
+
 import numpy as np
 import soundfile as sf
 
 from player.filemode import run_file
-from player.report import causal_error_s, write_report
-from prep.pipeline import build_bundle
+from player.report import write_report
+from shared.alignment import causal_errors
 from shared.bundle import load_bundle
-from shared.errors import OutputError
+from shared.errors import KaraokeError, OutputError, first_line
 from shared.synth import FLUTE, VIOLIN, make_case
 
 DEMO_FILES = ("X.wav", "U.wav", "truth.csv", "X.h5", "out.wav", "path.csv", "report.png")
@@ -71,12 +74,21 @@ def run_demo(folder: str | Path, *, force: bool = False, say: Callable[[str], No
     truth = np.column_stack([case.onsets_u, case.onsets_x])
     np.savetxt(folder / "truth.csv", truth, delimiter=",", header="u_time_s,x_time_s", comments="", fmt="%.6f")
     say("preparing the recording (prep build)")
-    build_bundle(folder / "X.wav", folder / "X.h5", force=True)
+    run_prep(["build", str(folder / "X.wav"), "-o", str(folder / "X.h5"), "--force", "--quiet"])
     say("following the take (player run --input)")
     with load_bundle(folder / "X.h5") as bundle:
         result = run_file(bundle, folder / "U.wav", output_path=folder / "out.wav",
                           alignment_path=folder / "path.csv", force=True, record=True)
     write_report(result.trace, folder / "report.png", truth=truth, force=True,
                  title=f"demo: flute take, {DETUNE_CENTS:+.0f} cents, own tempo, following a violin recording")
-    err = np.abs(causal_error_s(result.trace, truth))
+    err = np.abs(causal_errors(result.trace.path, truth))
     return DemoResult(folder, float(100 * np.mean(err <= 0.1)), float(1000 * np.median(err)), result.rtf)
+
+
+def run_prep(args: list[str]) -> None:
+    """Run the ``prep`` tool (this Python's ``-m prep``) with ``args``; its one-line error
+    becomes ours."""
+    done = subprocess.run([sys.executable, "-m", "prep", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise KaraokeError(f"prep {args[0]} failed: {first_line(lines[-1] if lines else done.returncode)}")

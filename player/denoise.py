@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from player.stages import Frame
+from shared.config import check_fields, field_error
 from shared.spectral import spectral_subtract
 
 
@@ -54,6 +56,13 @@ class DenoiseConfig:
     kappa_ratio: float = 2.0 / 3.0
     min_playing_s: float = 0.5
 
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("memory_s", "kappa_ratio"), non_negative=("level_release_db_per_s",
+                                                                               "min_playing_s"),
+                     unit=("keep",))
+        if self.snr_off_db < self.snr_full_db:
+            raise field_error(self, "snr_off_db", self.snr_off_db, f">= snr_full_db ({self.snr_full_db:g})")
+
 
 class NoiseProfile:
     """Running magnitude spectrum of the room ``(n_bins,)``, the playing level, and the
@@ -71,12 +80,20 @@ class NoiseProfile:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the room (the state at construction)."""
         self.noise[:] = 0.0
         self.frames = 0
         self.noise_db: float | None = None  # the room's level (dBFS), averaged like its spectrum
         self.playing_db: float | None = None  # level of the loudest recent playing (dBFS)
         self.playing_frames = 0
         self.weight = 0.0  # share of the noise subtracted now, in [0, 1]
+
+    def process_frame(self, frame: Frame) -> None:
+        """Learn from ``frame`` (its ``mag``, ``level_db``, ``active``, ``room_noise``) and
+        set ``frame.clean`` and ``frame.evidence_scale``."""
+        self.observe(frame.mag, frame.level_db, frame.active, frame.room_noise)
+        frame.clean = self.clean(frame.mag)
+        frame.evidence_scale = self.evidence_scale
 
     def observe(self, mag: np.ndarray, level_db: float, active: bool, is_noise: bool) -> None:
         """Learn from one frame: room noise (``is_noise``) or playing (``active``)."""

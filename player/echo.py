@@ -14,7 +14,13 @@ input so the solo's own harmonics are never wiped out. The lag ``l*`` (frames) i
 the log-energy envelopes of input and output correlate best over the last ``window_s``;
 the gain is a low percentile of the input/output magnitude ratio at that lag (frames
 where the soloist is quiet show the leak alone; the solo only adds). Without a leak (no
-correlation above ``min_correlation``, e.g. with headphones) nothing is subtracted.
+lag whose similarity stands out by ``min_prominence``, e.g. with headphones) nothing is
+subtracted.
+
+In the engine, :meth:`LeakCanceller.push_played` takes each block the engine returned
+(X's rate and channels) and analyses it like the input, one spectrum per analysis hop,
+into a short queue; :meth:`LeakCanceller.process_frame` takes the next one of them for
+each input frame.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.spectral import AnalysisParams, spectral_subtract
+from player.hops import HopStream
+from player.stages import Frame
+from shared.audio import to_mono
+from shared.config import check_fields, field_error
+from shared.spectral import AnalysisParams, OnlineSpectrum, spectral_subtract
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,12 @@ class LeakConfig:
     over: float = 1.5
     floor: float = 0.05
 
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("max_lag_s", "window_s", "every_s", "over"), non_negative=("min_prominence",),
+                     unit=("floor",))
+        if not 0.0 <= self.gain_percentile <= 100.0:
+            raise field_error(self, "gain_percentile", self.gain_percentile, "within [0, 100]")
+
 
 class LeakCanceller:
     """Subtracts the expected leak of the player's own output from input spectra.
@@ -57,11 +73,20 @@ class LeakCanceller:
     Args:
         params: analysis parameters (spectra are ``(n_bins,)`` on the analysis axis).
         config: tuning.
+        played_sr: sample rate (Hz) of the blocks given to :meth:`push_played` (X's).
     """
 
-    def __init__(self, params: AnalysisParams, config: LeakConfig | None = None) -> None:
+    #: Spectra of played hops queued for the input frames (more means the input stalled:
+    #: the oldest are dropped).
+    QUEUE_FRAMES = 8
+
+    def __init__(self, params: AnalysisParams, config: LeakConfig | None = None, played_sr: int | None = None) -> None:
         self.config = cfg = config or LeakConfig()
         self.params = params
+        self._played = HopStream(played_sr or params.sr, params.sr, params.fine_hop)
+        self._played_spectrum = OnlineSpectrum(params)
+        self._queue = np.zeros((self.QUEUE_FRAMES, params.n_bins), dtype=np.float32)
+        self._silence = np.zeros(params.n_bins, dtype=np.float32)
         period = params.fine_period_s
         self.n_lags = max(2, int(round(cfg.max_lag_s / period)) + 2)
         self.n_hist = max(self.n_lags + 8, int(round(cfg.window_s / period)))
@@ -78,10 +103,47 @@ class LeakCanceller:
         self._cleaned = np.empty(params.n_bins, dtype=np.float32)  # cancel()'s result
         self._kept = np.empty(params.n_bins, dtype=np.float32)  # scratch of the subtraction
         self._band = params.obs_bins
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was played and the loop's estimate (the state at construction)."""
+        self._played.reset()
+        self._played_spectrum.reset()
+        self._queued = self._taken = 0
+        self._out[:] = 0.0
+        self._out_c[:] = 0.0
+        self._out_norm[:] = 0.0
+        self._similarity[:] = 0.0
+        self._ratio[:] = np.nan
         self.frames = 0
         self.lag = -1  # frames; -1: no leak detected
         self.gain = 0.0
         self.prominence = 0.0
+
+    def push_played(self, block: np.ndarray) -> None:
+        """Queue the spectra of a block the engine played (``(n, channels)`` at
+        ``played_sr``), one per completed analysis hop."""
+        if not self.config.enabled:
+            return
+        queue = self._queue
+        for hop_samples in self._played.push(to_mono(block)):
+            if self._queued - self._taken >= queue.shape[0]:  # the input stalled: drop the oldest
+                self._taken += 1
+            queue[self._queued % queue.shape[0]] = self._played_spectrum.push(hop_samples)
+            self._queued += 1
+
+    def process_frame(self, frame: Frame) -> None:
+        """Remove the expected leak from ``frame.mag``, after taking the next queued
+        played spectrum (silence if none) as this hop's output."""
+        if not self.config.enabled:
+            return
+        if self._taken < self._queued:
+            played = self._queue[self._taken % self._queue.shape[0]]
+            self._taken += 1
+        else:
+            played = self._silence
+        self.push_output(played)
+        frame.mag = self.cancel(frame.mag)
 
     def push_output(self, out_mag: np.ndarray) -> None:
         """The magnitude spectrum ``(n_bins,)`` of what the player emitted during this hop."""

@@ -15,10 +15,13 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
-from player.engine import Engine, EngineConfig
+from player.config import EngineConfig
+from player.engine import Engine
+from player.trace import RunTrace, TraceRecorder
 from shared.audio import SILENCE_PEAK, check_readable_file
-from shared.bundle import Bundle, atomic_output, check_output_path
-from shared.errors import AudioError
+from shared.bundle import Bundle
+from shared.fileio import atomic_output, check_output_path
+from shared.errors import AudioError, first_line
 
 
 @dataclass
@@ -59,46 +62,6 @@ class RunResult:
         }
 
 
-#: Edges (Hz) of the bands the report's mask picture averages the gain over.
-MASK_BAND_EDGES_HZ = np.geomspace(60.0, 8000.0, 49)
-
-
-@dataclass
-class RunTrace:
-    """What a run did over time, for reports (recorded only when asked for).
-
-    Attributes:
-        frames: ``(n_frames, 6)`` rows of u_time_s, x_s, tempo, confidence, detune_cents, active.
-        block_u_s: ``(n_blocks,)`` U time (s) at the end of each block.
-        mask: ``(n_blocks, n_bands)`` float16 gain at the centre of each band of
-            ``MASK_BAND_EDGES_HZ`` (interpolated: low bands hold less than one bin).
-    """
-
-    frames: np.ndarray
-    block_u_s: np.ndarray
-    mask: np.ndarray
-
-
-class _TraceRecorder:
-    def __init__(self) -> None:
-        self.frames: list[tuple] = []
-        self.blocks: list[float] = []
-        self.masks: list[np.ndarray] = []
-        self._centres = np.sqrt(MASK_BAND_EDGES_HZ[:-1] * MASK_BAND_EDGES_HZ[1:])
-
-    def frame(self, u_time: float, st) -> None:
-        self.frames.append((u_time, st.x_s, st.tempo, st.confidence, st.detune_cents, float(st.active)))
-
-    def block(self, engine: Engine) -> None:
-        remover = engine.remover
-        self.blocks.append(engine.u_time_s)
-        self.masks.append(np.interp(self._centres, remover.freqs_hz, remover.gain).astype(np.float16))
-
-    def result(self) -> RunTrace:
-        return RunTrace(np.array(self.frames, dtype=np.float64).reshape(-1, 6), np.array(self.blocks),
-                        np.array(self.masks, dtype=np.float16).reshape(len(self.blocks), -1))
-
-
 def default_blocksize(sr: int, params) -> int:
     """Samples of U per engine block at rate ``sr``: one fine hop (about 20 ms)."""
     return max(16, int(round(params.fine_period_s * sr)))
@@ -115,7 +78,7 @@ def inspect_input(path: Path, min_samples: int) -> sf._SoundFileInfo:
             if finite.size:
                 peak = max(peak, float(np.abs(finite).max()))
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise AudioError(f"cannot decode input {path.name}: not a supported or intact audio file ({str(exc).splitlines()[0][:120]})") from None
+        raise AudioError(f"cannot decode input {path.name}: not a supported or intact audio file ({first_line(exc)})") from None
     if info.frames == 0:
         raise AudioError(f"input {path.name} contains no audio (0 samples)")
     if info.frames < min_samples:
@@ -139,8 +102,9 @@ def run_file(
 ) -> RunResult:
     """Run the engine over a file of U; write ``output_path`` (X's rate and channels) and
     ``alignment_path`` (``u_time_s,x_time_s``, one row per analysis frame) atomically.
-    A timing report goes beside the alignment as ``<alignment>.timing.json``. With
-    ``record``, the result carries a :class:`RunTrace` (for ``--report``).
+    A timing report goes beside the alignment as ``<alignment>.timing.json``. The result
+    carries the run's :class:`player.trace.RunTrace`; with ``record`` it holds the
+    solo-removal gain of every block too (for ``--report``).
     """
     input_path = Path(input_path)
     for path in (output_path, alignment_path):
@@ -150,15 +114,8 @@ def run_file(
     block = blocksize or default_blocksize(info.samplerate, bundle.params)
     if info.frames < block:
         raise AudioError(f"input {input_path.name} is shorter than one block ({info.frames} < {block} samples)")
-    rows: list[tuple[float, float]] = []
-    recorder = _TraceRecorder() if record else None
-
-    def on_frame(u_time: float, st) -> None:
-        rows.append((u_time, st.x_s))
-        if recorder is not None:
-            recorder.frame(u_time, st)
-
-    engine = Engine(bundle, info.samplerate, config, on_frame=on_frame)
+    recorder = TraceRecorder(masks=record)
+    engine = Engine(bundle, info.samplerate, config, on_frame=recorder.frame)
     io_s = 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     with ExitStack() as stack:
@@ -176,8 +133,7 @@ def run_file(
             out = engine.process(u_block)
             if on_block is not None:
                 on_block(engine)
-            if recorder is not None:
-                recorder.block(engine)
+            recorder.block(engine)
             if out_file is not None:
                 t = time.perf_counter()
                 if written == 0:
@@ -195,12 +151,12 @@ def run_file(
                            frames=engine.stats.frames, stage_s={**engine.stats.seconds, "io": io_s},
                            counters={"blocks": engine.stats.blocks, "nan_blocks": engine.stats.nan_blocks,
                                      "jumps": engine.stats.jumps},
-                           trace=recorder.result() if recorder is not None else None)
+                           trace=recorder.result())
         if alignment_path is not None:
             with atomic_output(alignment_path, force) as tmp:
                 with open(tmp, "w") as fh:
                     fh.write("u_time_s,x_time_s\n")
-                    fh.writelines(f"{u:.6f},{x:.6f}\n" for u, x in rows)
+                    fh.writelines(f"{u:.6f},{x:.6f}\n" for u, x in result.trace.path)
             timing = Path(str(alignment_path) + ".timing.json")
             timing.write_text(json.dumps(result.to_json(), indent=2))
     return result

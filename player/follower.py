@@ -46,6 +46,7 @@ import math
 import numpy as np
 from numba import njit
 
+from player.stages import Frame
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
 
@@ -116,9 +117,33 @@ class FollowerConfig:
     onset_tolerance_s: float = 0.02
 
 
+@dataclass(frozen=True)
+class Belief:
+    """A track's belief, as one track hands it to another (:meth:`Follower.adopt`).
+
+    Attributes:
+        lo: first sub-state of the band.
+        posterior: float64 ``(band,)`` the forward variable over the band's sub-states.
+        log_w: float64 ``(n_detune,)`` log weights of the detune variants.
+        position_states: the position (fractional state index).
+        mode: sub-state index of the posterior's mode.
+        confidence: posterior mass near the mode.
+        tempo: X seconds per U second.
+    """
+
+    lo: int
+    posterior: np.ndarray
+    log_w: np.ndarray
+    position_states: float
+    mode: int
+    confidence: float
+    tempo: float
+
+
 @dataclass
 class FollowerState:
-    """What the follower believes after a frame.
+    """What the follower believes after a frame (one object per follower, updated in place
+    by every frame: copy the fields you want to keep).
 
     Attributes:
         x_s: estimated current position in X (seconds), latency-compensated.
@@ -235,7 +260,7 @@ class Follower:
         # the fine frame's window ends now: its centre (matched to a state's centre) is half
         # a window ago, so the present position is ahead of the matched one by this much U time
         self.centre_delay_s = params.n_fft / 2 / params.sr
-        self.tempo = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight,
+        self.tempo_tracker = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight,
                                   cfg.min_tempo, cfg.max_tempo, params.fine_period_s)
         self._evidence = np.zeros(self.n_detune)
         self._cache_lo = 0
@@ -264,7 +289,7 @@ class Follower:
         self._centre_on(j0, spread=self.m / 2)
         if not keep_detune:
             self.log_w = np.full(self.n_detune, -np.log(self.n_detune))
-        self.tempo.reset(tempo)
+        self.tempo_tracker.reset(tempo)
         self.started = not wait
         self._silent_frames = 0
         self.frames = 0
@@ -277,18 +302,24 @@ class Follower:
         new ``tempo`` (X seconds per U second)."""
         j = int(round(state * self.m))
         self._centre_on(j, spread=spread_states * self.m)
-        self.tempo.reset(self.tempo.tempo if tempo is None else tempo)
+        self.tempo_tracker.reset(self.tempo_tracker.tempo if tempo is None else tempo)
         self._prev_root = None
         self._silent_frames = 0
         self._s_hat = state
         self.started = True
 
-    def adopt(self, other: "Follower") -> None:
-        """Take over another track's belief (band, posterior, tempo, detune)."""
-        self.lo, self.alpha = other.lo, other.alpha.copy()
-        self.log_w = other.log_w.copy()
-        self._s_hat, self._mode, self._confidence = other._s_hat, other._mode, other._confidence
-        self.tempo.reset(other.tempo.tempo)
+    def belief(self) -> Belief:
+        """A copy of what this track believes (to hand to another track, see :meth:`adopt`)."""
+        return Belief(self.lo, self.posterior.copy(), self.log_w.copy(), self._s_hat, self._mode,
+                      self._confidence, self.tempo_tracker.tempo)
+
+    def adopt(self, other: Follower) -> None:
+        """Take over another track's belief (band, posterior, tempo, detune); its
+        observation history (the last frame, the current rest) stays this track's."""
+        b = other.belief()
+        self.lo, self.posterior, self.log_w = b.lo, b.posterior, b.log_w
+        self._s_hat, self._mode, self._confidence = b.position_states, b.mode, b.confidence
+        self.tempo_tracker.reset(b.tempo)
         self.started = True
 
     def _band_start(self, mode: int) -> int:
@@ -301,8 +332,8 @@ class Follower:
         idx = np.arange(self.lo, self.lo + self.band)
         z = (idx - j0) / max(spread, 1e-3)
         # truncated at 3 sigma: a Gaussian's tail would seed far places far above the floor
-        alpha = np.where(np.abs(z) <= 3.0, np.exp(-0.5 * z * z), 0.0)
-        self.alpha = self._floored(alpha, j0 - self.lo)
+        posterior = np.where(np.abs(z) <= 3.0, np.exp(-0.5 * z * z), 0.0)
+        self.posterior = self._floored(posterior, j0 - self.lo)
         self._mode = j0
 
     def _band_templates(self, s0: int, s1: int) -> tuple[np.ndarray, int]:
@@ -318,13 +349,13 @@ class Follower:
     # ------------------------------------------------------------------ per frame
     def _predict(self, active: bool) -> None:
         cfg = self.config
-        mean = self.tempo.tempo * self.sub_per_frame
+        mean = self.tempo_tracker.tempo * self.sub_per_frame
         # through a rest the tempo is only a guess: widen the steps so the belief spreads
         # behind and ahead of the extrapolation, ready for wherever the soloist comes back in
         std = cfg.step_std if active else cfg.silent_step_std
         kernel = np.exp(-0.5 * ((self._steps - mean) / std) ** 2)
         kernel /= kernel.sum()
-        self.alpha = np.convolve(self.alpha, kernel)[: self.band]
+        self.posterior = np.convolve(self.posterior, kernel)[: self.band]
 
     def _change(self, u: np.ndarray) -> float | None:
         """Hellinger distance between this frame's observation and the previous one's (None
@@ -350,7 +381,7 @@ class Follower:
         come back if it had run ahead) by the tempo uncertainty times the rest's length."""
         cfg = self.config
         rest_s = self._silent_frames * self.params.fine_period_s
-        sigma_s = cfg.reentry_min_s + cfg.reentry_tempo_uncertainty * rest_s * self.tempo.tempo
+        sigma_s = cfg.reentry_min_s + cfg.reentry_tempo_uncertainty * rest_s * self.tempo_tracker.tempo
         sigma = sigma_s / self.params.coarse_period_s * self.m  # sub-states
         # np.convolve(mode="same") returns the longer input's length: the kernel must not
         # outgrow the band (a rest of 16 s or more did, and the band grew by one sub-state)
@@ -359,7 +390,7 @@ class Follower:
             return
         offsets = np.arange(-half, half + 1)
         kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-        self.alpha = np.convolve(self.alpha, kernel / kernel.sum(), mode="same")
+        self.posterior = np.convolve(self.posterior, kernel / kernel.sum(), mode="same")
 
     def _apply_onset(self, onset: float) -> None:
         """Weigh the band by the onset term of a frame of onset strength ``onset`` (not
@@ -371,7 +402,7 @@ class Follower:
         term += scratch
         term -= term.max()
         np.exp(term, out=term)
-        self.alpha *= term
+        self.posterior *= term
 
     def _update(self, u: np.ndarray, evidence_scale: float, onset: float) -> None:
         cfg = self.config
@@ -381,7 +412,7 @@ class Follower:
         s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
         cache, offset = self._band_templates(s0, s1)
         evidence = self._evidence
-        self.log_evidence += _band_update(cache, offset, s1 - s0, u, kappa, self.log_w, self.alpha,
+        self.log_evidence += _band_update(cache, offset, s1 - s0, u, kappa, self.log_w, self.posterior,
                                           self.lo - s0 * self.m, self.m, evidence)
         if self.onsets is not None:
             self._apply_onset(onset)
@@ -389,15 +420,15 @@ class Follower:
         forget = np.exp(-self.params.fine_period_s / cfg.detune_memory_s)
         self.log_w = forget * self.log_w + cfg.detune_rate * (evidence - evidence.max())
 
-    def _floored(self, alpha: np.ndarray, mode: int) -> np.ndarray:
-        """``alpha`` (in place) plus the floor within reach of band index ``mode``, normalised."""
-        alpha[max(0, mode - self._reach): mode + self._reach + 1] += self.config.floor
-        alpha /= alpha.sum()
-        return alpha
+    def _floored(self, posterior: np.ndarray, mode: int) -> np.ndarray:
+        """``posterior`` (in place) plus the floor within reach of band index ``mode``, normalised."""
+        posterior[max(0, mode - self._reach): mode + self._reach + 1] += self.config.floor
+        posterior /= posterior.sum()
+        return posterior
 
     def _normalise_and_follow(self) -> None:
         cfg = self.config
-        a = self.alpha
+        a = self.posterior
         mode = int(np.argmax(a))
         new_lo = self._band_start(self.lo + mode)
         if new_lo != self.lo:
@@ -412,7 +443,7 @@ class Follower:
             self.lo = new_lo
             mode -= shift
         a = self._floored(a, mode)
-        self.alpha = a
+        self.posterior = a
         h = cfg.mean_halfwidth
         i0, i1 = max(0, mode - h), min(self.band, mode + h + 1)
         local = a[i0:i1]
@@ -421,21 +452,17 @@ class Follower:
         self._confidence = mass
         self._mode = self.lo + mode
 
-    def process(self, u: np.ndarray, active: bool, frame_end_s: float, now_s: float | None = None,
-                evidence_scale: float = 1.0, onset: float = 0.0) -> FollowerState:
-        """Advance by one fine frame.
+    def process_frame(self, frame: Frame) -> None:
+        """Advance by one fine frame; the belief is then in :attr:`state`.
 
-        Args:
-            u: float32 ``(n_obs_bins,)`` normalised observation of U (sums to 1).
-            active: whether the soloist is playing in this frame.
-            frame_end_s: time in U of this frame's last sample (seconds).
-            now_s: time in U at which the estimate is reported (seconds; >= frame_end_s when
-                the input path buffers, e.g. a resampler); the position is extrapolated to it.
-            evidence_scale: multiplies the likelihood's temper ``kappa`` for this frame
-                (below 1 when the input was denoised: sharper features, stronger evidence).
-            onset: U's onset strength in this frame, in [0, 1].
+        Reads from ``frame``: ``obs`` (float32 ``(n_obs_bins,)``, sums to 1), ``active``,
+        ``end_s`` (U time of the frame's last sample), ``now_s`` (U time at which the
+        estimate is reported, >= ``end_s`` when the input path buffers: the position is
+        extrapolated to it), ``evidence_scale`` (multiplies ``kappa``: below 1 when the
+        input was denoised, sharper features) and ``onset`` (U's onset strength, [0, 1]).
         """
-        now_s = frame_end_s if now_s is None else now_s
+        u, active, frame_end_s = frame.obs, bool(frame.active), frame.end_s
+        now_s, evidence_scale, onset = frame.now_s, frame.evidence_scale, frame.onset
         self.frames += 1
         if active:
             self.started = True
@@ -449,9 +476,9 @@ class Follower:
         if self.started:  # waiting for the first note crosses no music: nothing to widen for
             self._silent_frames = 0 if active else self._silent_frames + 1
         x_centre = self._s_hat * self.params.coarse_period_s
-        tempo = self.tempo.tempo
+        tempo = self.tempo_tracker.tempo
         if active and self.started and self._confidence > 0.5:
-            tempo = self.tempo.add(frame_end_s - self.centre_delay_s, x_centre)
+            tempo = self.tempo_tracker.add(frame_end_s - self.centre_delay_s, x_centre)
         w = np.exp(self.log_w - self.log_w.max())
         st = self.state
         ahead = now_s - frame_end_s + self.centre_delay_s + self.config.lead_s  # U seconds since the frame's centre
@@ -462,7 +489,6 @@ class Follower:
         st.detune_cents = float((w @ self.cents) / w.sum())
         st.active = bool(active)
         st.state = int(self._mode // self.m)
-        return st
 
     def warm_up(self) -> None:
         """Load the compiled filter kernel now (about half a second the first time in a
@@ -479,20 +505,20 @@ class Follower:
 
 
 @njit(cache=True, fastmath=True)
-def _band_update(cache, offset, n, u, kappa, log_w, alpha, first, m, evidence):  # pragma: no cover (numba)
+def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidence):  # pragma: no cover (numba)
     """The filter's observation update over the band, in place; returns the frame's log
     evidence ``log p(u_t | u_<t)`` (nats).
 
     States ``offset .. offset + n`` of ``cache`` (log templates ``(D, *, B)`` float32) are the
-    band's; ``u`` ``(B,)`` the observation; ``alpha`` ``(band,)`` the predicted posterior
+    band's; ``u`` ``(B,)`` the observation; ``posterior`` ``(band,)`` the predicted posterior
     over sub-states, sub-state ``i`` lying at ``first + i`` sub-states (``m`` per state) from
     the first state. Per state and detune ``d``: ``kappa * sum_b T[d, s, b] u[b]``; the
     states' likelihood mixes the variants with weights ``exp(log_w)``, and is interpolated
     linearly between states for the sub-states. ``evidence`` ``(D,)`` receives each
-    variant's log evidence under ``alpha`` (for the detune posterior).
+    variant's log evidence under ``posterior`` (for the detune posterior).
     """
     n_detune = cache.shape[0]
-    band = alpha.size
+    band = posterior.size
     scaled = np.empty((n_detune, n))
     peak = -np.inf
     for d in range(n_detune):
@@ -506,7 +532,7 @@ def _band_update(cache, offset, n, u, kappa, log_w, alpha, first, m, evidence): 
             peak = max(peak, v)
     mass = np.zeros(n)  # the predicted posterior's mass per state
     for i in range(band):
-        mass[(first + i) // m] += alpha[i]
+        mass[(first + i) // m] += posterior[i]
     w_top = log_w.max()
     w = np.exp(log_w - w_top)
     w_sum = w.sum()
@@ -535,6 +561,6 @@ def _band_update(cache, offset, n, u, kappa, log_w, alpha, first, m, evidence): 
         top = max(top, v)
     total = 0.0
     for i in range(band):
-        alpha[i] *= math.exp(ll[i] - top)
-        total += alpha[i]
+        posterior[i] *= math.exp(ll[i] - top)
+        total += posterior[i]
     return math.log(total + 1e-300) + top + peak

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from player.engine import Engine
-from shared.errors import DeviceError
+from shared.errors import DeviceError, first_line
 
 PORTAUDIO_HINT = ("the PortAudio library is not installed; install it with "
                   "'sudo apt-get install libportaudio2' (Debian/Ubuntu) or 'brew install portaudio' (macOS)")
@@ -268,7 +268,7 @@ def run_live(engine: Engine, *, blocksize: int, input_device: str | int | None =
                            channels=(1, engine.output_channels), device=(input_device, output_device),
                            latency=latency, callback=session.callback)
     except ValueError as exc:  # unknown or ambiguous device name
-        raise DeviceError(str(exc).splitlines()[0]) from None
+        raise DeviceError(first_line(exc, 200)) from None
     except sd.PortAudioError as exc:
         raise DeviceError(f"cannot open the audio device: {exc}") from None
     engine.process(np.zeros((blocksize, 1), np.float32))  # warm up kernels before the stream starts

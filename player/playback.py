@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.config import check_fields, field_error
+
 
 @dataclass(frozen=True)
 class PlaybackConfig:
@@ -38,12 +40,22 @@ class PlaybackConfig:
     min_rate: float = 0.5
     max_rate: float = 2.0
 
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("catch_up_s", "rate_smoothing_s", "jump_s", "min_rate"),
+                     non_negative=("max_correction", "deadband_s"))
+        if self.max_rate < self.min_rate:
+            raise field_error(self, "max_rate", self.max_rate, f">= min_rate ({self.min_rate:g})")
+
 
 class PlaybackController:
     """Turns (target position, tempo) into a playback rate, block by block."""
 
     def __init__(self, config: PlaybackConfig | None = None) -> None:
         self.config = config or PlaybackConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to rate 1 (the state at construction)."""
         self.rate = 1.0
 
     def step(self, heard_s: float, target_s: float, tempo: float, block_s: float) -> tuple[float, float | None]:

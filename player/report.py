@@ -12,31 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from player.filemode import MASK_BAND_EDGES_HZ, RunTrace
-from shared.errors import AudioError
+from player.trace import MASK_BAND_EDGES_HZ, RunTrace
+from shared.alignment import causal_errors
 from shared.plotting import new_figure, save_png
 
 FIGSIZE_IN = (10.0, 8.0)
-
-
-def read_truth(path: str | Path) -> np.ndarray:
-    """A ``u_time_s,x_time_s`` CSV (header line) as ``(n, 2)``; one clear error if malformed."""
-    path = Path(path)
-    try:
-        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise AudioError(f"cannot read the truth file {path.name}: {str(exc).splitlines()[0][:120]}") from None
-    if data.shape[0] < 2 or data.shape[1] != 2 or not np.isfinite(data).all() or np.any(np.diff(data[:, 0]) < 0):
-        raise AudioError(f"truth file {path.name} must hold rows u_time_s,x_time_s sorted by u_time_s")
-    return data
-
-
-def causal_error_s(trace: RunTrace, truth: np.ndarray) -> np.ndarray:
-    """Error (s) of the believed position at each truth row's U time (last frame before it)."""
-    frames = trace.frames
-    idx = np.searchsorted(frames[:, 0], truth[:, 0], side="right") - 1
-    believed = np.where(idx >= 0, frames[np.clip(idx, 0, None), 1], 0.0)
-    return believed - truth[:, 1]
 
 
 def draw_run(trace: RunTrace, truth: np.ndarray | None = None, title: str = ""):
@@ -53,7 +33,7 @@ def draw_run(trace: RunTrace, truth: np.ndarray | None = None, title: str = ""):
     ax.set_title(title or "alignment path")
     ax = axes[1]
     if truth is not None:
-        err_ms = 1000 * causal_error_s(trace, truth)
+        err_ms = 1000 * causal_errors(trace.path, truth)
         ax.axhspan(-100, 100, color="tab:green", alpha=0.12, lw=0)
         ax.plot(truth[:, 0], err_ms, ".", ms=4, color="tab:red")
         lim = max(150.0, float(np.percentile(np.abs(err_ms), 95)) * 1.2)

@@ -15,23 +15,7 @@ accompaniment estimate keeps ``H'(i) = max(H(tutti, i) - alpha * H(solo, i), 0)`
 (a rest, a breath) nothing is factorised: the last ratio computed from data fades out over
 ``hold_s`` (the decay of the notes last heard, in X's hall), then X plays unmasked.
 
-Choices measured on ../shared/corpus (gain-normalised cell solo suppression, dB, mean of
-4 cases). Offline, with the true alignment and frame-exact rows: alpha 2 with the plain
-ratio -13.8, with the ratio squared (a power-domain gain, like a Wiener filter on the NMF's
-magnitude estimates) -18.7, plus a causal mean over 3 blocks -19.9; 16, 64 or 128 bases
-instead of 32 did worse. In the player (``benchmarks/follow_eval.py --output`` and the
-scorer): X's row taken where U's analysed frame lies rather than at the extrapolated
-position, -11.9 -> -14.1; removal held for 1 s after the soloist was last heard, and a
-lower "sounding" threshold than the follower's gate, -14.6 (the solo's decay in X's hall),
-but the accompaniment kept fell to -2.1 dB on two cases. Removing only where the soloist
-has energy (U within 30 dB, +-12 bins) brought that back to -0.6 dB, which a stronger gain
-(power 4) then traded for suppression: -15.3 dB, accompaniment kept -1.9 dB or better;
-fading the last data-based ratio through rests instead of factorising U's room noise
-(which masked whole bands: holes in the accompaniment) -15.5 dB, worst case -13.8,
-accompaniment kept -1.6 dB or better. On a synthetic flute take against a violin recording
-the support costs 2 dB of removal (-10.3 dB): the violin's upper partials that the flute
-lacks stay. A support from U's reconstruction through X's bases recovered 0.8 dB of that but
-masked the accompaniment's low notes where bases mix both, so it was dropped.
+docs/DECISIONS.md has the measurements behind these choices.
 
 U's level is unknown (another microphone, another instrument), so U's row is scaled to the
 same total as X's row; its spectrum is first shifted by the follower's detune estimate
@@ -44,8 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from player.stages import Frame
 from shared.audio import to_mono
 from shared.bundle import NMFBases
+from shared.config import check_fields, field_error
 from shared.pgnmf import GammaPriors, PGNMFState, init_state, update
 from shared.spectral import AnalysisParams, analysis_window, detune_spectrum
 
@@ -84,10 +70,41 @@ class SeparationConfig:
     support_bins: int = 12
 
     def __post_init__(self) -> None:
+        check_fields(self, positive=("n_iter", "power", "smooth_blocks", "ramp_db"),
+                     non_negative=("min_counts_per_bin", "hold_s", "support_db", "support_bins"),
+                     integers=("n_iter", "smooth_blocks", "support_bins"))
         if not 0.0 <= self.alpha <= 2.0:
-            raise ValueError(f"alpha must be within [0, 2], got {self.alpha}")
-        if self.n_iter < 1 or self.smooth_blocks < 1 or self.power <= 0:
-            raise ValueError("n_iter, smooth_blocks must be >= 1 and power > 0")
+            raise field_error(self, "alpha", self.alpha, "within [0, 2]")
+
+
+class SoloPresence:
+    """How surely the soloist is sounding, for the separation, in [0, 1], frame by frame.
+
+    0 at the activity gate's noise floor + ``threshold_db``, rising to 1 over ``ramp_db``
+    above it; a drop decays linearly over ``hold_s`` (the solo's decay in X's hall). A
+    :class:`player.stages.FrameStage` reading ``frame.level_db`` and ``frame.floor_db``.
+
+    Attributes:
+        value: the presence now, in [0, 1].
+        sounding_now: the latest frame is above the threshold (the solo can be located in
+            U's spectrum now).
+    """
+
+    def __init__(self, config: SeparationConfig, frame_s: float) -> None:
+        self.config = config
+        self._decay = frame_s / config.hold_s if config.hold_s > 0 else 1.0
+        self.reset()
+
+    def reset(self) -> None:
+        """Not sounding."""
+        self.value = 0.0
+        self.sounding_now = False
+
+    def process_frame(self, frame: Frame) -> None:
+        cfg = self.config
+        now = (frame.level_db - frame.floor_db - cfg.threshold_db) / cfg.ramp_db
+        self.sounding_now = now > 0.0
+        self.value = float(min(1.0, max(now, self.value - self._decay, 0.0)))
 
 
 class SoloRemover:
@@ -222,7 +239,7 @@ class PositionSpectrum:
     def __init__(self, audio, params: AnalysisParams) -> None:
         self.audio = audio
         self.n_window = int(round(params.n_fft * audio.sr / params.sr))
-        self.n_bins = params.n_fft // 2 + 1
+        self.n_bins = params.n_bins
         self.window = analysis_window(self.n_window) * np.float32(params.sr / audio.sr)
         self._buf = np.zeros((self.n_window, audio.channels), dtype=np.float32)
 

@@ -69,6 +69,9 @@ from typing import Protocol
 
 import numpy as np
 
+from shared.audio import to_mono
+from shared.spectral import analysis_window
+
 MIN_RATE = 0.25
 MAX_RATE = 4.0
 _ONSET_HISTORY = 4      # blocks of hop/2 the HF energy of a new block is compared with
@@ -132,8 +135,7 @@ class StreamingVocoder:
         self.rate = 1.0
         self.resets = 0
 
-        n = np.arange(n_fft)
-        self._win = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)  # periodic Hann
+        self._win = analysis_window(n_fft, np.float64)
         self._win_c = self._win[:, None]
         self._win2 = self._win**2
         norm = np.zeros(hop)
@@ -376,7 +378,7 @@ class StreamingVocoder:
         the frame at start))`` (the mid frame at ``start - hop`` is the start of ``buf``)."""
         if start - self.hop == self._last_start:  # e.g. rate 1: that frame is the last frame
             return self._u
-        self._mid_of(buf[:self.n_fft], out=self._mid_frame)
+        to_mono(buf[:self.n_fft], out=self._mid_frame)
         self._mid_frame *= self._win
         prev = np.fft.rfft(self._mid_frame)
         prev += 1e-30
@@ -385,15 +387,6 @@ class StreamingVocoder:
         unlocked /= np.abs(unlocked)
         self._u_is_one = False
         return unlocked
-
-    def _mid_of(self, block: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Mean of the channels of ``block`` (samples, channels) into ``out`` (float64)."""
-        np.copyto(out, block[:, 0])
-        for ch in range(1, self.channels):
-            out += block[:, ch]
-        if self.channels > 1:
-            out *= 1.0 / self.channels
-        return out
 
     def _set_identity(self) -> None:
         self._u.fill(1.0)
@@ -411,7 +404,7 @@ class StreamingVocoder:
             return
         lo = self._scan_pos - (start - self.hop)
         seg = buf[lo - 1:lo + count * b]
-        mid = self._mid_of(seg, out=np.empty(seg.shape[0]))
+        mid = to_mono(seg, out=np.empty(seg.shape[0]))
         d = np.diff(mid)
         energy = (d * d).reshape(count, b).sum(axis=1)
         ratio = 10.0 ** (self.transient_threshold / 10.0) if math.isfinite(self.transient_threshold) else math.inf
@@ -443,7 +436,7 @@ class StreamingVocoder:
         that ends at the onset, by more than 6 dB (held notes are left alone)."""
         n_fft = self.n_fft
         ref = self.audio.read(math.floor(t0) - n_fft, n_fft, out=self._ref_buf)
-        self._mid_of(ref, out=self._mid_frame)
+        to_mono(ref, out=self._mid_frame)
         self._mid_frame *= self._win
         before = np.abs(np.fft.rfft(self._mid_frame))
         return mag * mag > _NEW_BIN_RATIO * before * before + 1e-20

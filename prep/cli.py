@@ -18,9 +18,9 @@ from prep.batch import BatchError, Job, JobResult, output_dir_requested, plan_jo
 from prep.compare import diff_bundles
 from prep.pipeline import STAGES, BuildOptions, build_bundle
 from prep.plots import check_plot_path, plot_bundle, require_matplotlib
-from shared.bundle import check_output_path, load_bundle
+from shared.bundle import load_bundle
+from shared.fileio import check_output_path
 from shared.cli_support import EXIT_ERROR, EXIT_INTERRUPTED, fail, make_app, one_line_errors
-from shared.pgnmf import GammaPriors
 from shared.spectral import AnalysisParams
 
 app = make_app("Prepare recordings for the follow-me karaoke player.")
@@ -92,8 +92,7 @@ def build(
     try:
         params = AnalysisParams(sr=sr, n_fft=n_fft, fine_hop=fine_hop, coarse_hop=coarse_hop, fmin_hz=fmin,
                                 fmax_hz=fmax, detune_cents=_detune_grid(detune_range, detune_steps))
-        options = BuildOptions(params=params, n_components=components, nmf_iter=nmf_iter, seed=seed,
-                               priors=GammaPriors(a=1.0, b=1.0, c=0.5, d=1.0))
+        options = BuildOptions(params=params, n_components=components, nmf_iter=nmf_iter, seed=seed)
     except ValueError as exc:
         raise fail(str(exc)) from None
     if output_dir_requested(output, len(sources)):

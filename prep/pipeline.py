@@ -17,7 +17,8 @@ import numpy as np
 
 from shared import __version__
 from shared.audio import check_readable_file, file_sha256, load_audio, resample
-from shared.bundle import BundleContent, NMFBases, SourceInfo, check_output_path, write_bundle
+from shared.bundle import BundleContent, NMFBases, SourceInfo, write_bundle
+from shared.fileio import check_output_path
 from shared.pgnmf import GammaPriors, learn
 from shared.spectral import (AnalysisParams, QuantizedTemplates, log_templates, onset_filterbank,
                              onset_strength_curve, stft_magnitude)
@@ -46,7 +47,7 @@ class BuildOptions:
     n_components: int = 32
     nmf_iter: int = 100
     nmf_max_frames: int = 1500
-    priors: GammaPriors = field(default_factory=lambda: GammaPriors(a=1.0, b=1.0, c=0.5, d=1.0))
+    priors: GammaPriors = field(default_factory=GammaPriors)
     seed: int = 0
 
     def __post_init__(self) -> None:

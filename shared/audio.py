@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from shared.errors import AudioError
+from shared.errors import AudioError, first_line
 
 #: Anything quieter than this peak (about -100 dBFS) is treated as digital silence.
 SILENCE_PEAK = 1e-5
@@ -55,8 +55,23 @@ class Audio:
         return to_mono(self.samples)
 
 
-def to_mono(samples: np.ndarray) -> np.ndarray:
-    """Mix ``(n, ch)`` (or already mono ``(n,)``) down to float32 ``(n,)`` by averaging."""
+def to_mono(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Mix ``(n, ch)`` (or already mono ``(n,)``) down to ``(n,)`` by averaging the channels.
+
+    Without ``out``: float32, a new array (or ``samples`` itself when already mono float32).
+    With ``out`` (``(n,)``, any float dtype): the mean is accumulated in ``out``'s dtype
+    without allocating (the vocoder's per-frame form) and ``out`` is returned.
+    """
+    if out is not None:
+        if samples.ndim == 1:
+            np.copyto(out, samples)
+            return out
+        np.copyto(out, samples[:, 0])
+        for ch in range(1, samples.shape[1]):
+            out += samples[:, ch]
+        if samples.shape[1] > 1:
+            out *= 1.0 / samples.shape[1]
+        return out
     if samples.ndim == 1:
         return samples.astype(np.float32, copy=False)
     channels = samples.shape[1]
@@ -128,7 +143,7 @@ def load_audio(
         info = sf.info(str(path))
         samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"cannot decode {what} {path.name}: not a supported or intact audio file ({_short(exc)})") from None
+        raise AudioError(f"cannot decode {what} {path.name}: not a supported or intact audio file ({first_line(exc, 160) or type(exc).__name__})") from None
     except MemoryError:
         raise AudioError(f"{what} {path.name} is too large to decode in memory") from None
     if sr <= 0:
@@ -158,12 +173,6 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _short(exc: BaseException) -> str:
-    """First line of an exception's message, without library noise."""
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
 
 
 class ArrayAudio:

@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 
 import typer
 
-from shared.errors import KaraokeError
+from shared.errors import KaraokeError, first_line
 
 F = TypeVar("F", bound=Callable)
 
@@ -42,7 +42,7 @@ def one_line_errors(func: F) -> F:
         except MemoryError:
             raise fail("out of memory") from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-            text = str(exc).splitlines()[0][:200] if str(exc) else ""
+            text = first_line(exc, 200)
             raise fail(f"internal error ({type(exc).__name__}: {text}); please report it", 3) from None
 
     return wrapper  # type: ignore[return-value]

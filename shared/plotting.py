@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bundle import atomic_output
+from shared.fileio import atomic_output
 from shared.errors import KaraokeError
 
 #: The one line printed when matplotlib is missing (the project's name in pyproject.toml).

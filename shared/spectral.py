@@ -160,9 +160,10 @@ class AnalysisParams:
         return cls(**known)
 
 
-def analysis_window(n_fft: int) -> np.ndarray:
-    """Periodic Hann window (float32 ``(n_fft,)``), the same one librosa.stft uses."""
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+def analysis_window(n_fft: int, dtype: type = np.float32) -> np.ndarray:
+    """Periodic Hann window ``(n_fft,)`` of ``dtype``, the same one librosa.stft uses
+    (computed in float64, then cast)."""
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(dtype)
 
 
 def stft_magnitude(y: np.ndarray, params: AnalysisParams, hop: int) -> np.ndarray:

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from player.engine import Engine, EngineConfig
+from player.config import EngineConfig
+from player.engine import Engine
+from player.trace import TraceRecorder
 from prep.pipeline import BuildOptions, build_bundle
+from shared.alignment import causal_positions
 from shared.bundle import Bundle, load_bundle
 from shared.spectral import AnalysisParams
 from shared.synth import Case
@@ -32,8 +35,8 @@ def follow(bundle: Bundle, u: np.ndarray, sr: int, config: EngineConfig | None =
     and ``follow.last_output``. With ``leak_db``, what the engine plays (mixed to mono)
     comes back into the microphone ``leak_delay_s`` seconds later at that level (a laptop's
     speakers): a closed loop, as live; U must then be at X's sample rate."""
-    rows: list[tuple[float, float]] = []
-    engine = Engine(bundle, sr, config, on_frame=lambda t, st: rows.append((t, st.x_s)))
+    recorder = TraceRecorder()
+    engine = Engine(bundle, sr, config, on_frame=recorder.frame)
     block = blocksize or int(round(bundle.params.fine_period_s * sr))
     if leak_db is not None:
         assert bundle.audio.sr == sr, "the leak is added to the input as it was played"
@@ -48,14 +51,12 @@ def follow(bundle: Bundle, u: np.ndarray, sr: int, config: EngineConfig | None =
             leak[i + delay:i + delay + played[-1].shape[0]] = played[-1].mean(axis=1)
     follow.last_engine = engine
     follow.last_output = np.concatenate(played)
-    return np.array(rows)
+    return recorder.result().path
 
 
 def causal_errors(rows: np.ndarray, u_times: np.ndarray, x_true: np.ndarray) -> np.ndarray:
-    """|error| (seconds) of the causal estimate (last row with u_time <= t) at each time."""
-    idx = np.searchsorted(rows[:, 0], u_times + 1e-9, side="right") - 1
-    est = np.where(idx >= 0, rows[np.clip(idx, 0, None), 1], 0.0)
-    return np.abs(est - x_true)
+    """|error| (seconds) of the causal estimate (shared.alignment) at each of ``u_times``."""
+    return np.abs(causal_positions(rows, u_times) - x_true)
 
 
 def pct_within(errors: np.ndarray, seconds: float) -> float:

@@ -7,6 +7,7 @@ import soxr
 
 from player.engine import EngineConfig
 from player.follower import Follower, FollowerConfig
+from player.stages import Frame
 from shared.spectral import AnalysisParams, QuantizedTemplates
 from shared.synth import OBOE, VIOLIN, FLUTE, Note, make_case
 
@@ -287,8 +288,9 @@ def _held_note_position(floor_reach_s: float) -> float:
     follower.reset(5.0)
     for i in range(int(3.0 / params.fine_period_s)):
         u = note * rng.gamma(8.0, size=n_obs)
-        state = follower.process((u / u.sum()).astype(np.float32), True, (i + 1) * params.fine_period_s)
-    return state.x_s
+        end_s = (i + 1) * params.fine_period_s
+        follower.process_frame(Frame(obs=(u / u.sum()).astype(np.float32), active=True, end_s=end_s, now_s=end_s))
+    return follower.state.x_s
 
 
 def test_a_far_place_under_the_same_held_note_does_not_take_the_filter():

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from player.search import Candidate, Relocator, SearchConfig, _Trial
+from player.relocator import Relocator, RelocatorConfig
+from player.search import Candidate
+from player.stages import Frame, Track
 
 FRAME_S = 0.02
 
@@ -18,18 +20,19 @@ FRAME_S = 0.02
 class ScriptedTrack:
     """Stands in for a follower: gains ``rate(n)`` nats of log evidence on its n-th frame."""
 
-    def __init__(self, rate, position_states: float = 0.0) -> None:
+    def __init__(self, rate, position_states: float = 0.0, started: bool = True) -> None:
         self.rate = rate
         self.n = 0
         self.log_evidence = 0.0
         self.position_states = position_states
         self.adopted = None
-        self.started = True
-        self.state = SimpleNamespace(detune_cents=0.0)
-        self.seen: list[tuple[float, float, float]] = []  # (u[0], evidence_scale, onset) per frame
+        self.started = started
+        self.last_change = None
+        self.state = SimpleNamespace(detune_cents=0.0, tempo=1.0)
+        self.seen: list[tuple[float, float, float]] = []  # (obs[0], evidence_scale, onset) per frame
 
-    def process(self, u, active, frame_end_s, now_s, evidence_scale=1.0, onset=0.0) -> None:
-        self.seen.append((float(u[0]), evidence_scale, onset))
+    def process_frame(self, frame: Frame) -> None:
+        self.seen.append((float(frame.obs[0]), frame.evidence_scale, frame.onset))
         self.n += 1
         self.log_evidence += self.rate(self.n)
 
@@ -42,13 +45,28 @@ class ScriptedTrack:
         self.n = 0
 
 
-def make_relocator(home: ScriptedTrack, shadows: list[ScriptedTrack], config: SearchConfig) -> Relocator:
-    search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8),
-                             per_state=5, reset=lambda: None)
-    return Relocator(search, [home] + shadows, config, FRAME_S)
+def make_relocator(main: ScriptedTrack, home: ScriptedTrack, shadows: list[ScriptedTrack],
+                   config: RelocatorConfig) -> Relocator:
+    """A relocator over scripted tracks, with a search that never proposes anything."""
+    search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8), per_state=5,
+                             reset=lambda: None, step=lambda *args: None, candidates=lambda position: [])
+    return Relocator(search, main, [home] + shadows, config, FRAME_S)
 
 
-def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig(), home_rate=None,
+def play(relocator: Relocator, main: ScriptedTrack, obs, *, note_began: bool = False, evidence_scale: float = 1.0,
+         onset: float = 0.0) -> bool:
+    """One frame of the player, as the engine runs it: the main track, then the relocator;
+    ``note_began``: the main track heard a note change. True if the main track was moved."""
+    frame = Frame(obs=np.asarray(obs, dtype=np.float32), active=True, evidence_scale=evidence_scale, onset=onset,
+                  evidence_before=main.log_evidence, position_before=main.position_states)
+    if main.started:
+        main.process_frame(frame)
+    main.last_change = 1.0 if note_began else 0.0
+    relocator.process_frame(frame)
+    return relocator.moved
+
+
+def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=RelocatorConfig(), home_rate=None,
               note_s: float | None = 0.25):
     """Put shadows with the given evidence rates on trial against a main track (and a home
     track, by default as good as the main one), the player starting a note every
@@ -57,15 +75,15 @@ def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=SearchConfig(), home
     ended without a winner."""
     home = ScriptedTrack(home_rate or main_rate)
     shadows = [ScriptedTrack(r, position_states=100.0 * (i + 1)) for i, r in enumerate(shadow_rates)]
-    relocator = make_relocator(home, shadows, config)
     main = ScriptedTrack(main_rate)
-    relocator._pending = _Trial(shadows, 0.0, home, config.note_lead_cap_nats)
+    relocator = make_relocator(main, home, shadows, config)
+    relocator.begin_trial(shadows)
     for frame, moved in trial_frames(relocator, main, note_s):
         if moved and main.adopted is home:
             return frame, -1
         if moved:
             return frame, shadows.index(main.adopted)
-        if relocator._pending is None:
+        if not relocator.on_trial:
             return None, None
     raise AssertionError("the trial never ended")
 
@@ -77,14 +95,15 @@ def trial_frames(relocator: Relocator, main: ScriptedTrack, note_s: float | None
     note_frames = None if note_s is None else int(round(note_s / FRAME_S))
     u = np.zeros(8, dtype=np.float32)
     for frame in range(1, 1000):
-        before = main.log_evidence
-        main.process(u, True, 0.0, 0.0)
         note_began = note_frames is not None and frame % note_frames == 0
-        kept = relocator._keep(u, True, 0.0, 0.0, 1.0, 0.0, before, 0.0, note_began)
-        yield frame, relocator._trial(kept, main, before)
+        yield frame, play(relocator, main, u, note_began=note_began)
 
 
-def pace(fraction, config=SearchConfig()):
+def test_scripted_tracks_are_tracks():
+    assert isinstance(ScriptedTrack(lambda n: 0.0), Track)
+
+
+def pace(fraction, config=RelocatorConfig()):
     """A constant gain per frame at ``fraction`` of the winning pace (margin per trial_s)."""
     per_frame = config.margin_nats / (config.trial_s / FRAME_S)
     return lambda n: fraction * per_frame
@@ -93,13 +112,13 @@ def pace(fraction, config=SearchConfig()):
 def test_a_clear_place_wins_within_the_nominal_trial():
     frames, which = run_trial([pace(0.2), pace(1.5)])
     assert which == 1
-    assert frames * FRAME_S < SearchConfig().trial_s
+    assert frames * FRAME_S < RelocatorConfig().trial_s
 
 
 def test_a_place_that_keeps_gaining_slowly_wins_after_the_nominal_trial():
     """A varied repeat explains the player only a little better per frame: the trial goes
     on past trial_s while the candidate keeps the pace, and it wins before trial_max_s."""
-    cfg = SearchConfig()
+    cfg = RelocatorConfig()
     frames, which = run_trial([pace(0.7)])
     assert which == 0
     assert cfg.trial_s < frames * FRAME_S <= cfg.trial_max_s
@@ -147,7 +166,7 @@ def test_the_home_track_takes_over_early_on_a_clear_lead_over_rarely_detected_no
     far place keeps a slow pace on it. The home track's capped lead would not pass the
     margin before that far place wins; its raw lead passes ``home_takeover_nats`` after the
     first detected note change, and it takes over then."""
-    cfg = SearchConfig()
+    cfg = RelocatorConfig()
     home = pace(1.5)
     slow_far = lambda n: home(n) + pace(1.05 * cfg.trial_pace)(n)  # noqa: E731
     frames, which = run_trial([slow_far], home_rate=home, note_s=1.1)
@@ -164,11 +183,10 @@ def test_a_home_takeover_does_not_end_the_trial_of_a_far_place_that_keeps_gainin
     right one, gains on both: its trial goes on against the new main track, and it wins.
     (When a takeover ended the trial, a start mid-piece on a corpus take took 6.5 s to
     find, 4.7 s now.)"""
-    cfg = SearchConfig()
+    cfg = RelocatorConfig()
     home_rate = pace(1.5)
     right = lambda n: home_rate(n) + pace(0.6)(n)  # noqa: E731
     home, shadow = ScriptedTrack(home_rate), ScriptedTrack(right, position_states=100.0)
-    relocator = make_relocator(home, [shadow], cfg)
 
     class MainTrack(ScriptedTrack):
         def adopt(self, other) -> None:  # from now on it gains what the adopted track gains
@@ -176,42 +194,31 @@ def test_a_home_takeover_does_not_end_the_trial_of_a_far_place_that_keeps_gainin
             self.rate = other.rate
 
     main = MainTrack(lambda n: 0.0)
-    relocator._pending = _Trial([shadow], 0.0, home, cfg.note_lead_cap_nats)
+    relocator = make_relocator(main, home, [shadow], cfg)
+    relocator.begin_trial([shadow])
     adopted = []
     for frame, moved in trial_frames(relocator, main, note_s=1.1):
         if moved:
             adopted.append((frame, main.adopted))
-        if relocator._pending is None:
+        if not relocator.on_trial:
             break
     assert [track for _, track in adopted] == [home, shadow]
     assert adopted[0][0] < adopted[1][0]
 
 
-def screen(window_gains, config=SearchConfig()) -> bool:
+def screen(window_gains, config=RelocatorConfig()) -> bool:
     """Screen one far place whose replay gains ``window_gains[w]`` nats over window ``w``
     on a player's place (main and home tracks) that gains nothing; True if it passed."""
-    relocator = make_relocator(ScriptedTrack(lambda n: 0.0), [], config)
-    window = relocator.window
-    assert len(window_gains) == relocator.n_replay // window
+    probe = make_relocator(ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 0.0), [], config)
+    window = probe.window
+    assert len(window_gains) == probe.n_replay // window
     shadow = ScriptedTrack(lambda n: window_gains[(n - 1) // window] / window)
-    relocator.shadows = [shadow]
-    main = ScriptedTrack(lambda n: 0.0)
-    main.state.tempo = 1.0
-    relocator._count = relocator.n_replay  # the kept frames: all active, the main track gained 0
-    relocator._active[:] = True
-    run_screening(relocator, main)
-    return relocator._pending is not None
-
-
-def run_screening(relocator: Relocator, main: ScriptedTrack) -> None:
-    """Screen one far place (state 500) over the kept frames, to the end."""
-    job = relocator._screen([Candidate(state=500.0, tempo=1.0)], 0.0, main)
-    for _ in range(10 * relocator.n_replay):
-        relocator._budget = 1
-        try:
-            next(job)
-        except StopIteration:
-            break
+    main = ScriptedTrack(lambda n: 0.0, started=False)
+    relocator = make_relocator(main, ScriptedTrack(lambda n: 0.0), [shadow], config)
+    for _ in range(relocator.n_replay):  # the kept frames: all active, the main track gained 0
+        play(relocator, main, np.zeros(8))
+    relocator.screen([Candidate(state=500.0, tempo=1.0)])
+    return relocator.on_trial
 
 
 def test_a_place_that_wins_every_window_passes_the_screening():
@@ -221,20 +228,20 @@ def test_a_place_that_wins_every_window_passes_the_screening():
 def test_a_near_tie_in_one_window_does_not_fail_the_screening():
     """The window right after a splice can hold frames both places explain alike: a place
     trailing there by a fraction of a nat, then clearly ahead, passes."""
-    tol = SearchConfig().screen_tolerance_nats
+    tol = RelocatorConfig().screen_tolerance_nats
     assert screen([-0.1, 12.0])
     assert screen([-0.5 * tol, 12.0])
 
 
 def test_a_place_that_clearly_loses_a_window_fails_the_screening():
-    tol = SearchConfig().screen_tolerance_nats
+    tol = RelocatorConfig().screen_tolerance_nats
     assert not screen([-2.0 * tol, 40.0])
     assert not screen([40.0, -2.0 * tol])
 
 
 def test_a_place_that_only_ties_fails_the_screening():
     """Within the tolerance in every window but not ahead over the replay: no evidence for it."""
-    tol = SearchConfig().screen_tolerance_nats
+    tol = RelocatorConfig().screen_tolerance_nats
     assert not screen([-0.5 * tol, 0.4 * tol])
     assert not screen([0.0, 0.0])
 
@@ -244,18 +251,17 @@ def test_shadows_see_each_frame_as_the_main_track_saw_it():
     onset strength: a shadow judged on other observations than the main track's is not a
     fair comparison (a place that heard no onsets would lose on the onset term alone)."""
     home, shadow = ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 10.0)
-    relocator = make_relocator(home, [shadow], SearchConfig())
+    main = ScriptedTrack(lambda n: 0.0, started=False)
+    relocator = make_relocator(main, home, [shadow], RelocatorConfig())
     frame = lambda k: (np.full(8, k, dtype=np.float32), 1.0 - k / 1000.0, (k % 7) / 7.0)  # noqa: E731
     for k in range(relocator.n_replay):
         u, scale, onset = frame(k)
-        relocator._keep(u, True, 0.0, 0.0, scale, onset, 0.0, 0.0, False)
-    main = ScriptedTrack(lambda n: 0.0)
-    main.state.tempo = 1.0
-    run_screening(relocator, main)
+        play(relocator, main, u, evidence_scale=scale, onset=onset)
+    relocator.screen([Candidate(state=500.0, tempo=1.0)])
     expected = [(float(u[0]), scale, onset) for u, scale, onset in map(frame, range(relocator.n_replay))]
     assert home.seen == expected and shadow.seen == expected
-    assert relocator._pending is not None  # the shadow went on trial
+    assert relocator.on_trial  # the shadow went on trial
+    main.started = True
     u, scale, onset = frame(relocator.n_replay)
-    kept = relocator._keep(u, True, 0.0, 0.0, scale, onset, 0.0, 0.0, True)
-    relocator._trial(kept, main, 0.0)
+    play(relocator, main, u, note_began=True, evidence_scale=scale, onset=onset)
     assert home.seen[-1] == shadow.seen[-1] == (float(u[0]), scale, onset)

@@ -1,0 +1,433 @@
+"""Verified relocation: the global search proposes far places, the relocator proves them.
+
+The relocator keeps the last ``replay_windows * confirm_s`` seconds of frames (a ring) and
+the main track's evidence over them. For each place the search proposes, a *shadow*
+follower starts where the place says the player was at the start of that window and
+replays the kept frames (a *screening*, spread over a few blocks): a shadow passes if its
+evidence ``sum log p(u_t | u_<t)`` beats the reference's over the replay and trails it in
+no window of ``confirm_s`` by more than ``screen_tolerance_nats``. The passing shadows then
+follow new frames side by side with the main track (a *trial*, a sequential test), and
+the best replaces the main track once it leads the reference by ``margin_nats`` (a log
+Bayes factor), each note of U adding at most ``note_lead_cap_nats`` to its lead.
+
+The reference is the better of the main track and a *home* shadow restarted where the
+main track was at the start of the replay, with a wide spread: the hypothesis "the player
+is still about here". A held note in a fermata is then never a reason to jump to another
+long note elsewhere (the home track holds it too). If the home track ends a trial ahead
+of the main track by the margin (the main track ran off within its band), it takes over;
+it does so at once when its uncapped lead passes ``home_takeover_nats`` after a note
+change, and the candidates' trial then goes on against the new main track.
+
+docs/DECISIONS.md has the measurements behind each of these rules.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from player.search import Candidate, GlobalSearch
+from player.stages import Frame, Track
+from shared.config import check_fields, field_error
+
+
+@dataclass(frozen=True)
+class RelocatorConfig:
+    """Settings of the verification (screening and trial) of far places.
+
+    Attributes:
+        confirm_s: length of one screening window (U seconds).
+        replay_windows: windows of past frames replayed to screen the candidates.
+        margin_nats: log Bayes factor over new frames at which a candidate track wins.
+        reject_nats: log Bayes factor over new frames at which a candidate track is dropped.
+        trial_s: the nominal length of a trial on new frames (U seconds).
+        trial_max_s: the longest a trial lasts (U seconds): past ``trial_s`` it goes on for
+            shadows that keep gaining at ``trial_pace`` of the winning pace
+            (``margin_nats`` per ``trial_s``).
+        trial_pace: see ``trial_max_s``.
+        retry_s: after a screening, the least time (U seconds) before the next one.
+        shadow_spread_s: spread (seconds of X) of every shadow where it starts (the search
+            places a candidate only to within a few tenths of a second).
+        replay_per_frame: replayed frames per analysis frame (a screening is spread over
+            several blocks so that no block costs much more than the others).
+        screen_tolerance_nats: how far a screened place may trail the reference in one
+            window (nats) if it leads over the whole replay.
+        note_lead_cap_nats: in a trial, the most one note of U (onset to onset) adds to a
+            lead, or takes from it (nats).
+        home_takeover_nats: uncapped lead of the home track over the main track (nats)
+            at which it takes over during a trial, once a note change has been heard.
+        onset_change: Hellinger distance between consecutive observations (the main
+            track's ``last_change``) from which a frame counts as a note's onset.
+    """
+
+    confirm_s: float = 0.6
+    replay_windows: int = 2
+    margin_nats: float = 25.0
+    reject_nats: float = 10.0
+    trial_s: float = 1.2
+    trial_max_s: float = 3.0
+    trial_pace: float = 0.5
+    retry_s: float = 0.5
+    shadow_spread_s: float = 1.0
+    replay_per_frame: int = 24
+    screen_tolerance_nats: float = 3.0
+    note_lead_cap_nats: float = 20.0
+    home_takeover_nats: float = 60.0
+    onset_change: float = 0.22
+
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("confirm_s", "replay_windows", "margin_nats", "trial_s", "replay_per_frame",
+                                     "note_lead_cap_nats", "home_takeover_nats"),
+                     non_negative=("reject_nats", "retry_s", "shadow_spread_s", "screen_tolerance_nats",
+                                   "onset_change"),
+                     unit=("trial_pace",),
+                     unbounded=("reject_nats", "screen_tolerance_nats", "note_lead_cap_nats", "home_takeover_nats"))
+        if self.trial_max_s < self.trial_s:
+            raise field_error(self, "trial_max_s", self.trial_max_s, f">= trial_s ({self.trial_s:g})")
+
+
+class Relocator:
+    """Verifies the search's candidates with the follower's own model before moving the
+    main track (see the module docstring). A :class:`player.stages.FrameStage`: call
+    :meth:`process_frame` after the main track has processed the frame.
+
+    Args:
+        search: the global search that proposes candidates.
+        main: the main track (the engine's follower).
+        tracks: followers to verify with: the first is the home track, the others take
+            the candidates (as many as the search proposes per sweep).
+        config: the settings.
+        frame_s: analysis frame period (seconds).
+
+    Attributes:
+        moved: whether the last frame moved the main track.
+        jumps: how many times the main track was moved since construction.
+        history: the last verifications, for diagnostics: ``(U s, main state, candidate
+            state, gain in nats, "screen" | "won" | "lost" | "home")``.
+    """
+
+    def __init__(self, search: GlobalSearch, main: Track, tracks: Sequence[Track], config: RelocatorConfig,
+                 frame_s: float) -> None:
+        self.search = search
+        self.main = main
+        self.home, *self.shadows = list(tracks)
+        self.config = config
+        self.window = max(1, int(round(config.confirm_s / frame_s)))
+        self.n_replay = self.window * max(1, config.replay_windows)
+        self.retry_frames = int(round(config.retry_s / frame_s))
+        self.trial_frames = max(1, int(round(config.trial_s / frame_s)))
+        self.trial_max_frames = max(self.trial_frames, int(round(config.trial_max_s / frame_s)))
+        self.pace_per_frame = config.trial_pace * config.margin_nats / self.trial_frames  # nats
+        self.shadow_spread_states = config.shadow_spread_s / search.params.coarse_period_s
+        self.replay_per_frame = max(1, config.replay_per_frame)
+        n_obs = search.params.n_obs_bins
+        # ring of recent frames: the replayed ones and all that can arrive during a screening
+        # (every track replays them all at worst), so a screening never reads an overwritten slot
+        screening_frames = -(-(len(self.shadows) + 1) * self.n_replay // self.replay_per_frame)
+        self._cap = self.n_replay + screening_frames + 1
+        self._u = np.zeros((self._cap, n_obs), dtype=np.float32)
+        self._active = np.zeros(self._cap, dtype=bool)
+        self._times = np.zeros((self._cap, 2))  # (end_s, now_s)
+        self._scale = np.ones(self._cap)  # the likelihood's temper scale of each frame
+        self._strength = np.zeros(self._cap)  # the onset strength of each frame
+        self._evidence = np.zeros(self._cap)  # the main track's log evidence before each frame
+        self._position = np.zeros(self._cap)  # and its position (states)
+        self._note_began = np.zeros(self._cap, dtype=bool)  # whether a note began in the frame
+        self._replay_evidence = np.zeros(self.n_replay + 1)
+        self._replayed = Frame()  # a kept frame as the tracks are fed it
+        self.history: deque[tuple[float, float, float, float, str]] = deque(maxlen=64)
+        self.jumps = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the recent frames, any screening or trial, and the search's context (the
+        player restarted)."""
+        self._count = 0
+        self._was_changing = False  # the last frame changed by onset_change or more
+        self._wait = 0
+        self._job = None  # a screening in progress (a generator, advanced once per frame)
+        self._budget = 0
+        self._pending: Trial | None = None  # the trial in progress
+        self.moved = False
+        self.search.reset()
+
+    @property
+    def on_trial(self) -> bool:
+        """Whether places are on trial now."""
+        return self._pending is not None
+
+    @property
+    def trial(self) -> Trial | None:
+        """The trial in progress (for diagnostics), or None."""
+        return self._pending
+
+    @property
+    def screening(self) -> bool:
+        """Whether a screening is in progress."""
+        return self._job is not None
+
+    # ------------------------------------------------------------------ per frame
+    def process_frame(self, frame: Frame) -> None:
+        """Keep the frame (with the main track's ``evidence_before`` and
+        ``position_before`` it), let the search score its next slice, and advance a
+        screening or a trial, or start a screening of the search's candidates. Sets
+        :attr:`moved`."""
+        main = self.main
+        changing = frame.active and (main.last_change or 0.0) >= self.config.onset_change
+        index = self._keep(frame, changing and not self._was_changing)
+        self._was_changing = changing
+        self._wait = max(0, self._wait - 1)
+        self.moved = False
+        if not main.started:
+            return
+        self.search.step(frame.obs, frame.active, main.state.detune_cents)  # (keeps its context)
+        if self._job is not None:
+            self._budget = self.replay_per_frame
+            try:
+                next(self._job)
+            except StopIteration:
+                self._job = None
+            return
+        if self._pending is not None:
+            self.moved = self._trial(index, frame.evidence_before)
+        elif self._wait == 0 and self._count >= self.n_replay:
+            candidates = self.search.candidates(main.position_states)[: len(self.shadows)]
+            if candidates:
+                self._wait = self.retry_frames
+                self._job = self._screen(candidates, frame.now_s)
+        if self.moved:
+            self.jumps += 1
+
+    # ------------------------------------------------------------------ public seams (tests, tools)
+    def screen(self, candidates: Sequence[Candidate], now_s: float = 0.0) -> None:
+        """Screen ``candidates`` over the kept frames at once (the per-frame path spreads
+        this over several frames); those that pass go on trial (:attr:`on_trial`)."""
+        job = self._screen(list(candidates), now_s)
+        while True:
+            self._budget = self.n_replay * (len(candidates) + 1)
+            try:
+                next(job)
+            except StopIteration:
+                return
+
+    def begin_trial(self, shadows: Sequence[Track]) -> None:
+        """Put ``shadows`` (tracks of :attr:`shadows`, already placed) on trial against the
+        main track from the next frame on, as a screening they passed would."""
+        self._pending = Trial(list(shadows), self.main.log_evidence, self.home, self.config.note_lead_cap_nats)
+
+    # ------------------------------------------------------------------ the frame ring
+    def _keep(self, frame: Frame, note_began: bool) -> int:
+        """Keep ``frame`` (and the main track's evidence and position before it) in the
+        ring; return its absolute index."""
+        i = self._count % self._cap
+        self._u[i] = frame.obs
+        self._active[i] = frame.active
+        self._times[i] = frame.end_s, frame.now_s
+        self._scale[i] = frame.evidence_scale
+        self._strength[i] = frame.onset
+        self._evidence[i] = frame.evidence_before
+        self._position[i] = frame.position_before
+        self._note_began[i] = note_began
+        self._count += 1
+        return self._count - 1
+
+    def _feed(self, track: Track, index: int) -> None:
+        """Run ``track`` on the kept frame of absolute index ``index``."""
+        k = index % self._cap
+        f = self._replayed
+        f.obs, f.active = self._u[k], bool(self._active[k])
+        f.end_s, f.now_s = self._times[k]
+        f.evidence_scale, f.onset = float(self._scale[k]), float(self._strength[k])
+        track.process_frame(f)
+
+    # ------------------------------------------------------------------ trials
+    def _trial(self, index: int, main_before: float) -> bool:
+        """One new frame for the shadows on trial (a sequential test): the best is adopted
+        once its lead (each note capped, see :class:`Trial`) passes ``margin_nats``; one
+        that falls ``reject_nats`` behind is dropped; after ``trial_s`` so is one that gains
+        slower than the pace; the trial ends after ``trial_max_s``. ``index``: the new
+        frame's absolute index; ``main_before``: the main track's log evidence before it.
+        True if the main track was moved."""
+        follower = self.main
+        trial = self._pending
+        trial.done += 1
+        now_s = float(self._times[index % self._cap, 1])
+        if self._note_began[index % self._cap]:
+            trial.note_onset(main_before, self.home)
+        for track in [self.home] + trial.shadows:
+            self._feed(track, index)
+        gains = trial.gains(follower.log_evidence, self.home)
+        leads = trial.leads(gains)
+        best = int(np.argmax(leads))
+        if leads[best] > self.config.margin_nats:
+            self._pending = None
+            self.history.append((now_s, follower.position_states, trial.shadows[best].position_states,
+                                 leads[best], "won"))
+            follower.adopt(trial.shadows[best])
+            return True
+        # the main track may itself have run off since the trial began (its band spans
+        # seconds): the home track takes over on a clear raw lead over a note change, or
+        # when the trial ends with its capped lead past the margin
+        home_gain = trial.home_gain(follower.log_evidence, self.home)
+        if trial.onsets > 0 and home_gain > self.config.home_takeover_nats:
+            # the candidates' trial goes on against the new main track: a far place that
+            # was gaining keeps its lead
+            self._take_home(now_s, home_gain)
+            trial.main_became_home(follower.log_evidence, self.home)
+            return True
+        bar = -self.config.reject_nats if trial.done < self.trial_frames else self.pace_per_frame * trial.done
+        keep = [i for i, g in enumerate(gains) if g > bar]
+        if not keep or trial.done >= self.trial_max_frames:
+            self._pending = None
+            self.history.append((now_s, follower.position_states, trial.shadows[best].position_states,
+                                 leads[best], "lost"))
+            home_lead = trial.home_lead(follower.log_evidence, self.home)
+            if home_lead > self.config.margin_nats:
+                return self._take_home(now_s, home_lead)
+            return False
+        trial.keep(keep)
+        return False
+
+    def _take_home(self, now_s: float, lead: float) -> bool:
+        """The home track replaces the main track (``lead``: by how much, nats); True. (A
+        trial in progress is the caller's to end or go on with.)"""
+        self.history.append((now_s, self.main.position_states, self.home.position_states, lead, "home"))
+        self.main.adopt(self.home)
+        return True
+
+    # ------------------------------------------------------------------ screenings
+    def _replay(self, shadow: Track, frames: range, reference: np.ndarray | None = None):
+        """Run ``shadow`` over the kept ``frames`` (absolute indices), ``replay_per_frame``
+        of them per resumption (a generator); returns its evidence per window
+        ``(replay_windows,)`` minus ``reference`` (if given: then it stops at the first
+        window it loses by more than the tolerance, whose gain is returned as it stands and
+        the later ones as -inf)."""
+        ev = self._replay_evidence
+        ev[0] = shadow.log_evidence
+        gains = np.full(self.n_replay // self.window, -np.inf)
+        for j, f in enumerate(frames):
+            if self._budget <= 0:
+                yield
+            self._budget -= 1
+            self._feed(shadow, f)
+            ev[j + 1] = shadow.log_evidence
+            if (j + 1) % self.window == 0:
+                w = (j + 1) // self.window - 1
+                gains[w] = ev[j + 1] - ev[j + 1 - self.window] - (0.0 if reference is None else reference[w])
+                if reference is not None and gains[w] <= -self.config.screen_tolerance_nats:
+                    break
+        return gains
+
+    def _screen(self, candidates: list[Candidate], now_s: float):
+        """Replay the recent frames from each candidate; put those that pass on trial. A
+        generator: each resumption replays at most ``_budget`` frames."""
+        follower = self.main
+        end = self._count
+        frames = range(end - self.n_replay, end)
+        slots = [f % self._cap for f in frames]
+        active = self._active[slots].reshape(-1, self.window)
+        if (active.mean(axis=1) < 0.5).any():  # a silent window proves nothing
+            return
+        main = np.append(self._evidence[slots], follower.log_evidence)
+        main_end = follower.log_evidence
+        reference = main[self.window::self.window] - main[:-1:self.window]  # per window
+        self.home.adopt(follower)
+        self.home.relocate(self._position[slots[0]], spread_states=self.shadow_spread_states,
+                           tempo=follower.state.tempo)
+        reference = np.maximum(reference, (yield from self._replay(self.home, frames)))
+        frames_per_state = self.search.per_state
+        passed = []
+        for shadow, cand in zip(self.shadows, candidates):
+            # where this candidate puts the player at the start of the replay
+            start = cand.state - self.n_replay * cand.tempo / frames_per_state
+            shadow.adopt(follower)
+            shadow.relocate(max(start, 0.0), spread_states=self.shadow_spread_states, tempo=cand.tempo)
+            gains = yield from self._replay(shadow, frames, reference)
+            self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
+            if gains.min() > -self.config.screen_tolerance_nats and gains.sum() > 0.0:
+                passed.append(shadow)
+        if not passed:
+            return
+        # the frames that came during the screening open the trial (the main track has them)
+        trial = Trial(passed, main_end, self.home, self.config.note_lead_cap_nats)
+        for f in range(end, self._count):
+            k = f % self._cap
+            if self._note_began[k]:
+                trial.note_onset(self._evidence[k], self.home)
+            for track in [self.home] + trial.shadows:
+                self._feed(track, f)
+        trial.done = min(self._count - end, self.trial_frames - 1)
+        self._pending = trial
+
+
+class Trial:
+    """The tracks on trial and the evidence (log evidence, nats) they are judged on.
+
+    A shadow's *gain* is its evidence since the trial began minus the reference's (the
+    better of the main and home tracks); a shadow that falls behind on it is dropped. It
+    wins on its *lead*: the same gain, with what each note adds to it (the frames from one
+    onset in U to the next) capped at ``cap`` nats either way. A held note alone cannot
+    tell which occurrence of its pitch the player is in: its frames repeat one
+    observation, and a far place under the same pitch with a thinner accompaniment gains
+    on every one of them (a censored likelihood-ratio test, robust to that misfit).
+    """
+
+    def __init__(self, shadows: list[Track], main: float, home: Track, cap: float) -> None:
+        self.shadows = shadows
+        self.cap = cap
+        self.start = [sh.log_evidence for sh in shadows]
+        self.main_start, self.home_start = main, home.log_evidence
+        self.done = 0  # frames of the trial
+        self.onsets = 0  # onsets heard in them
+        self._at_note = np.zeros(len(shadows))  # the gains at the note's onset
+        self._banked = np.zeros(len(shadows))  # the leads over the notes before it
+        self._home_at_note = self._home_banked = 0.0  # the same for the home track's lead
+
+    def _clip(self, x):
+        return np.clip(x, -self.cap, self.cap)
+
+    def note_onset(self, main_before: float, home: Track) -> None:
+        """An onset in the frame about to be processed (``main_before``: the main track's
+        evidence before it): the note before it is banked."""
+        gains = self.gains(main_before, home)
+        self._banked += self._clip(gains - self._at_note)
+        self._at_note = gains
+        home_gain = self.home_gain(main_before, home)
+        self._home_banked += float(self._clip(home_gain - self._home_at_note))
+        self._home_at_note = home_gain
+        self.onsets += 1
+
+    def gains(self, main: float, home: Track) -> np.ndarray:
+        """Each shadow's evidence since the trial began minus the reference's (nats)."""
+        ref = max(main - self.main_start, home.log_evidence - self.home_start)
+        return np.array([(sh.log_evidence - e0) - ref for sh, e0 in zip(self.shadows, self.start)])
+
+    def leads(self, gains: np.ndarray) -> np.ndarray:
+        """Each shadow's lead: its ``gains`` (from :meth:`gains`, this frame) with each
+        note's part capped (nats)."""
+        return self._banked + self._clip(gains - self._at_note)
+
+    def home_gain(self, main: float, home: Track) -> float:
+        """The home track's evidence since the trial began minus the main track's (nats)."""
+        return (home.log_evidence - self.home_start) - (main - self.main_start)
+
+    def main_became_home(self, main: float, home: Track) -> None:
+        """The main track (log evidence ``main`` now) took over the home track's belief: from
+        here on it gains what the home track gains, so the home track's lead starts afresh."""
+        self.main_start = main - (home.log_evidence - self.home_start)
+        self._home_at_note = self._home_banked = 0.0
+
+    def home_lead(self, main: float, home: Track) -> float:
+        """The home track's evidence since the trial began minus the main track's, each
+        note's part capped (nats)."""
+        return self._home_banked + float(self._clip(self.home_gain(main, home) - self._home_at_note))
+
+    def keep(self, indices: list[int]) -> None:
+        """Go on with the shadows at ``indices`` only."""
+        self.shadows = [self.shadows[i] for i in indices]
+        self.start = [self.start[i] for i in indices]
+        self._at_note = self._at_note[indices]
+        self._banked = self._banked[indices]

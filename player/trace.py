@@ -1,0 +1,71 @@
+"""What a run did, frame by frame and block by block: the path, the report's data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from player.follower import FollowerState
+
+#: Edges (Hz) of the bands the report's mask picture averages the gain over.
+MASK_BAND_EDGES_HZ = np.geomspace(60.0, 8000.0, 49)
+
+#: The columns of :attr:`RunTrace.frames`.
+FRAME_COLUMNS = ("u_time_s", "x_s", "tempo", "confidence", "detune_cents", "active")
+
+
+@dataclass
+class RunTrace:
+    """What a run did over time.
+
+    Attributes:
+        frames: float64 ``(n_frames, 6)`` rows of :data:`FRAME_COLUMNS`; the first two are
+            the alignment path (where in X the player was believed to be at each moment).
+        block_u_s: ``(n_blocks,)`` U time (s) at the end of each block (empty unless masks
+            were recorded).
+        mask: ``(n_blocks, n_bands)`` float16 gain at the centre of each band of
+            ``MASK_BAND_EDGES_HZ`` (interpolated: low bands hold less than one bin).
+    """
+
+    frames: np.ndarray
+    block_u_s: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def path(self) -> np.ndarray:
+        """The alignment path ``(n_frames, 2)``: u_time_s, x_s."""
+        return self.frames[:, :2]
+
+
+class TraceRecorder:
+    """Collects a :class:`RunTrace` from the engine's callbacks: pass :meth:`frame` as the
+    engine's ``on_frame`` and call :meth:`block` after each block (only needed for masks).
+
+    Args:
+        masks: also record the solo-removal gain of every block (for the report).
+    """
+
+    def __init__(self, masks: bool = False) -> None:
+        self.masks_wanted = masks
+        self.frames: list[tuple[float, ...]] = []
+        self.blocks: list[float] = []
+        self.masks: list[np.ndarray] = []
+        self._centres = np.sqrt(MASK_BAND_EDGES_HZ[:-1] * MASK_BAND_EDGES_HZ[1:])
+
+    def frame(self, u_time: float, st: FollowerState) -> None:
+        self.frames.append((u_time, st.x_s, st.tempo, st.confidence, st.detune_cents, float(st.active)))
+
+    def block(self, engine) -> None:
+        """After each engine block: its end time and gain by band (with ``masks``)."""
+        if not self.masks_wanted:
+            return
+        remover = engine.remover
+        self.blocks.append(engine.u_time_s)
+        self.masks.append(np.interp(self._centres, remover.freqs_hz, remover.gain).astype(np.float16))
+
+    def result(self) -> RunTrace:
+        n_bands = self._centres.size
+        masks = np.array(self.masks, dtype=np.float16).reshape(len(self.blocks), n_bands)
+        return RunTrace(np.array(self.frames, dtype=np.float64).reshape(-1, len(FRAME_COLUMNS)),
+                        np.array(self.blocks), masks)

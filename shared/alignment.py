@@ -1,0 +1,45 @@
+"""Alignment paths (``u_time_s,x_time_s`` CSV) and their causal error against a truth.
+
+A path has one row per analysis frame: where in X the player was believed to be at that
+moment of U. Read causally, as the scorer beside the repository reads it, the estimate at
+a time ``t`` of U is the ``x_time_s`` of the last row with ``u_time_s <= t`` (1e-9 s of
+slack for the rows' rounding to microseconds); before the first row it is 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shared.errors import AudioError, first_line
+
+#: Slack (seconds) when matching a time to the rows at or before it: rows are written to
+#: microseconds.
+ROW_SLACK_S = 1e-9
+
+
+def read_path(path: str | Path, what: str = "path") -> np.ndarray:
+    """A ``u_time_s,x_time_s`` CSV (one header line) as float64 ``(n, 2)``, sorted by
+    ``u_time_s``; one clear ``AudioError`` if it is not one (``what`` names it)."""
+    path = Path(path)
+    try:
+        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise AudioError(f"cannot read the {what} file {path.name}: {first_line(exc)}") from None
+    if data.shape[0] < 2 or data.shape[1] != 2 or not np.isfinite(data).all() or np.any(np.diff(data[:, 0]) < 0):
+        raise AudioError(f"{what} file {path.name} must hold rows u_time_s,x_time_s sorted by u_time_s")
+    return data
+
+
+def causal_positions(path: np.ndarray, times_s: np.ndarray) -> np.ndarray:
+    """The causal estimate (seconds of X) at each of ``times_s`` (seconds of U) from
+    ``path`` ``(n, >=2)`` (columns u_time_s, x_time_s, ...)."""
+    idx = np.searchsorted(path[:, 0], np.asarray(times_s) + ROW_SLACK_S, side="right") - 1
+    return np.where(idx >= 0, path[np.clip(idx, 0, None), 1], 0.0)
+
+
+def causal_errors(path: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Signed error (seconds; negative: behind) of the causal estimate at each truth row
+    ``(m, 2)`` (u_time_s, x_time_s)."""
+    return causal_positions(path, truth[:, 0]) - truth[:, 1]

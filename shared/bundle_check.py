@@ -1,0 +1,220 @@
+"""Validation of untrusted bundles: everything is checked before anything is used.
+
+Bundles are shared between people, so a bundle is hostile until proven otherwise:
+:func:`read_validated` refuses links, virtual datasets, object/variable-length data and
+unknown filters, checks every dtype and shape against the parameters, bounds every size,
+and checks values are finite. Every failure is a ``BundleError`` naming the first problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from shared.audio_store import FLAC_MAX_CHANNELS, BundleAudio
+from shared.bundle_schema import (ALLOWED_FILTERS, FORMAT_NAME, FORMAT_VERSION, MAX_AUDIO_SAMPLES, MAX_BINS,
+                                  MAX_CHANNELS, MAX_CHUNK_SAMPLES, MAX_COMPONENTS, MAX_SAMPLE_RATE, MAX_STATES,
+                                  Bundle, NMFBases, SourceInfo)
+from shared.errors import BundleError
+from shared.spectral import AnalysisParams, QuantizedTemplates
+
+
+def _fail(path: Path, message: str) -> BundleError:
+    return BundleError(f"invalid bundle {path.name}: {message}")
+
+
+def _check_tree(f: h5py.File, path: Path) -> None:
+    """Refuse links, virtual datasets, object/compound dtypes and unknown filters."""
+
+    def walk(group: h5py.Group, prefix: str) -> None:
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{prefix}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                raise _fail(path, f"{where} is an external link (refused: bundles must be self-contained)")
+            if isinstance(link, h5py.SoftLink):
+                raise _fail(path, f"{where} is a soft link (refused)")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, where)
+                continue
+            if not isinstance(obj, h5py.Dataset):
+                raise _fail(path, f"{where} is not a dataset or group")
+            if obj.is_virtual:
+                raise _fail(path, f"{where} is a virtual dataset (refused)")
+            if obj.dtype.kind not in "iuf" or obj.dtype.names is not None:
+                raise _fail(path, f"{where} has dtype {obj.dtype} (only plain numbers are allowed)")
+            if obj.compression not in ALLOWED_FILTERS:
+                raise _fail(path, f"{where} uses an unsupported filter ({obj.compression})")
+            if obj.external:
+                raise _fail(path, f"{where} stores its data in external files (refused)")
+            for key, value in obj.attrs.items():
+                _check_attr(path, f"{where}@{key}", value)
+        for key, value in group.attrs.items():
+            _check_attr(path, f"{prefix or '/'}@{key}", value)
+
+    walk(f, "")
+
+
+def _check_attr(path: Path, where: str, value) -> None:
+    if isinstance(value, (str, bytes, int, float, np.integer, np.floating)):
+        return
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.size <= 1024:
+        return
+    raise _fail(path, f"attribute {where} has an unsupported type ({type(value).__name__})")
+
+
+def _dataset(f: h5py.File, path: Path, name: str, kinds: str, shape: tuple | None = None) -> h5py.Dataset:
+    if name not in f:
+        raise _fail(path, f"missing dataset /{name}")
+    dset = f[name]
+    if not isinstance(dset, h5py.Dataset):
+        raise _fail(path, f"/{name} is not a dataset")
+    if dset.dtype.kind not in kinds:
+        raise _fail(path, f"/{name} has dtype {dset.dtype}, expected {'float' if kinds == 'f' else 'integer'}")
+    if shape is not None:
+        if len(dset.shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape, dset.shape)):
+            want = tuple("*" if s is None else s for s in shape)
+            raise _fail(path, f"/{name} has shape {dset.shape}, expected {want}")
+    return dset
+
+
+def _finite(path: Path, name: str, array: np.ndarray) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise _fail(path, f"/{name} contains NaN or infinite values")
+    return array
+
+
+def _read_attrs(f: h5py.File, path: Path) -> dict:
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    if attrs.get("format") != FORMAT_NAME:
+        raise _fail(path, "not a follow-me karaoke bundle (format attribute missing); build one with 'prep build'")
+    version = attrs.get("format_version")
+    if not isinstance(version, (int, np.integer)):
+        raise _fail(path, "format_version is missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise _fail(path, f"format version {version} is newer than this tool supports ({FORMAT_VERSION}); update the software")
+    if version < FORMAT_VERSION:
+        raise _fail(path, f"format version {version} is older than this tool supports ({FORMAT_VERSION}); rebuild it with 'prep build'")
+    for key, kind in (("source_name", str), ("source_sha256", str), ("source_duration_s", (float, np.floating))):
+        if not isinstance(attrs.get(key), kind):
+            raise _fail(path, f"root attribute {key} is missing or has the wrong type")
+    return attrs
+
+
+def read_validated(f: h5py.File, path: Path) -> Bundle:
+    """The bundle in the open file ``f`` (named ``path``), validated; raises ``BundleError``."""
+    attrs = _read_attrs(f, path)
+    _check_tree(f, path)
+    if "params" not in f:
+        raise _fail(path, "missing group /params")
+    try:
+        params = AnalysisParams.from_dict(dict(f["params"].attrs))
+    except (ValueError, TypeError) as exc:
+        raise _fail(path, str(exc)) from None
+    missing = [k for k in AnalysisParams.__dataclass_fields__ if k not in f["params"].attrs]
+    if missing:
+        raise _fail(path, f"/params lacks {', '.join(missing)}")
+
+    n_det, n_bins, n_obs = len(params.detune_cents), params.n_bins, params.n_obs_bins
+    coarse = _dataset(f, path, "spectra/coarse", "f", (None, n_bins))
+    n_states = coarse.shape[0]
+    if not 2 <= n_states <= MAX_STATES:
+        raise _fail(path, f"{n_states} states (2..{MAX_STATES} allowed)")
+    if n_bins > MAX_BINS:
+        raise _fail(path, f"{n_bins} frequency bins (at most {MAX_BINS})")
+    templ = _dataset(f, path, "templates/log_obs", "u", (n_det, n_states, n_obs))
+    if templ.dtype != np.uint8:
+        raise _fail(path, f"/templates/log_obs has dtype {templ.dtype}, expected uint8")
+    t_offset, t_step = templ.attrs.get("offset"), templ.attrs.get("step")
+    if not all(isinstance(v, (float, np.floating)) and np.isfinite(v) for v in (t_offset, t_step)):
+        raise _fail(path, "/templates/log_obs lacks finite offset/step attributes")
+    if not (-100.0 <= t_offset < 0.0 and 0.0 < t_step and t_offset + 255 * t_step <= 1e-3):
+        raise _fail(path, "/templates/log_obs offset/step give positive or absurd log-probabilities")
+    cents = _dataset(f, path, "templates/detune_cents", "f", (n_det,))
+    if not np.allclose(cents[()], params.detune_cents):
+        raise _fail(path, "templates/detune_cents disagree with /params")
+    w_shape = _dataset(f, path, "nmf/w_shape", "f", (None, n_bins))
+    n_comp = w_shape.shape[0]
+    if not 1 <= n_comp <= MAX_COMPONENTS:
+        raise _fail(path, f"{n_comp} NMF components (1..{MAX_COMPONENTS} allowed)")
+    w_rate = _dataset(f, path, "nmf/w_rate", "f", (n_comp, n_bins))
+    trace = _dataset(f, path, "nmf/bound_trace", "f", (None,))
+    nmf_attrs = dict(f["nmf"].attrs)
+    priors = {}
+    for key in ("a", "b", "c", "d"):
+        value = nmf_attrs.get(key)
+        if not isinstance(value, (float, np.floating)) or not (0 < value < 1e6):
+            raise _fail(path, f"/nmf attribute {key} is missing or out of range")
+        priors[key] = float(value)
+
+    data_scale = nmf_attrs.get("data_scale")
+    if not isinstance(data_scale, (float, np.floating)) or not (0 < data_scale < 1e12):
+        raise _fail(path, "/nmf attribute data_scale is missing or out of range")
+    audio_attrs = _audio_attrs(f, path)
+    state_mag = _finite(path, "spectra/coarse", coarse[()])
+    templates = QuantizedTemplates(q=templ[()], offset=float(t_offset), step=float(t_step))
+    if (state_mag < 0).any():
+        raise _fail(path, "spectra/coarse has negative magnitudes")
+    ws, wr = _finite(path, "nmf/w_shape", w_shape[()]), _finite(path, "nmf/w_rate", w_rate[()])
+    if (ws <= 0).any() or (wr <= 0).any():
+        raise _fail(path, "nmf parameters must be positive")
+    duration = audio_attrs["n_samples"] / audio_attrs["sr"]
+    expected_states = int(round(duration * params.sr)) // params.coarse_hop + 1
+    if abs(expected_states - n_states) > 2:
+        raise _fail(path, f"{n_states} states do not match the audio's duration ({expected_states} expected)")
+    onsets = _dataset(f, path, "spectra/onsets", "f", (None,))
+    expected_frames = int(round(duration * params.sr)) // params.fine_hop + 1
+    if abs(onsets.shape[0] - expected_frames) > 2 * params.fine_per_coarse:
+        raise _fail(path, f"/spectra/onsets has {onsets.shape[0]} frames, the audio's duration gives {expected_frames}")
+    onsets = _finite(path, "spectra/onsets", onsets[()]).astype(np.float32)
+    if (onsets < 0).any() or (onsets > 1).any():
+        raise _fail(path, "/spectra/onsets has values outside [0, 1]")
+    bank = _finite(path, "spectra/onset_bank",
+                   _dataset(f, path, "spectra/onset_bank", "f", (params.onset_bands, n_bins))[()]).astype(np.float32)
+    if (bank < 0).any() or (bank > 1.0).any():
+        raise _fail(path, "/spectra/onset_bank has weights outside [0, 1]")
+    return Bundle(
+        path=path,
+        params=params,
+        source=SourceInfo(attrs["source_name"], attrs["source_sha256"], float(attrs["source_duration_s"])),
+        attrs=attrs,
+        state_mag=state_mag,
+        onsets=onsets,
+        onset_bank=bank,
+        templates=templates,
+        nmf=NMFBases(ws, wr, priors, int(nmf_attrs.get("n_iter", 0)), _finite(path, "nmf/bound_trace", trace[()]),
+                     float(data_scale)),
+        audio=BundleAudio(path, audio_attrs),
+    )
+
+
+def _audio_attrs(f: h5py.File, path: Path) -> dict:
+    if "audio" not in f or not isinstance(f["audio"], h5py.Group):
+        raise _fail(path, "missing group /audio")
+    raw = dict(f["audio"].attrs)
+    out = {}
+    for key, lo, hi in (("sr", 1000, MAX_SAMPLE_RATE), ("channels", 1, MAX_CHANNELS),
+                        ("n_samples", 1, MAX_AUDIO_SAMPLES), ("chunk_samples", 1024, MAX_CHUNK_SAMPLES)):
+        value = raw.get(key)
+        if not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise _fail(path, f"/audio attribute {key} is missing or out of range ({lo}..{hi})")
+        out[key] = int(value)
+    codec = raw.get("codec")
+    codec = codec.decode() if isinstance(codec, bytes) else codec
+    if codec not in ("flac", "pcm"):
+        raise _fail(path, f"/audio codec {codec!r} is not supported")
+    out["codec"] = codec
+    n_chunks = -(-out["n_samples"] // out["chunk_samples"])
+    if codec == "flac":
+        if out["channels"] > FLAC_MAX_CHANNELS:
+            raise _fail(path, "FLAC audio with more than 8 channels")
+        data = _dataset(f, path, "audio/data", "u", (None,))
+        offsets = _dataset(f, path, "audio/offsets", "i", (n_chunks + 1,))[()]
+        if offsets[0] != 0 or (np.diff(offsets) <= 0).any() or offsets[-1] != data.shape[0]:
+            raise _fail(path, "/audio/offsets are inconsistent with /audio/data")
+    else:
+        _dataset(f, path, "audio/data", "i", (out["n_samples"], out["channels"]))
+    return out
