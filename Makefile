@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo lint test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,17 +19,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/player demo karaoke-demo --force
 
-## Default test run (a few minutes on 2 cores).
-test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+## Lint (ruff, configured in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
-## Everything, including the long-running tests.
-test-all: $(STAMP)
+## The checks CI runs: lint, then the whole test suite (a few minutes on 2 cores).
+test: lint
 	$(PY) -m pytest -q
 
-## Speed and size figures (see benchmarks/README.md).
+## Speed and size of prep on a synthetic 10-minute recording (the other benchmarks: README).
 bench: $(STAMP)
-	$(PY) benchmarks/bench_prep.py
+	$(PY) -m benchmarks.bench_prep
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info karaoke-demo

@@ -19,13 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import shared,F401  (before numpy: one BLAS thread, as in the player itself)
-
 import numpy as np
 import soundfile as sf
 
 from benchmarks.bench_prep import synthesise
-from player.engine import Engine, EngineConfig
+from player.config import EngineConfig
+from player.engine import Engine
 from shared.bundle import load_bundle
 from shared.synth import VIOLIN, TimeMap, melody, render_notes
 
@@ -109,9 +108,9 @@ def main() -> None:
                     "player_peak_rss_mb": round(maxrss_kb / 1024, 1),
                 }
                 print("file_mode_long", json.dumps(results["file_mode_long"]), flush=True)
-    s, l = results["short"], results["long"]
-    results["long_over_short_tracking_cost"] = round(l["tracking_ms_per_frame"] / s["tracking_ms_per_frame"], 3)
-    results["long_over_short_rtf"] = round(l["rtf"] / s["rtf"], 3)
+    short, long = results["short"], results["long"]
+    results["long_over_short_tracking_cost"] = round(long["tracking_ms_per_frame"] / short["tracking_ms_per_frame"], 3)
+    results["long_over_short_rtf"] = round(long["rtf"] / short["rtf"], 3)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

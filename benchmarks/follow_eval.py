@@ -129,7 +129,8 @@ def main() -> None:
     po = analysis_overrides(args.overrides)
     config = engine_config(args.overrides, search=not args.no_search)
     rows = []
-    for case in sorted(c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()) if (c / "gt.csv").exists()):
+    cases = (c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()))
+    for case in sorted(c for c in cases if (c / "gt.csv").exists()):
         bundle = case_bundle(case, args.work, po)
         wd = bundle.parent
         take, gt = case / "U.flac", case / "gt.csv"

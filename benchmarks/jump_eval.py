@@ -53,6 +53,13 @@ def relock_time(rows: np.ndarray, u_from: float, truth, u_end: float) -> float:
     return float("inf")
 
 
+def spliced_truth(du: np.ndarray, dx: np.ndarray, restart: float, resume: float):
+    """The true X position (s) at U times ``t`` of a take that plays the original up to
+    ``restart`` s and from there plays the original from ``resume`` s on (gt_dense map
+    ``du -> dx``)."""
+    return lambda t: np.interp(np.where(t < restart, t, t - restart + resume), du, dx)
+
+
 def room_noise(u: np.ndarray, sr: int, first_onset_s: float, seconds: float) -> np.ndarray:
     """``seconds`` of the take's room noise: the part before its first note, repeated."""
     n = int(round(seconds * sr))
@@ -104,7 +111,7 @@ def main() -> None:
                 for name, (cut, resume) in splices.items():
                     spliced = np.concatenate([u[: int(cut * sr)], gap, u[int(resume * sr):]])
                     restart = cut + pause
-                    truth = lambda t, restart=restart, resume=resume: np.interp(np.where(t < restart, t, t - restart + resume), du, dx)  # noqa: E731
+                    truth = spliced_truth(du, dx, restart, resume)
                     rows = run(bundle, spliced, sr, config)
                     end = restart + (du[-1] - resume)
                     lost = relock_time(rows, restart, truth, end)
@@ -112,7 +119,7 @@ def main() -> None:
                     results.append((case.name, name, fa, lost, max(0.0, lost - silent)))
                 start = a
                 rows = run(bundle, u[int(start * sr):], sr, config)
-                truth = lambda t, start=start: np.interp(t + start, du, dx)  # noqa: E731
+                truth = spliced_truth(du, dx, 0.0, start)
                 lost = relock_time(rows, 0.0, truth, du[-1] - start)
                 silent = silence_before_first_note(onsets, start)
                 results.append((case.name, "start_mid", fa, lost, max(0.0, lost - silent)))

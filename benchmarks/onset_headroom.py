@@ -55,9 +55,9 @@ def main() -> None:
             row = [100 * float(np.mean(err_ms <= t)) for t in TOLERANCES_MS]
             rows.append(row)
             print(f"memory={memory:g}s case={case.name} "
-                  + " ".join(f"<={t}={v:.1f}" for t, v in zip(TOLERANCES_MS, row)))
+                  + " ".join(f"<={t}={v:.1f}" for t, v in zip(TOLERANCES_MS, row, strict=True)))
         mean = np.mean(rows, axis=0)
-        print(f"memory={memory:g}s MEAN " + " ".join(f"<={t}={v:.1f}" for t, v in zip(TOLERANCES_MS, mean)))
+        print(f"memory={memory:g}s MEAN " + " ".join(f"<={t}={v:.1f}" for t, v in zip(TOLERANCES_MS, mean, strict=True)))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ playing (no quiet moments at all) is not mistaken for noise; and that limit is n
 the room's own level once it is known. The room is learned from quiet moments that sound
 like noise (median spectral flatness of the window's quietest frames above
 ``noise_flatness``; a held or soft note is tonal, far below it) and may grow louder by
-``room_rise_db_per_s`` at most. Without it, a window of room noise alone (the wait before
-the first note, a long rest) had its floor 20 dB under the noise, which opened the gate.
+``room_rise_db_per_s`` at most, so that a window of room noise alone (the wait before the
+first note, a long rest) keeps the gate closed.
 Frames before the analysis window is full and digital silence never enter the estimate.
 A frame is active when it is ``threshold_db`` above the floor (with hysteresis and a
 short hold).

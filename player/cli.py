@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
@@ -15,10 +15,10 @@ from player.filemode import default_blocksize, run_file
 from player.report import write_report
 from shared.alignment import read_path
 from shared.bundle import load_bundle
-from shared.fileio import check_output_path
-from shared.plotting import check_plot_path, require_matplotlib
 from shared.cli_support import fail, make_app, one_line_errors
 from shared.errors import ConfigError
+from shared.fileio import check_output_path
+from shared.plotting import check_plot_path, require_matplotlib
 
 app = make_app("Play a prepared recording along with you, following your tempo, solo removed.")
 
@@ -27,19 +27,19 @@ app = make_app("Play a prepared recording along with you, following your tempo, 
 @one_line_errors
 def run(
     bundle: Path = typer.Argument(..., help="Bundle made by 'prep build'."),
-    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Read the solo from this file instead of a microphone."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: write what the speakers would play."),
-    alignment: Optional[Path] = typer.Option(None, "--alignment", "-a", help="With --input: write the path (u_time_s,x_time_s)."),
+    input: Path | None = typer.Option(None, "--input", "-i", help="Read the solo from this file instead of a microphone."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="With --input: write what the speakers would play."),
+    alignment: Path | None = typer.Option(None, "--alignment", "-a", help="With --input: write the path (u_time_s,x_time_s)."),
     start: float = typer.Option(0.0, "--start", help="Where in the recording you start (seconds)."),
     intro: bool = typer.Option(False, "--intro", help="Play the recording at once (its introduction), not from your first note."),
     alpha: float = typer.Option(2.0, "--alpha", help="Solo removal strength, 0 (none: play the recording as is) to 2."),
-    input_device: Optional[str] = typer.Option(None, "--input-device", help="Microphone (name or index; see 'player devices')."),
-    output_device: Optional[str] = typer.Option(None, "--output-device", help="Speakers/headphones (name or index)."),
+    input_device: str | None = typer.Option(None, "--input-device", help="Microphone (name or index; see 'player devices')."),
+    output_device: str | None = typer.Option(None, "--output-device", help="Speakers/headphones (name or index)."),
     latency: str = typer.Option("low", "--latency", help="Device latency: 'low', 'high' or seconds."),
     no_search: bool = typer.Option(False, "--no-search", help="Do not look for you elsewhere in the piece."),
-    blocksize: Optional[int] = typer.Option(None, "--blocksize", help="Samples per block (default: ~20 ms)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="With --input: draw the run into this PNG."),
-    truth: Optional[Path] = typer.Option(None, "--truth", help="With --report: the true path (u_time_s,x_time_s CSV)."),
+    blocksize: int | None = typer.Option(None, "--blocksize", help="Samples per block (default: ~20 ms)."),
+    report: Path | None = typer.Option(None, "--report", help="With --input: draw the run into this PNG."),
+    truth: Path | None = typer.Option(None, "--truth", help="With --report: the true path (u_time_s,x_time_s CSV)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No summary and, live, no display."),
     plain: bool = typer.Option(False, "--plain", help="Live: one plain status line a second instead of the live display."),
@@ -81,7 +81,7 @@ def naming_options() -> Iterator[None]:
         raise fail(f"{option}: {exc}" if option else str(exc)) from None
 
 
-def _check_report_options(report: Optional[Path], truth: Optional[Path], force: bool):
+def _check_report_options(report: Path | None, truth: Path | None, force: bool):
     """Validate --report/--truth before the run (not after minutes of work); the truth array."""
     if report is None:
         if truth is not None:
@@ -93,7 +93,7 @@ def _check_report_options(report: Optional[Path], truth: Optional[Path], force: 
     return read_path(truth, "truth") if truth is not None else None
 
 
-def _device(value: Optional[str]):
+def _device(value: str | None):
     """A device given as an index stays an int; a name stays a string."""
     return int(value) if value is not None and value.isdigit() else value
 
@@ -112,8 +112,10 @@ def _latency(value: str):
 
 def _run_live(bundle, config, blocksize, input_device, output_device, latency, quiet,
               plain: bool = False, keys: bool = True) -> None:
-    from player.display import KeyCommands, KeyReader, make_display, snapshot
+    from player.display import make_display
+    from player.keys import KeyCommands, KeyReader
     from player.live import run_live  # PortAudio is loaded only when live audio is asked for
+    from player.status import snapshot
 
     engine = Engine(bundle, bundle.audio.sr, config)
     block = blocksize or default_blocksize(bundle.audio.sr, bundle.params)

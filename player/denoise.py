@@ -10,13 +10,12 @@ magnitude spectrum, which is subtracted from every frame, keeping at least ``kee
 each bin.
 
 Sharper features make every frame's evidence stronger, so the likelihood's temper
-(``FollowerConfig.kappa``) is lowered with the subtraction (``evidence_scale``): without
-it, the relocator's margin (a log Bayes factor) was reached by repeats of a phrase (two
-held-out chorales at 12 dB SNR jumped falsely). In a quiet room the subtraction only
-strips the faint floor of the features, which the recording's templates keep, and it
-measured no better there: it fades in between ``snr_off_db`` and ``snr_full_db`` of the
-playing level over the room's. Figures: README and ``benchmarks/follow_eval.py
---noise-snr``.
+(``FollowerConfig.kappa``) is lowered with the subtraction (``evidence_scale``), or the
+relocator's margin (a log Bayes factor) is reached by repeats of a phrase. In a quiet room
+the subtraction would only strip the faint floor of the features, which the recording's
+templates keep: it fades in between ``snr_off_db`` and ``snr_full_db`` of the playing
+level over the room's. docs/DECISIONS.md has the figures (``benchmarks.follow_eval
+--noise-snr``).
 """
 
 from __future__ import annotations

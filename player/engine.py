@@ -23,8 +23,8 @@ the block), so a path written from it is causal by construction.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -20,8 +20,8 @@ from player.engine import Engine
 from player.trace import RunTrace, TraceRecorder
 from shared.audio import SILENCE_PEAK, check_readable_file
 from shared.bundle import Bundle
-from shared.fileio import atomic_output, check_output_path
 from shared.errors import AudioError, first_line
+from shared.fileio import atomic_output, check_output_path
 
 
 @dataclass

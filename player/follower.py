@@ -1,6 +1,6 @@
 """The online follower: a band-limited forward filter over X's states, frame by frame.
 
-Model (the method of ../DESIGN): hidden state ``s`` = coarse frame of X (``coarse_period_s``
+Model: hidden state ``s`` = coarse frame of X (``coarse_period_s``
 apart); observation = one fine frame of U (``fine_period_s`` apart), a normalised,
 compressed spectrum ``u`` (sums to 1). At state ``s`` and detune ``d``::
 
@@ -21,13 +21,14 @@ within ``onset_tolerance_s``), and the frame adds ``onset_weight * (o log q + (1
 log(1 - q))`` (relative to the piece's mean ``q``) to each sub-state. The spectra alone
 cannot tell where in a run of repeated notes the player is, nor where a slowly swelling
 note (a voice in X) begins; onsets can. The term shapes the posterior but is kept out of
-``log_evidence``, which the global search compares between places: in a chorale, whose
-every beat has an onset, it made far places win trials on rhythm alone (measured).
+``log_evidence``, which the relocator compares between places (rhythm alone must not
+move the player: docs/DECISIONS.md).
 
 Cost independent of piece length: only a band of ``band_states`` states around the
 posterior's mode is filtered (the band follows the mode). A player who jumps is found
 again by :class:`player.search.GlobalSearch`, which scans the whole piece in fixed-size
-slices and hands the filter a new band when it finds a clearly better place.
+slices, and :class:`player.relocator.Relocator`, which verifies a better place before it
+hands the filter a new band.
 
 Silence: frames where the soloist is not playing (``active=False``) do not update the
 posterior; the position then advances at the current tempo, so the accompaniment keeps
@@ -39,20 +40,20 @@ seconds per U second (1 = the recording's tempo, 1.2 = the player is 20% faster)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from player.stages import Frame
+from shared.config import check_fields, field_error
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
 
 @dataclass(frozen=True)
 class FollowerConfig:
-    """Tuning of the forward filter (defaults measured on ../shared/corpus; see README).
+    """Tuning of the forward filter (why the defaults: docs/DECISIONS.md).
 
     Attributes:
         kappa: likelihood scale (pseudo-count of a frame).
@@ -115,6 +116,18 @@ class FollowerConfig:
     onset_hit: float = 0.6
     onset_false: float = 0.1
     onset_tolerance_s: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("kappa", "substeps", "band_states", "step_std", "silent_step_std",
+                                     "detune_memory_s", "tempo_memory_s", "min_tempo", "floor_reach_s"),
+                     non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s",
+                                   "detune_rate", "tempo_prior_weight", "lead_s", "mean_halfwidth", "floor",
+                                   "onset_weight", "onset_tolerance_s"),
+                     unit=("band_lead", "novelty_min"), integers=("substeps", "band_states", "mean_halfwidth"))
+        if self.max_tempo < self.min_tempo:
+            raise field_error(self, "max_tempo", self.max_tempo, f">= min_tempo ({self.min_tempo:g})")
+        if not 0.0 < self.onset_false < self.onset_hit < 1.0:
+            raise field_error(self, "onset_hit", self.onset_hit, f"within (onset_false = {self.onset_false:g}, 1)")
 
 
 @dataclass(frozen=True)
@@ -213,8 +226,8 @@ class OnsetTerms:
     unheard: np.ndarray
 
     @classmethod
-    def from_strength(cls, x_onsets: np.ndarray, params: AnalysisParams, config: "FollowerConfig",
-                      n_states: int) -> "OnsetTerms":
+    def from_strength(cls, x_onsets: np.ndarray, params: AnalysisParams, config: FollowerConfig,
+                      n_states: int) -> OnsetTerms:
         """From X's onset strength ``(n_frames,)`` (frame ``k`` centred on sample
         ``k * fine_hop``) onto the follower's sub-states (``config.substeps`` per state)."""
         m = int(config.substeps)
@@ -292,6 +305,9 @@ class Follower:
         self.tempo_tracker.reset(tempo)
         self.started = not wait
         self._silent_frames = 0
+        self._confidence = 0.0
+        self._prev_root = None  # the first frame after a reset is compared with nothing
+        self.last_change = None
         self.frames = 0
         self.log_evidence = 0.0
         self._s_hat = j0 / self.m

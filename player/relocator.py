@@ -340,7 +340,7 @@ class Relocator:
         reference = np.maximum(reference, (yield from self._replay(self.home, frames)))
         frames_per_state = self.search.per_state
         passed = []
-        for shadow, cand in zip(self.shadows, candidates):
+        for shadow, cand in zip(self.shadows, candidates, strict=False):
             # where this candidate puts the player at the start of the replay
             start = cand.state - self.n_replay * cand.tempo / frames_per_state
             shadow.adopt(follower)
@@ -403,7 +403,7 @@ class Trial:
     def gains(self, main: float, home: Track) -> np.ndarray:
         """Each shadow's evidence since the trial began minus the reference's (nats)."""
         ref = max(main - self.main_start, home.log_evidence - self.home_start)
-        return np.array([(sh.log_evidence - e0) - ref for sh, e0 in zip(self.shadows, self.start)])
+        return np.array([(sh.log_evidence - e0) - ref for sh, e0 in zip(self.shadows, self.start, strict=True)])
 
     def leads(self, gains: np.ndarray) -> np.ndarray:
         """Each shadow's lead: its ``gains`` (from :meth:`gains`, this frame) with each

@@ -217,7 +217,8 @@ def running_max(x: np.ndarray, k: int) -> np.ndarray:
     return acc[:n]
 
 
-def gain_on_bins(gain: np.ndarray, gain_freqs_hz: np.ndarray, bin_freqs_hz: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def gain_on_bins(gain: np.ndarray, gain_freqs_hz: np.ndarray, bin_freqs_hz: np.ndarray,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Carry a gain ``(F,)`` given at ``gain_freqs_hz`` onto another STFT's bins ``(B,)``
     (linear interpolation; above the analysis band the top value holds)."""
     values = np.interp(bin_freqs_hz, gain_freqs_hz, gain)

@@ -9,19 +9,26 @@ draw bars and tests can stay quiet.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from shared import __version__
 from shared.audio import check_readable_file, file_sha256, load_audio, resample
 from shared.bundle import BundleContent, NMFBases, SourceInfo, write_bundle
+from shared.config import field_error
 from shared.fileio import check_output_path
 from shared.pgnmf import GammaPriors, learn
-from shared.spectral import (AnalysisParams, QuantizedTemplates, log_templates, onset_filterbank,
-                             onset_strength_curve, stft_magnitude)
+from shared.spectral import (
+    AnalysisParams,
+    QuantizedTemplates,
+    log_templates,
+    onset_filterbank,
+    onset_strength_curve,
+    stft_magnitude,
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -51,12 +58,10 @@ class BuildOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.n_components <= 512:
-            raise ValueError(f"n_components={self.n_components} (1..512)")
-        if not 1 <= self.nmf_iter <= 10000:
-            raise ValueError(f"nmf_iter={self.nmf_iter} (1..10000)")
-        if not 16 <= self.nmf_max_frames <= 100000:
-            raise ValueError(f"nmf_max_frames={self.nmf_max_frames} (16..100000)")
+        for name, lo, hi in (("n_components", 1, 512), ("nmf_iter", 1, 10000), ("nmf_max_frames", 16, 100000)):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise field_error(self, name, value, f"within {lo}..{hi}")
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,8 @@ def load_audio(
         info = sf.info(str(path))
         samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"cannot decode {what} {path.name}: not a supported or intact audio file ({first_line(exc, 160) or type(exc).__name__})") from None
+        why = first_line(exc, 160) or type(exc).__name__
+        raise AudioError(f"cannot decode {what} {path.name}: not a supported or intact audio file ({why})") from None
     except MemoryError:
         raise AudioError(f"{what} {path.name} is too large to decode in memory") from None
     if sr <= 0:
@@ -175,6 +176,18 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def read_window(start: int, n: int, n_samples: int, channels: int,
+                out: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """For a random-access read of samples ``[start, start + n)`` from a source of
+    ``n_samples``: the zeroed float32 buffer ``(n, channels)`` (``out`` itself when given)
+    and the part ``[lo, hi)`` that lies inside the source (empty when ``hi <= lo``)."""
+    if out is None:
+        out = np.zeros((n, channels), dtype=np.float32)
+    else:
+        out[:] = 0.0
+    return out, max(start, 0), min(start + n, n_samples)
+
+
 class ArrayAudio:
     """In-memory audio with the random-access interface of the bundle's audio
     (``sr``, ``channels``, ``n_samples``, ``read(start, n)``): for tests and examples.
@@ -196,11 +209,7 @@ class ArrayAudio:
 
     def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Samples ``[start, start + n)`` as float32 ``(n, channels)``; zeros outside."""
-        if out is None:
-            out = np.zeros((n, self.channels), dtype=np.float32)
-        else:
-            out[:] = 0.0
-        lo, hi = max(start, 0), min(start + n, self.n_samples)
+        out, lo, hi = read_window(start, n, self.n_samples, self.channels, out)
         if hi > lo:
             out[lo - start:hi - start] = self.data[lo:hi]
         return out

@@ -12,13 +12,14 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 import soundfile as sf
 
+from shared.audio import read_window
 from shared.errors import BundleError
 
 #: FLAC holds at most this many channels; more are stored as gzip'd integer PCM.
@@ -125,7 +126,8 @@ class BundleAudio:
         except (OSError, RuntimeError, sf.LibsndfileError, ValueError) as exc:
             raise BundleError(f"bundle {self.path.name}: audio chunk {index} is unreadable ({exc})") from None
         if block.shape != (expect, self.channels):
-            raise BundleError(f"bundle {self.path.name}: audio chunk {index} has shape {block.shape}, expected {(expect, self.channels)}")
+            raise BundleError(f"bundle {self.path.name}: audio chunk {index} has shape {block.shape}, "
+                              f"expected {(expect, self.channels)}")
         self._cache[index] = block
         if len(self._cache) > self._cache_chunks:
             self._cache.popitem(last=False)
@@ -133,11 +135,7 @@ class BundleAudio:
 
     def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Samples ``[start, start + n)`` as float32 ``(n, channels)``; zeros outside the file."""
-        if out is None:
-            out = np.zeros((n, self.channels), dtype=np.float32)
-        else:
-            out[:] = 0.0
-        lo, hi = max(start, 0), min(start + n, self.n_samples)
+        out, lo, hi = read_window(start, n, self.n_samples, self.channels, out)
         with self._lock:
             pos = lo
             while pos < hi:

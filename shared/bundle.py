@@ -1,27 +1,6 @@
 """The HDF5 bundle: everything the player needs from one recording X, and nothing else.
 
-Layout (schema version 2)::
-
-    /                    attrs: format, format_version, source_name, source_sha256,
-                                source_duration_s, created_utc*, tool_version*
-    /params              attrs: the AnalysisParams (sr, n_fft, hops, band, gain, detune_cents,
-                                onset_*)
-    /audio/data          FLAC:  uint8 (n_bytes,)    concatenated FLAC streams, one per chunk
-                         PCM:   int16|int32 (n_samples, channels), shuffle+gzip (> 8 channels)
-    /audio/offsets       int64 (n_chunks + 1,)      byte offsets of the FLAC chunks
-    /audio               attrs: codec, sr, channels, n_samples, chunk_samples, subtype
-    /spectra/coarse      float16 (n_states, n_bins) magnitude of X at the coarse hop
-    /spectra/onsets      float32 (n_frames,)        onset strength of X at the fine hop, in [0, 1]
-                         (frame k centred on sample k * fine_hop at params.sr)
-    /spectra/onset_bank  float32 (onset_bands, n_bins) the mel filterbank of the onset strength
-    /templates/log_obs   uint8 (n_detune, n_states, n_obs_bins) log observation templates,
-                         attrs offset, step: log T = offset + step * code
-    /templates/detune_cents float64 (n_detune,)
-    /nmf/w_shape, /nmf/w_rate float32 (n_components, n_bins) q(W) of the accompaniment bases
-    /nmf/bound_trace     float64 (n,)               learning curve of the VB bound
-    /nmf                 attrs: a, b, c, d, n_iter, data_scale
-
-(* volatile: reported by ``prep diff`` but not counted as a difference.)
+The layout and its bounds are in :mod:`shared.bundle_schema`.
 
 Bundles are shared between people, so ``load_bundle`` treats them as untrusted: it refuses
 links, virtual datasets, object/variable-length data and unknown filters, checks every
@@ -34,17 +13,24 @@ the audio's chunked storage in :mod:`shared.audio_store`, the validation in
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 
 from shared.audio_store import DEFAULT_CHUNK_SAMPLES, BundleAudio, encode_audio
 from shared.bundle_check import read_validated
-from shared.bundle_schema import (FORMAT_NAME, FORMAT_VERSION, VOLATILE_ATTRS, Bundle, BundleContent, NMFBases,
-                                  SourceInfo)
+from shared.bundle_schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    VOLATILE_ATTRS,
+    Bundle,
+    BundleContent,
+    NMFBases,
+    SourceInfo,
+)
 from shared.errors import BundleError, first_line
 from shared.fileio import atomic_output
 
@@ -83,7 +69,7 @@ def write_bundle(
                 source_name=content.source.name,
                 source_sha256=content.source.sha256,
                 source_duration_s=float(content.source.duration_s),
-                created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
                 tool_version=str(tool_version),
             )
             params = f.create_group("params")

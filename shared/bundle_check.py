@@ -14,9 +14,21 @@ import h5py
 import numpy as np
 
 from shared.audio_store import FLAC_MAX_CHANNELS, BundleAudio
-from shared.bundle_schema import (ALLOWED_FILTERS, FORMAT_NAME, FORMAT_VERSION, MAX_AUDIO_SAMPLES, MAX_BINS,
-                                  MAX_CHANNELS, MAX_CHUNK_SAMPLES, MAX_COMPONENTS, MAX_SAMPLE_RATE, MAX_STATES,
-                                  Bundle, NMFBases, SourceInfo)
+from shared.bundle_schema import (
+    ALLOWED_FILTERS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_AUDIO_SAMPLES,
+    MAX_BINS,
+    MAX_CHANNELS,
+    MAX_CHUNK_SAMPLES,
+    MAX_COMPONENTS,
+    MAX_SAMPLE_RATE,
+    MAX_STATES,
+    Bundle,
+    NMFBases,
+    SourceInfo,
+)
 from shared.errors import BundleError
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
@@ -75,7 +87,7 @@ def _dataset(f: h5py.File, path: Path, name: str, kinds: str, shape: tuple | Non
     if dset.dtype.kind not in kinds:
         raise _fail(path, f"/{name} has dtype {dset.dtype}, expected {'float' if kinds == 'f' else 'integer'}")
     if shape is not None:
-        if len(dset.shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape, dset.shape)):
+        if len(dset.shape) != len(shape) or any(s is not None and s != d for s, d in zip(shape, dset.shape, strict=True)):
             want = tuple("*" if s is None else s for s in shape)
             raise _fail(path, f"/{name} has shape {dset.shape}, expected {want}")
     return dset
@@ -97,7 +109,8 @@ def _read_attrs(f: h5py.File, path: Path) -> dict:
     if version > FORMAT_VERSION:
         raise _fail(path, f"format version {version} is newer than this tool supports ({FORMAT_VERSION}); update the software")
     if version < FORMAT_VERSION:
-        raise _fail(path, f"format version {version} is older than this tool supports ({FORMAT_VERSION}); rebuild it with 'prep build'")
+        raise _fail(path, f"format version {version} is older than this tool supports ({FORMAT_VERSION}); "
+                          "rebuild it with 'prep build'")
     for key, kind in (("source_name", str), ("source_sha256", str), ("source_duration_s", (float, np.floating))):
         if not isinstance(attrs.get(key), kind):
             raise _fail(path, f"root attribute {key} is missing or has the wrong type")

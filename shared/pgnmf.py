@@ -403,7 +403,8 @@ def bound(M: ArrayLike, state: PGNMFState, priors: GammaPriors = GammaPriors()) 
     the expected Gamma log priors and the Gamma entropies of ``q(H)`` and ``q(W)``.
     Costs ``N K F`` multiply-adds plus ``(N + F) K`` digammas/lgammas; ``M`` is ``(N, F)``.
     """
-    from scipy.special import digamma as _sp_digamma, gammaln  # offline only: light player start-up
+    from scipy.special import digamma as _sp_digamma  # offline only: light player start-up
+    from scipy.special import gammaln
 
     M = _as_data(M)
     if M.shape != (state.N, state.F):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.fileio import atomic_output
 from shared.errors import KaraokeError
+from shared.fileio import atomic_output
 
 #: The one line printed when matplotlib is missing (the project's name in pyproject.toml).
 INSTALL_HINT = 'plotting needs matplotlib, which is not installed: pip install "followme-karaoke[plot]"'

@@ -8,18 +8,13 @@ partials that carry most of the information about *which* note of a melody is pl
 (harmonics are equally spaced on the linear axis), and it loses the fine pitch precision
 needed to tell semitones apart in the low register once bins are merged. Detuning is
 instead handled by precomputed detuned templates (``detune_spectrum``), interpolated on
-the linear axis. The method's prototype found linear bins better than a quarter-semitone
-filterbank in every setting it tried (../DESIGN notes); we have not repeated that
-comparison with this follower yet.
+the linear axis (docs/DECISIONS.md).
 
 Compression. Each frame is divided by its own maximum and compressed with
 ``log1p(compression_gain * mag / max)`` before being normalised to sum to one: this makes
 the feature independent of the input level (a microphone's gain is unknown) and keeps
 quiet partials visible, which a plain magnitude spectrum drowns. The gain sets how far
-below the peak a bin still counts: measured with this follower (benchmarks/follow_eval.py
-and synth_eval.py, no global search), gain 10 gave 83.7% of corpus onsets within 100 ms
-against 79.4% for gain 100; on 9 synthetic takes 75.3% against 74.9%, and gain 1000 fell
-to 57.6% (with a large gain the noise floor, hundreds of bins, outweighs the partials).
+below the peak a bin still counts (10; docs/DECISIONS.md).
 
 Time convention: frame ``k`` of an offline analysis (``stft_magnitude``) is centred on
 sample ``k * hop``; the online analysis (``OnlineSpectrum``) emits a frame when its last
@@ -32,6 +27,9 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from shared.config import check_fields
+from shared.errors import ConfigError
 
 #: Smallest value a normalised template bin may take, so no template gives log(0).
 TEMPLATE_FLOOR = 1e-4
@@ -75,6 +73,7 @@ class AnalysisParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detune_cents", tuple(float(c) for c in self.detune_cents))
+        check_fields(self)  # every number finite (an infinite or NaN size would break the checks below)
         problems = []
         if not 8000 <= self.sr <= 96000:
             problems.append(f"sr={self.sr} Hz (8000..96000)")
@@ -82,7 +81,7 @@ class AnalysisParams:
             problems.append(f"n_fft={self.n_fft} (256..16384)")
         if not 16 <= self.fine_hop <= self.n_fft:
             problems.append(f"fine_hop={self.fine_hop} (16..n_fft)")
-        if self.coarse_hop < self.fine_hop or self.coarse_hop % self.fine_hop:
+        if self.fine_hop < 1 or self.coarse_hop < self.fine_hop or self.coarse_hop % self.fine_hop:
             problems.append(f"coarse_hop={self.coarse_hop} (a multiple of fine_hop={self.fine_hop})")
         if not 0 <= self.fmin_hz < self.fmax_hz <= self.sr / 2:
             problems.append(f"band {self.fmin_hz}-{self.fmax_hz} Hz (0 <= fmin < fmax <= sr/2)")
@@ -102,7 +101,7 @@ class AnalysisParams:
         if not 1e-6 <= self.onset_scale <= 10:
             problems.append(f"onset_scale={self.onset_scale} (1e-6..10)")
         if problems:
-            raise ValueError("invalid analysis parameters: " + "; ".join(problems))
+            raise ConfigError("invalid analysis parameters: " + "; ".join(problems))
 
     # Derived quantities -------------------------------------------------------------
     @property
@@ -147,7 +146,7 @@ class AnalysisParams:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AnalysisParams":
+    def from_dict(cls, d: dict) -> AnalysisParams:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         if "detune_cents" in known:
             known["detune_cents"] = tuple(float(c) for c in np.asarray(known["detune_cents"]).ravel())
@@ -279,7 +278,7 @@ class QuantizedTemplates:
     step: float
 
     @classmethod
-    def from_log(cls, log_t: np.ndarray) -> "QuantizedTemplates":
+    def from_log(cls, log_t: np.ndarray) -> QuantizedTemplates:
         lo, hi = float(log_t.min()), float(log_t.max())
         step = max(hi - lo, 1e-6) / 255.0
         q = np.clip(np.round((log_t - lo) / step), 0, 255).astype(np.uint8)

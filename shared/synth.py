@@ -59,12 +59,12 @@ class TimeMap:
     seconds: np.ndarray
 
     @classmethod
-    def constant(cls, bpm: float, offset_s: float = 0.0, total_beats: float = 1e4) -> "TimeMap":
+    def constant(cls, bpm: float, offset_s: float = 0.0, total_beats: float = 1e4) -> TimeMap:
         return cls(np.array([0.0, total_beats]), np.array([offset_s, offset_s + total_beats * 60.0 / bpm]))
 
     @classmethod
     def from_tempo(cls, bpm_of_beat, total_beats: float, offset_s: float = 0.0,
-                   pauses: dict[float, float] | None = None, step: float = 0.05) -> "TimeMap":
+                   pauses: dict[float, float] | None = None, step: float = 0.05) -> TimeMap:
         """Integrate a tempo curve ``bpm_of_beat(beat)``; ``pauses`` maps beat -> extra seconds."""
         beats = np.arange(0.0, total_beats + step, step)
         dt = 60.0 / np.asarray([bpm_of_beat(b) for b in beats[:-1]], dtype=np.float64) * step

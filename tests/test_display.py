@@ -20,21 +20,11 @@ from typer.testing import CliRunner
 
 from player import live
 from player.cli import app
-from player.display import (
-    DisplaySnapshot,
-    KeyCommands,
-    KeyReader,
-    LiveDisplay,
-    NullDisplay,
-    PlainStatus,
-    make_display,
-    mmss,
-    parse_time,
-    snapshot,
-    status_line,
-)
+from player.display import LiveDisplay, NullDisplay, PlainStatus, make_display
 from player.engine import Engine
+from player.keys import KeyCommands, KeyReader, parse_time
 from player.live import LiveSession
+from player.status import DisplaySnapshot, mmss, snapshot, status_line
 from shared.synth import make_case
 
 from .follow_helpers import bundle_for

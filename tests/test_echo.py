@@ -26,7 +26,7 @@ def scene(n_frames: int, lag: int, gain: float, seed: int = 0):
     acc_f0 = rng.uniform(100, 300, n_frames // 25 + 1).repeat(25)[:n_frames]
     solo_on = (np.arange(n_frames) % 12) < 10  # short gaps between notes
     out = np.stack([harmonic_spectrum(f) for f in acc_f0])
-    solo = np.stack([harmonic_spectrum(f) * on for f, on in zip(solo_f0, solo_on)])
+    solo = np.stack([harmonic_spectrum(f) * on for f, on in zip(solo_f0, solo_on, strict=True)])
     leak = np.zeros_like(out)
     leak[lag:] = out[: n_frames - lag]
     noise = 1e-3 * rng.random(out.shape).astype(np.float32)
@@ -35,7 +35,7 @@ def scene(n_frames: int, lag: int, gain: float, seed: int = 0):
 
 def run(canceller: LeakCanceller, out, inp):
     cleaned = []
-    for o, x in zip(out, inp):
+    for o, x in zip(out, inp, strict=True):
         canceller.push_output(o)
         cleaned.append(canceller.cancel(x).copy())
     return np.array(cleaned)

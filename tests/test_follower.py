@@ -9,7 +9,7 @@ from player.engine import EngineConfig
 from player.follower import Follower, FollowerConfig
 from player.stages import Frame
 from shared.spectral import AnalysisParams, QuantizedTemplates
-from shared.synth import OBOE, VIOLIN, FLUTE, Note, make_case
+from shared.synth import FLUTE, OBOE, VIOLIN, Note, make_case
 
 from .follow_helpers import bundle_for, causal_errors, follow, pct_within
 

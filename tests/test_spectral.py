@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from shared.spectral import (AnalysisParams, OnlineSpectrum, OnsetStrength, detune_spectrum, log_templates,
-                             observation_features, onset_strength_curve, stft_magnitude)
+from shared.spectral import (
+    AnalysisParams,
+    OnlineSpectrum,
+    OnsetStrength,
+    detune_spectrum,
+    log_templates,
+    observation_features,
+    onset_strength_curve,
+    stft_magnitude,
+)
 from shared.synth import VIOLIN, Note, TimeMap, render_notes
 
 P = AnalysisParams()
