@@ -18,9 +18,9 @@ import soundfile as sf
 from player.config import EngineConfig
 from player.engine import Engine
 from player.trace import RunTrace, TraceRecorder
-from shared.audio import SILENCE_PEAK, check_readable_file
+from shared.audio import inspect_take
 from shared.bundle import Bundle
-from shared.errors import AudioError, first_line
+from shared.errors import AudioError
 from shared.fileio import atomic_output, check_output_path
 
 
@@ -67,27 +67,6 @@ def default_blocksize(sr: int, params) -> int:
     return max(16, int(round(params.fine_period_s * sr)))
 
 
-def inspect_input(path: Path, min_samples: int) -> sf._SoundFileInfo:
-    """Validate U before the run: readable, not empty, long enough, not silent."""
-    check_readable_file(path, "input")
-    try:
-        info = sf.info(str(path))
-        peak = 0.0
-        for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
-            finite = block[np.isfinite(block)]
-            if finite.size:
-                peak = max(peak, float(np.abs(finite).max()))
-    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise AudioError(f"cannot decode input {path.name}: not a supported or intact audio file ({first_line(exc)})") from None
-    if info.frames == 0:
-        raise AudioError(f"input {path.name} contains no audio (0 samples)")
-    if info.frames < min_samples:
-        raise AudioError(f"input {path.name} is shorter than one block ({info.frames} samples < {min_samples})")
-    if peak < SILENCE_PEAK:
-        raise AudioError(f"input {path.name} is silent: there is nothing to follow")
-    return info
-
-
 def run_file(
     bundle: Bundle,
     input_path: str | Path,
@@ -110,7 +89,7 @@ def run_file(
     for path in (output_path, alignment_path):
         if path is not None:
             check_output_path(path, force)  # before the run, not after minutes of work
-    info = inspect_input(input_path, 1)
+    info = inspect_take(input_path)
     block = blocksize or default_blocksize(info.samplerate, bundle.params)
     if info.frames < block:
         raise AudioError(f"input {input_path.name} is shorter than one block ({info.frames} < {block} samples)")

@@ -167,6 +167,29 @@ def load_audio(
     return Audio(samples=samples, sr=int(sr), subtype=str(info.subtype))
 
 
+def inspect_take(path: Path, min_samples: int = 1) -> sf._SoundFileInfo:
+    """Check a take (U) before a run, streaming through it once: readable, not empty, at
+    least ``min_samples`` long, not silent (its finite peak above ``SILENCE_PEAK``).
+    Returns soundfile's info (rate, channels, frames); raises ``AudioError``."""
+    check_readable_file(path, "input")
+    try:
+        info = sf.info(str(path))
+        peak = 0.0
+        for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
+            finite = block[np.isfinite(block)]
+            if finite.size:
+                peak = max(peak, float(np.abs(finite).max()))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError(f"cannot decode input {path.name}: not a supported or intact audio file ({first_line(exc)})") from None
+    if info.frames == 0:
+        raise AudioError(f"input {path.name} contains no audio (0 samples)")
+    if info.frames < min_samples:
+        raise AudioError(f"input {path.name} is shorter than one block ({info.frames} samples < {min_samples})")
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"input {path.name} is silent: there is nothing to follow")
+    return info
+
+
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file's bytes (identifies the source recording)."""
     digest = hashlib.sha256()
