@@ -200,7 +200,7 @@ _stop_requested = False
 STOP_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 
-def _on_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _on_stop(signum, frame) -> None:  # (a signal handler's signature)
     """The parent's stop request. The running build stops at its next progress report
     (raising from the handler itself could land in a numba/ctypes callback, which would
     swallow it). An idle worker carries on: the next job sees the cancel event and the
@@ -210,7 +210,7 @@ def _on_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
         _stop_requested = True
 
 
-def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _on_sigterm(signum, frame) -> None:  # (a signal handler's signature)
     """SIGTERM (the pool terminating a broken pool's workers, or anyone): a running build
     stops at its next progress report, cleaning up; an idle worker exits at once."""
     global _stop_requested
