@@ -152,7 +152,10 @@ class AnalysisParams:
             known["detune_cents"] = tuple(float(c) for c in np.asarray(known["detune_cents"]).ravel())
         for key in ("sr", "n_fft", "fine_hop", "coarse_hop", "onset_bands", "onset_lag"):
             if key in known:
-                known[key] = int(known[key])
+                value = float(known[key])
+                if not value.is_integer():  # also NaN and infinities, which int() cannot take
+                    raise ConfigError(f"invalid analysis parameters: {key}={known[key]!r} (a whole number)", field=key)
+                known[key] = int(value)
         for key in ("fmin_hz", "fmax_hz", "compression_gain", "onset_ref_s", "onset_baseline_s", "onset_scale"):
             if key in known:
                 known[key] = float(known[key])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import settings
 
 from prep.pipeline import BuildOptions, build_bundle
 from shared.synth import make_case
@@ -38,3 +40,10 @@ def bundle_path(x_wav, tmp_path_factory) -> Path:
 def write_wav(path: Path, samples: np.ndarray, sr: int, subtype: str = "PCM_16") -> Path:
     sf.write(path, samples, sr, subtype=subtype)
     return path
+
+
+# CI explores the same examples on every run (a red build must be reproducible); a
+# developer's run explores new ones each time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
