@@ -27,7 +27,8 @@ app = make_app("Play a prepared recording along with you, following your tempo, 
 @one_line_errors
 def run(
     bundle: Path = typer.Argument(..., help="Bundle made by 'prep build'."),
-    input: Path | None = typer.Option(None, "--input", "-i", help="Read the solo from this file instead of a microphone."),
+    input: Path | None = typer.Option(None, "--input", "-i", help="Read the solo from this file (or a --record "
+                                      "folder) instead of a microphone."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: write what the speakers would play."),
     alignment: Path | None = typer.Option(None, "--alignment", "-a", help="With --input: write the path (u_time_s,x_time_s)."),
     start: float = typer.Option(0.0, "--start", help="Where in the recording you start (seconds)."),
@@ -35,7 +36,11 @@ def run(
     alpha: float = typer.Option(2.0, "--alpha", help="Solo removal strength, 0 (none: play the recording as is) to 2."),
     input_device: str | None = typer.Option(None, "--input-device", help="Microphone (name or index; see 'player devices')."),
     output_device: str | None = typer.Option(None, "--output-device", help="Speakers/headphones (name or index)."),
-    latency: str = typer.Option("low", "--latency", help="Device latency: 'low', 'high' or seconds."),
+    samplerate: int | None = typer.Option(None, "--samplerate", help="Live: the devices' rate (Hz; default: theirs); "
+                                          "with --input: out.wav's (default: the recording's)."),
+    latency: str = typer.Option("low", "--latency", help="Device latency: 'low', 'high' or seconds "
+                                "(with --input: play as through a device of that many seconds)."),
+    record: Path | None = typer.Option(None, "--record", help="Live: keep the rehearsal in this folder (take, played, path)."),
     no_search: bool = typer.Option(False, "--no-search", help="Do not look for you elsewhere in the piece."),
     blocksize: int | None = typer.Option(None, "--blocksize", help="Samples per block (default: ~20 ms)."),
     report: Path | None = typer.Option(None, "--report", help="With --input: draw the run into this PNG."),
@@ -53,12 +58,23 @@ def run(
                                               "separation.alpha": alpha})
         if input is None:
             if output is not None or alignment is not None or report is not None:
-                raise fail("--output, --alignment and --report need --input FILE (live audio goes to the speakers)")
-            _run_live(b, config, blocksize, input_device, output_device, latency, quiet, plain=plain, keys=keys)
+                raise fail("--output, --alignment and --report need --input FILE; to keep a live rehearsal, "
+                           "use --record DIR (then 'player report DIR')")
+            _run_live(b, config, blocksize, input_device, output_device, latency, quiet, plain=plain, keys=keys,
+                      samplerate=samplerate, record=record, force=force)
             return
+        if record is not None:
+            raise fail("--record is for live audio (without --input); file mode writes --output and --alignment")
+        if samplerate is not None and not 8000 <= samplerate <= 384000:
+            raise fail("--samplerate must be within 8000..384000 Hz")
+        if input.is_dir():  # a rehearsal kept with --record: its take
+            from player.recorder import recorded_take
+
+            input = recorded_take(input)
         truth_path = _check_report_options(report, truth, force)
         result = run_file(b, input, output_path=output, alignment_path=alignment, config=config,
-                          blocksize=blocksize, force=force, record=report is not None)
+                          blocksize=blocksize, force=force, record=report is not None,
+                          latency_s=_file_latency(latency), output_sr=samplerate)
         if report is not None:
             write_report(result.trace, report, truth=truth_path, title=f"{input.name} on {bundle.name}", force=force)
     if not quiet:
@@ -105,34 +121,80 @@ def _latency(value: str):
         seconds = float(value)
     except ValueError:
         raise fail("--latency must be 'low', 'high' or a number of seconds") from None
-    if not 0.0 < seconds <= 1.0:
-        raise fail("--latency must be within (0, 1] seconds")
+    if not 0.0 <= seconds <= 1.0:
+        raise fail("--latency must be within [0, 1] seconds")
     return seconds
 
 
-def _run_live(bundle, config, blocksize, input_device, output_device, latency, quiet,
-              plain: bool = False, keys: bool = True) -> None:
+def _file_latency(value: str) -> float:
+    """File mode's ``--latency``: seconds of a device to play as through (default none)."""
+    latency = _latency(value)
+    return 0.0 if isinstance(latency, str) else latency
+
+
+def _run_live(bundle, config, blocksize, input_device, output_device, latency, quiet, *, plain: bool = False,
+              keys: bool = True, samplerate: int | None = None, record: Path | None = None, force: bool = False) -> None:
+    from player.devices import choose_devices
     from player.display import make_display
     from player.keys import KeyCommands, KeyReader
-    from player.live import run_live  # PortAudio is loaded only when live audio is asked for
+    from player.live import import_sounddevice, run_live  # PortAudio is loaded only for live audio
+    from player.recorder import RehearsalRecorder, check_record_folder
     from player.status import snapshot
 
-    engine = Engine(bundle, bundle.audio.sr, config)
-    block = blocksize or default_blocksize(bundle.audio.sr, bundle.params)
+    if samplerate is not None and not 8000 <= samplerate <= 384000:
+        raise fail("--samplerate must be within 8000..384000 Hz")
+    if record is not None:
+        check_record_folder(record, force)  # before the devices open
+    sd = import_sounddevice()
+    choice = choose_devices(sd, _device(input_device), _device(output_device), samplerate, bundle.audio.sr)
+    rate = choice.samplerate
+    block = blocksize or default_blocksize(rate, bundle.params)
+    recorder = RehearsalRecorder(record, rate, 1, bundle.audio.channels, force=force) if record is not None else None
+    engine = Engine(bundle, rate, config, on_frame=recorder.frame if recorder else None, output_sr=rate)
     display = make_display(quiet, plain)
     reader = KeyReader(KeyCommands(config.start_s, bundle.duration_s), enable=keys and not quiet)
+    warned = []
 
-    def tick(session, latency_s):  # the main thread, a few times per second
+    def tick(session):  # the main thread, a few times per second
         for x_s in reader.poll():
             session.request_restart(x_s)
-        display.update(snapshot(engine, session, latency_s), reader)
+        display.update(snapshot(engine, session), reader)
+        if recorder is not None and recorder.warning and not warned:
+            warned.append(recorder.warning)
+            print(f"warning: {recorder.warning}", file=sys.stderr)
 
-    with reader, display:
-        counters = run_live(engine, blocksize=block, input_device=_device(input_device),
-                            output_device=_device(output_device), latency=_latency(latency), on_tick=tick)
+    session = None
+    try:
+        with reader, display:
+            session = run_live(engine, choice, blocksize=block, latency=_latency(latency), on_tick=tick,
+                               on_block=recorder.block if recorder else None, sd=sd)
+    finally:
+        if recorder is not None:
+            recorder.close(_live_timing(engine, session, choice, block))
+            if recorder.warning and recorder.warning not in warned:
+                print(f"warning: {recorder.warning}", file=sys.stderr)
+    c = session.counters
     if not quiet:
-        print(f"stopped: {counters.xruns} xruns, {counters.dropped_blocks} dropped and "
-              f"{counters.late_blocks} late blocks", file=sys.stderr)
+        print(f"stopped: {c.xruns} xruns, {c.dropped_blocks} dropped and {c.late_blocks} late blocks; "
+              f"{choice.samplerate} Hz, latency {1000 * session.latency_s:.0f} ms"
+              + (f"; rehearsal kept in {record}" if record is not None else ""), file=sys.stderr)
+
+
+def _live_timing(engine, session, choice, block: int) -> dict:
+    """The timing report of a live run (``timing.json`` of a recorded rehearsal)."""
+    stats = engine.stats
+    report = {"samplerate": choice.samplerate, "input_device": choice.input_name, "output_device": choice.output_name,
+              "host_api": choice.host_api, "blocksize": block, "u_duration_s": round(engine.u_time_s, 3),
+              "frames": stats.frames, "blocks": stats.blocks, "jumps": stats.jumps, "nan_blocks": stats.nan_blocks,
+              "stage_s": {k: round(v, 4) for k, v in stats.seconds.items()},
+              "cpu_share": round(sum(stats.seconds.values()) / max(engine.u_time_s, 1e-9), 4)}
+    if session is not None:
+        c = session.counters
+        report.update(device_latency_s=round(session.device_latency_s, 6), queue_s=round(session.queue_s, 6),
+                      assumed_latency_s=round(session.latency_s, 6), xruns=c.xruns, dropped_blocks=c.dropped_blocks,
+                      late_blocks=c.late_blocks, skipped_blocks=c.skipped_blocks, callbacks=c.callbacks,
+                      restarts=session.restarts)
+    return report
 
 
 @app.command()
@@ -150,6 +212,27 @@ def demo(
           f"(median error {result.median_error_ms:.0f} ms), real-time factor {result.rtf:.2f}", file=sys.stderr)
     print(f"demo written to {result.folder.resolve()}: out.wav (what the speakers would play), "
           f"path.csv, report.png, X.h5")
+
+
+@app.command("report")
+@one_line_errors
+def report_command(
+    folder: Path = typer.Argument(..., help="A rehearsal kept with 'player run ... --record DIR'."),
+    truth: Path | None = typer.Option(None, "--truth", help="The true path (u_time_s,x_time_s CSV)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="The PNG to draw (default: DIR/report.png)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing picture."),
+) -> None:
+    """Draw a recorded rehearsal: path, error against --truth, tempo and confidence."""
+    from player.trace import read_trace
+
+    require_matplotlib()
+    target = output or folder / "report.png"
+    check_plot_path(target, "--output")
+    check_output_path(target, force or output is None)
+    trace = read_trace(folder)
+    truth_path = read_path(truth, "truth") if truth is not None else None
+    write_report(trace, target, truth=truth_path, title=f"rehearsal {folder.name}", force=True)
+    print(f"report written to {target}")
 
 
 @app.command()

@@ -41,8 +41,9 @@ from player.search import GlobalSearch
 from player.separation import PositionSpectrum, SoloPresence, SoloRemover, gain_on_bins
 from player.stages import Frame, FrameStage
 from player.vocoder import StreamingVocoder
-from shared.audio import first_sound_s, to_mono
+from shared.audio import ResampledAudio, first_sound_s, to_mono
 from shared.bundle import Bundle
+from shared.bundle_schema import MAX_SAMPLE_RATE
 from shared.errors import BundleError, ConfigError
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "check_supported"]
@@ -88,19 +89,24 @@ class Engine:
         config: tuning.
         on_frame: called once per analysis frame with ``(u_time_s, state)`` (the
             follower's state object, updated in place by every frame).
+        output_sr: sample rate of the blocks returned (Hz): X's own by default (files);
+            a sound card's otherwise, X then being read through
+            :class:`shared.audio.ResampledAudio`.
 
     Raises:
         ConfigError: ``config.start_s`` lies outside the recording.
     """
 
     def __init__(self, bundle: Bundle, input_sr: int, config: EngineConfig | None = None,
-                 on_frame: FrameCallback | None = None) -> None:
+                 on_frame: FrameCallback | None = None, output_sr: int | None = None) -> None:
         check_supported(bundle)
         self.bundle = bundle
         self.params = p = bundle.params
         self.config = cfg = config or EngineConfig()
         self.input_sr = int(input_sr)
-        self.output_sr = bundle.audio.sr
+        self.output_sr = int(output_sr or bundle.audio.sr)
+        if not 1000 <= self.output_sr <= MAX_SAMPLE_RATE:
+            raise ConfigError(f"output rate {self.output_sr} Hz is out of range (1000..{MAX_SAMPLE_RATE})")
         self.output_channels = bundle.audio.channels
         self.on_frame = on_frame
         start = float(cfg.start_s)
@@ -126,7 +132,8 @@ class Engine:
         self._frame = Frame()
         # once per block
         self.controller = PlaybackController(cfg.playback)
-        self.vocoder = StreamingVocoder(bundle.audio)
+        played = bundle.audio if self.output_sr == bundle.audio.sr else ResampledAudio(bundle.audio, self.output_sr)
+        self.vocoder = StreamingVocoder(played)
         self.remover = SoloRemover(bundle.nmf, p, cfg.separation)
         self.x_spectrum = PositionSpectrum(bundle.audio, p)
         self._gain = np.ones(self.vocoder.n_bins)
@@ -140,8 +147,8 @@ class Engine:
         self._out_samples = 0
         # nobody starts playing in the recording's leading silence: waiting at the start of
         # the piece means waiting where its music begins
-        head = bundle.audio.read(0, int(min(bundle.duration_s, MUSIC_START_SEARCH_S) * self.output_sr))
-        self.music_start_s = first_sound_s(head, self.output_sr)
+        head = bundle.audio.read(0, int(min(bundle.duration_s, MUSIC_START_SEARCH_S) * bundle.audio.sr))
+        self.music_start_s = first_sound_s(head, bundle.audio.sr)
         self.follower.reset(self._waiting_place(start), wait=not cfg.intro)
         self.follower.warm_up()
         self.remover.warm_up()

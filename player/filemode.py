@@ -5,6 +5,7 @@ engine). Outputs are streamed to temporary files and renamed into place only whe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -78,9 +79,15 @@ def run_file(
     force: bool = False,
     on_block: Callable[[Engine], None] | None = None,
     record: bool = False,
+    latency_s: float = 0.0,
+    output_sr: int | None = None,
 ) -> RunResult:
     """Run the engine over a file of U; write ``output_path`` (X's rate and channels) and
     ``alignment_path`` (``u_time_s,x_time_s``, one row per analysis frame) atomically.
+    ``output_sr``: the rate of ``out.wav`` (X's own by default; a device's, to play as
+    through it). With ``latency_s``, the run plays as through a device of that latency: the engine
+    schedules X that far ahead and ``out.wav`` is that much later (what a listener hears
+    on the take's timeline); a live run with that latency plays the same, block for block.
     A timing report goes beside the alignment as ``<alignment>.timing.json``. The result
     carries the run's :class:`player.trace.RunTrace`; with ``record`` it holds the
     solo-removal gain of every block too (for ``--report``).
@@ -94,19 +101,22 @@ def run_file(
     if info.frames < block:
         raise AudioError(f"input {input_path.name} is shorter than one block ({info.frames} < {block} samples)")
     recorder = TraceRecorder(masks=record)
-    engine = Engine(bundle, info.samplerate, config, on_frame=recorder.frame)
+    config = dataclasses.replace(config or EngineConfig(), output_latency_s=float(latency_s))
+    engine = Engine(bundle, info.samplerate, config, on_frame=recorder.frame, output_sr=output_sr)
+    out_sr = engine.output_sr
     io_s = 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     with ExitStack() as stack:
         out_file = None
         if output_path is not None:
             tmp = stack.enter_context(atomic_output(output_path, force))
-            out_file = stack.enter_context(sf.SoundFile(tmp, "w", samplerate=bundle.audio.sr,
+            out_file = stack.enter_context(sf.SoundFile(tmp, "w", samplerate=out_sr,
                                                         channels=bundle.audio.channels, subtype="PCM_16",
                                                         format="WAV"))
-        # The block answering input block k is heard from the end of block k: it is written
-        # one block later, so out.wav is what the speakers would play on U's timeline.
-        out_total = int(round(info.frames * bundle.audio.sr / info.samplerate))
+        # The block answering input block k is heard from the end of block k (plus the
+        # latency): it is written one block (and the latency) later, so out.wav is what the
+        # speakers would play on U's timeline.
+        out_total = int(round(info.frames * out_sr / info.samplerate))
         written = 0
         for u_block in sf.blocks(str(input_path), blocksize=block, dtype="float32", always_2d=True):
             out = engine.process(u_block)
@@ -116,7 +126,8 @@ def run_file(
             if out_file is not None:
                 t = time.perf_counter()
                 if written == 0:
-                    lead = np.zeros((out.shape[0], out.shape[1]), dtype=np.float32)
+                    delay = out.shape[0] + int(round(latency_s * out_sr))
+                    lead = np.zeros((delay, out.shape[1]), dtype=np.float32)
                     out_file.write(lead)
                     written += lead.shape[0]
                 out = out[: max(0, out_total - written)]

@@ -67,7 +67,7 @@ class DisplaySnapshot:
     restarts: int = 0
 
 
-def snapshot(engine, session, latency_s: float) -> DisplaySnapshot:
+def snapshot(engine, session) -> DisplaySnapshot:
     """Copy the display's values out of a running engine and its live session (main thread)."""
     st = engine.state
     c = session.counters
@@ -78,8 +78,8 @@ def snapshot(engine, session, latency_s: float) -> DisplaySnapshot:
         confidence=float(st.confidence), detune_cents=float(st.detune_cents),
         input_level_db=float(session.input_level_db), input_peak_db=float(session.input_peak_db),
         xruns=c.xruns, dropped_blocks=c.dropped_blocks, late_blocks=c.late_blocks,
-        clipped_blocks=c.clipped_blocks, latency_s=float(latency_s),
-        queue_s=session.headroom_blocks * session.blocksize / float(engine.input_sr),
+        clipped_blocks=c.clipped_blocks, latency_s=float(session.device_latency_s),
+        queue_s=float(session.queue_s),
         active=bool(st.active), waiting=not engine.started,
         load=load, restarts=session.restarts)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from player.follower import FollowerState
+from shared.errors import AudioError
 
 #: Edges (Hz) of the bands the report's mask picture averages the gain over.
 MASK_BAND_EDGES_HZ = np.geomspace(60.0, 8000.0, 49)
@@ -69,3 +71,28 @@ class TraceRecorder:
         masks = np.array(self.masks, dtype=np.float16).reshape(len(self.blocks), n_bands)
         return RunTrace(np.array(self.frames, dtype=np.float64).reshape(-1, len(FRAME_COLUMNS)),
                         np.array(self.blocks), masks)
+
+
+def read_trace(folder: Path) -> RunTrace:
+    """The trace of a rehearsal kept with ``--record`` (its ``trace.csv``; a rehearsal that
+    was killed may end with a partly written row, which is left out)."""
+    path = Path(folder) / "trace.csv"
+    if not path.is_file():
+        raise AudioError(f"{folder} holds no trace.csv: not a folder written by 'player run --record'")
+    rows = []
+    with open(path) as fh:
+        header = fh.readline().strip().split(",")
+        if tuple(header) != FRAME_COLUMNS:
+            raise AudioError(f"{path} does not start with the header {','.join(FRAME_COLUMNS)}")
+        for line in fh:
+            values = line.strip().split(",")
+            if len(values) != len(FRAME_COLUMNS):
+                continue
+            try:
+                rows.append([float(v) for v in values])
+            except ValueError:
+                continue
+    frames = np.array(rows, dtype=np.float64).reshape(-1, len(FRAME_COLUMNS))
+    if frames.shape[0] < 2 or not np.isfinite(frames).all():
+        raise AudioError(f"{path} holds too few frames to draw (or values that are not numbers)")
+    return RunTrace(frames, np.zeros(0), np.zeros((0, MASK_BAND_EDGES_HZ.size - 1), dtype=np.float16))

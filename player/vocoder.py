@@ -65,27 +65,16 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Protocol
 
 import numpy as np
 
-from shared.audio import to_mono
+from shared.audio import AudioSource, to_mono
 from shared.spectral import analysis_window
 
 MIN_RATE = 0.25
 MAX_RATE = 4.0
 _ONSET_HISTORY = 4      # blocks of hop/2 the HF energy of a new block is compared with
 _NEW_BIN_RATIO = 4.0    # energy ratio (6 dB) above which a bin is reset at an onset
-
-
-class AudioSource(Protocol):
-    """What the vocoder reads X from (``shared.bundle.BundleAudio`` has this interface)."""
-
-    sr: int
-    channels: int
-    n_samples: int
-
-    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def default_n_fft(sr: int) -> int:

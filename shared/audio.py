@@ -8,8 +8,12 @@ Resampling goes through soxr (the library librosa itself uses), never by hand.
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import soundfile as sf
@@ -209,6 +213,117 @@ def read_window(start: int, n: int, n_samples: int, channels: int,
     else:
         out[:] = 0.0
     return out, max(start, 0), min(start + n, n_samples)
+
+
+class AudioSource(Protocol):
+    """Random-access audio (what the vocoder reads X from): ``sr`` (Hz), ``channels``,
+    ``n_samples`` and ``read(start, n, out=None)`` -> float32 ``(n, channels)``, zeros
+    outside the signal."""
+
+    sr: int
+    channels: int
+    n_samples: int
+
+    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray: ...
+
+
+class ChunkedAudio:
+    """Random access to audio made chunk by chunk on demand (decoded, resampled), through
+    a small least-recently-used cache of chunks: memory stays bounded whatever the length.
+    Thread-safe (one lock). Subclasses implement :meth:`_decode`.
+
+    Args:
+        sr: sample rate (Hz).
+        channels: channels.
+        n_samples: length (samples).
+        chunk_samples: samples per chunk (the last may be shorter).
+        cache_chunks: chunks kept decoded.
+    """
+
+    def __init__(self, sr: int, channels: int, n_samples: int, chunk_samples: int, cache_chunks: int = 4) -> None:
+        self.sr, self.channels, self.n_samples = int(sr), int(channels), int(n_samples)
+        self.chunk_samples = int(chunk_samples)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_chunks = cache_chunks
+        self._lock = threading.Lock()
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.sr
+
+    def _decode(self, index: int) -> np.ndarray:
+        """Chunk ``index``: float32 ``(min(chunk_samples, n_samples - index * chunk_samples),
+        channels)``."""
+        raise NotImplementedError
+
+    def _chunk(self, index: int) -> np.ndarray:
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
+        block = self._decode(index)
+        self._cache[index] = block
+        if len(self._cache) > self._cache_chunks:
+            self._cache.popitem(last=False)
+        return block
+
+    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Samples ``[start, start + n)`` as float32 ``(n, channels)``; zeros outside."""
+        out, lo, hi = read_window(start, n, self.n_samples, self.channels, out)
+        with self._lock:
+            pos = lo
+            while pos < hi:
+                index = pos // self.chunk_samples
+                block = self._chunk(index)
+                c0 = pos - index * self.chunk_samples
+                take = min(hi - pos, block.shape[0] - c0)
+                out[pos - start:pos - start + take] = block[c0:c0 + take]
+                pos += take
+        return out
+
+    def read_all(self) -> np.ndarray:
+        """The whole signal (for tests and short pieces)."""
+        return self.read(0, self.n_samples)
+
+
+class ResampledAudio(ChunkedAudio):
+    """``source`` (an :class:`AudioSource`) at another sample rate, with random access:
+    what the speakers play when the device runs at another rate than the recording.
+
+    Each chunk is resampled with soxr (the whole chunk at once, linear phase, no delay)
+    from the source's samples around it, with ``margin`` output samples on either side so
+    that chunks join seamlessly; chunk boundaries fall on whole periods of the rate ratio,
+    where an output sample lies exactly on a source sample. Made on demand and cached:
+    nothing is allocated per block, one chunk (about 0.7 s) at a time.
+
+    Args:
+        source: the audio to resample.
+        sr: the rate to present (Hz).
+        quality: soxr's quality ("HQ": 20-bit, flat to 91 % of Nyquist).
+    """
+
+    def __init__(self, source: AudioSource, sr: int, quality: str = "HQ", cache_chunks: int = 4) -> None:
+        sr_in, sr_out = int(source.sr), int(sr)
+        g = math.gcd(sr_in, sr_out)
+        self._step_out, self._step_in = sr_out // g, sr_in // g  # a whole period of the ratio
+        chunk = self._step_out * max(1, -(-32768 // self._step_out))
+        n_out = int(round(source.n_samples * sr_out / sr_in))
+        super().__init__(sr_out, source.channels, n_out, chunk, cache_chunks)
+        self.source, self.quality = source, quality
+        self._margin = self._step_out * max(1, -(-1024 // self._step_out))  # output samples
+
+    def _decode(self, index: int) -> np.ndarray:
+        start = index * self.chunk_samples
+        n = min(self.chunk_samples, self.n_samples - start)
+        first = start - self._margin  # a whole number of ratio periods: on a source sample
+        src_first = first // self._step_out * self._step_in
+        src_n = (n + 2 * self._margin) // self._step_out * self._step_in + self._step_in
+        segment = self.source.read(src_first, src_n)
+        resampled = soxr.resample(segment, self.source.sr, self.sr, quality=self.quality)
+        block = resampled[self._margin:self._margin + n]
+        if block.shape[0] < n:  # (soxr rounds the length down by at most a sample)
+            block = np.concatenate([block, np.zeros((n - block.shape[0], self.channels), np.float32)])
+        return np.ascontiguousarray(block, dtype=np.float32)
 
 
 class ArrayAudio:

@@ -10,8 +10,6 @@ bounded whatever the recording's length.
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import h5py
 import numpy as np
 import soundfile as sf
 
-from shared.audio import read_window
+from shared.audio import ChunkedAudio
 from shared.errors import BundleError
 
 #: FLAC holds at most this many channels; more are stored as gzip'd integer PCM.
@@ -72,28 +70,18 @@ def encode_audio(group: h5py.Group, samples: np.ndarray, sr: int, subtype: str,
     group.create_dataset("offsets", data=offsets, track_times=False)
 
 
-class BundleAudio:
-    """Random access to X's audio in a bundle, decoding only the chunks asked for.
-
-    Memory stays bounded by a small cache of decoded chunks, so a 40-minute concerto never
-    needs to be decoded whole. Thread-safe (one lock around file access).
+class BundleAudio(ChunkedAudio):
+    """Random access to X's audio in a bundle, decoding only the chunks asked for (a
+    :class:`shared.audio.ChunkedAudio`: memory stays bounded by a small cache of decoded
+    chunks, so a 40-minute concerto never needs to be decoded whole; thread-safe).
     """
 
     def __init__(self, path: Path, attrs: dict, cache_chunks: int = 4) -> None:
+        super().__init__(int(attrs["sr"]), int(attrs["channels"]), int(attrs["n_samples"]),
+                         int(attrs["chunk_samples"]), cache_chunks)
         self.path = path
         self.codec = str(attrs["codec"])
-        self.sr = int(attrs["sr"])
-        self.channels = int(attrs["channels"])
-        self.n_samples = int(attrs["n_samples"])
-        self.chunk_samples = int(attrs["chunk_samples"])
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cache_chunks = cache_chunks
-        self._lock = threading.Lock()
         self._file: h5py.File | None = None
-
-    @property
-    def duration_s(self) -> float:
-        return self.n_samples / self.sr
 
     def _h5(self) -> h5py.File:
         if self._file is None:
@@ -106,11 +94,7 @@ class BundleAudio:
                 self._file.close()
                 self._file = None
 
-    def _chunk(self, index: int) -> np.ndarray:
-        cached = self._cache.get(index)
-        if cached is not None:
-            self._cache.move_to_end(index)
-            return cached
+    def _decode(self, index: int) -> np.ndarray:
         start = index * self.chunk_samples
         expect = min(self.chunk_samples, self.n_samples - start)
         try:
@@ -128,25 +112,4 @@ class BundleAudio:
         if block.shape != (expect, self.channels):
             raise BundleError(f"bundle {self.path.name}: audio chunk {index} has shape {block.shape}, "
                               f"expected {(expect, self.channels)}")
-        self._cache[index] = block
-        if len(self._cache) > self._cache_chunks:
-            self._cache.popitem(last=False)
         return block
-
-    def read(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Samples ``[start, start + n)`` as float32 ``(n, channels)``; zeros outside the file."""
-        out, lo, hi = read_window(start, n, self.n_samples, self.channels, out)
-        with self._lock:
-            pos = lo
-            while pos < hi:
-                index = pos // self.chunk_samples
-                block = self._chunk(index)
-                c0 = pos - index * self.chunk_samples
-                take = min(hi - pos, block.shape[0] - c0)
-                out[pos - start:pos - start + take] = block[c0:c0 + take]
-                pos += take
-        return out
-
-    def read_all(self) -> np.ndarray:
-        """The whole recording (for tests and short pieces)."""
-        return self.read(0, self.n_samples)

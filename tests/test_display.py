@@ -2,13 +2,11 @@
 session (fed by the fake duplex stream of test_live), the input level meter, the restart
 request applied between blocks, the keys, and the plain and quiet modes of the command."""
 
-import _thread
 import io
 import math
 import os
 import re
 import sys
-import threading
 import time
 import tracemalloc
 from types import SimpleNamespace
@@ -27,8 +25,9 @@ from player.live import LiveSession
 from player.status import DisplaySnapshot, mmss, snapshot, status_line
 from shared.synth import make_case
 
+from .fake_sounddevice import FakeDevice, FakeDuplexStream, FakeSoundDevice
 from .follow_helpers import bundle_for
-from .test_live import FakeDuplexStream, blocksize_of, recording_engine
+from .test_live import blocksize_of, recording_engine
 
 
 def render(display: LiveDisplay, snap: DisplaySnapshot, keys=None) -> str:
@@ -347,13 +346,14 @@ def test_snapshot_of_a_running_session(display_case):
         session.stop()
     assert session.error is None, repr(session.error)
 
-    snap = snapshot(engine, session, 0.015)
+    session.device_latency_s = 0.015
+    snap = snapshot(engine, session)
     st = engine.state
     assert snap.position_s == st.x_s and snap.tempo == st.tempo and snap.detune_cents == st.detune_cents
     assert snap.confidence == st.confidence and snap.active == st.active
     assert snap.duration_s == bundle.duration_s
     assert snap.xruns == 2 and snap.dropped_blocks == 0 and snap.late_blocks == 0
-    assert snap.latency_s == 0.015 and snap.queue_s == pytest.approx(2 * block / case.sr)
+    assert snap.latency_s == 0.015 and snap.queue_s == pytest.approx(block / case.sr)  # headroom 2: one block
     assert not snap.waiting and snap.load is not None and snap.load > 0
     tail = case.u[3 * case.sr - case.sr // 2: 3 * case.sr + 2 * block]
     rms_db = 10 * np.log10(np.mean(tail.astype(np.float64) ** 2))
@@ -440,53 +440,8 @@ def test_restart_goes_through_the_engine():
 
 
 # ----------------------------------------------------------------------------- the command
-class FakeSoundDevice:
-    """Stands for the sounddevice module: a duplex stream fed from ``u`` by a thread, which
-    then presses Ctrl-C (interrupts the main thread) as a player would to stop."""
-
-    class PortAudioError(Exception):
-        pass
-
-    def __init__(self, u, linger_s=0.8):
-        self.u = u
-        self.linger_s = linger_s
-        self.streams = []
-
-    def Stream(self, *, samplerate, blocksize, dtype, channels, device, latency, callback):
-        stream = FakeStream(self, blocksize, channels, callback)
-        self.streams.append(stream)
-        return stream
-
-
-class FakeStream:
-    latency = (0.01, 0.02)
-
-    def __init__(self, sd, blocksize, channels, callback):
-        self.sd, self.blocksize, self.channels, self.callback = sd, blocksize, channels, callback
-        self.session = callback.__self__
-        self._thread = None
-        self._open = False
-
-    def _run(self):
-        fake = FakeDuplexStream(self.session, in_channels=self.channels[0])
-        fake.feed(self.sd.u)
-        time.sleep(self.sd.linger_s)  # a few ticks of the display
-        if self._open and self.session.error is None:
-            _thread.interrupt_main()  # Ctrl-C
-
-    def __enter__(self):
-        self._open = True
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._open = False
-        self._thread.join(timeout=10)
-
-
-def run_cli_live(monkeypatch, bundle_path, u, *args):
-    sd = FakeSoundDevice(u)
+def run_cli_live(monkeypatch, bundle_path, u, *args, sr=22050):
+    sd = FakeSoundDevice(u, devices=[FakeDevice("Fake duplex", rate=sr, rates=(sr,))])
     monkeypatch.setattr(live, "import_sounddevice", lambda: sd)
     result = CliRunner().invoke(app, ["run", str(bundle_path), *args])
     assert sd.streams, result.output
@@ -506,12 +461,12 @@ def test_cli_live_plain_status_without_a_terminal(display_case, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert lines[-1] == "stopped: 0 xruns, 0 dropped and 0 late blocks"
+    assert lines[-1] == "stopped: 0 xruns, 0 dropped and 0 late blocks; 22050 Hz, latency 60 ms"
     status = lines[:-1]
     assert 1 <= len(status) <= 3, result.stderr  # once a second, plain lines (no ANSI, no \r)
     duration = mmss(display_case[1].duration_s)
     for line in status:
         assert re.match(rf"\d\d:\d\d / {duration}  tempo \d\.\d\dx  confidence \d+%  detune [+-]\d+ cents  "
                         r"input -?\d+ dBFS", line), line
-        assert "latency 70 ms" in line  # 10 + 20 ms of device, 2 blocks of 20 ms queued
+        assert "latency 60 ms" in line  # 10 + 20 ms of device; 1.5 blocks of 20 ms queued beyond a callback
         assert "\x1b" not in line and "\r" not in line

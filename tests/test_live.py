@@ -12,6 +12,7 @@ from player.engine import Engine
 from player.live import LiveSession, Ring
 from shared.synth import make_case
 
+from .fake_sounddevice import FakeDuplexStream
 from .follow_helpers import bundle_for, follow
 
 
@@ -101,28 +102,6 @@ def live_case(tmp_path_factory):
 
 def blocksize_of(bundle):
     return int(round(bundle.params.fine_period_s * bundle.audio.sr))
-
-
-class FakeDuplexStream:
-    """Calls the session's callback the way PortAudio does: preallocated ``indata`` and
-    ``outdata`` arrays, one block per call; waits for the worker between calls."""
-
-    def __init__(self, session: LiveSession, in_channels: int = 1):
-        self.session = session
-        self.blocksize = session.blocksize
-        self.indata = np.zeros((self.blocksize, in_channels), np.float32)
-        self.outdata = np.zeros((self.blocksize, session.out_channels), np.float32)
-        self.played: list[np.ndarray] = []
-
-    def feed(self, u: np.ndarray, status=0, drain: bool = True) -> None:
-        n = self.blocksize
-        for i in range(0, len(u) - n + 1, n):
-            self.indata[:] = u[i:i + n].reshape(n, -1)
-            self.outdata.fill(np.nan)  # whatever the device left there must be overwritten
-            self.session.callback(self.indata, self.outdata, n, None, status)
-            self.played.append(self.outdata.copy())
-            if drain:
-                self.session.drain()
 
 
 def recording_engine(bundle, sr):
@@ -227,7 +206,7 @@ def test_engine_falling_behind(live_case):
     block = blocksize_of(bundle)
     ring_blocks, headroom, calls = 4, 2, 10
     engine = Engine(bundle, case.sr)
-    session = LiveSession(engine, block, headroom_blocks=headroom, ring_blocks=ring_blocks)
+    session = LiveSession(engine, block, headroom_blocks=headroom, ring_blocks=ring_blocks, max_callback_frames=block)
     stream = FakeDuplexStream(session)
     stream.feed(case.u[case.sr: case.sr + calls * block], drain=False)  # no worker: no drain
     c = session.counters
