@@ -191,7 +191,8 @@ def _live_timing(engine, session, choice, block: int) -> dict:
     if session is not None:
         c = session.counters
         report.update(device_latency_s=round(session.device_latency_s, 6), queue_s=round(session.queue_s, 6),
-                      assumed_latency_s=round(session.latency_s, 6), xruns=c.xruns, dropped_blocks=c.dropped_blocks,
+                      assumed_latency_s=round(session.latency_s, 6),
+                      primed_latency_s=round(session.primed_latency_s, 6), xruns=c.xruns, dropped_blocks=c.dropped_blocks,
                       late_blocks=c.late_blocks, skipped_blocks=c.skipped_blocks, callbacks=c.callbacks,
                       restarts=session.restarts)
     return report

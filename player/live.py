@@ -202,6 +202,11 @@ class LiveSession:
         """What the engine looks ahead by: the device's latency plus :attr:`queue_s`."""
         return self.device_latency_s + self.queue_s
 
+    @property
+    def primed_latency_s(self) -> float:
+        """:attr:`latency_s` as the stream started (before any late block moved it)."""
+        return self.device_latency_s + (self._primed_frames - self.blocksize) / self.sr
+
     # ------------------------------------------------------------------ audio thread
     def callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info, status) -> None:
         """The PortAudio callback: copies and counters only."""

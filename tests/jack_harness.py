@@ -387,6 +387,7 @@ def live_figures(bundle: Path, take: np.ndarray, looped: np.ndarray, delay: int,
         outputs[name] = shifted(at_rate(replay_wav, rate, d_in + n), d_in)[:n]
     outputs.update(others or {})
     row = {"blocksize": timing["blocksize"], "assumed_ms": round(1000 * timing["assumed_latency_s"], 2),
+           "primed_ms": round(1000 * timing["primed_latency_s"], 2),
            "measured_ms": round(1000 * (loop_s + device), 2), "device_ms": round(1000 * device, 2)}
     for name, reference in outputs.items():
         offset, matched = offset_s(heard, reference, rate)

