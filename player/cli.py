@@ -53,6 +53,8 @@ def run(
     """Follow the soloist and play the recording along."""
     if blocksize is not None and not 16 <= blocksize <= 1 << 16:
         raise fail("--blocksize must be within 16..65536 samples")
+    if samplerate is not None and not 8000 <= samplerate <= 384000:
+        raise fail("--samplerate must be within 8000..384000 Hz")
     with naming_options(), load_bundle(bundle) as b:
         config = EngineConfig.from_overrides({"start_s": start, "intro": intro, "global_search": not no_search,
                                               "separation.alpha": alpha})
@@ -65,8 +67,6 @@ def run(
             return
         if record is not None:
             raise fail("--record is for live audio (without --input); file mode writes --output and --alignment")
-        if samplerate is not None and not 8000 <= samplerate <= 384000:
-            raise fail("--samplerate must be within 8000..384000 Hz")
         if input.is_dir():  # a rehearsal kept with --record: its take
             from player.recorder import recorded_take
 
@@ -141,8 +141,6 @@ def _run_live(bundle, config, blocksize, input_device, output_device, latency, q
     from player.recorder import RehearsalRecorder, check_record_folder
     from player.status import snapshot
 
-    if samplerate is not None and not 8000 <= samplerate <= 384000:
-        raise fail("--samplerate must be within 8000..384000 Hz")
     if record is not None:
         check_record_folder(record, force)  # before the devices open
     sd = import_sounddevice()

@@ -400,10 +400,10 @@ def run_live(engine: Engine, choice: DeviceChoice, *, blocksize: int, latency: s
     session.start()
     lost = False
     previous_term = _stop_on_sigterm()
+    # known once the stream is open: set before it starts, so the first block is scheduled right
+    session.device_latency_s = float(sum(stream.latency)) if isinstance(stream.latency, tuple) else float(stream.latency)
     try:
         stream.start()
-        session.device_latency_s = (float(sum(stream.latency)) if isinstance(stream.latency, tuple)
-                                    else float(stream.latency))
         heard, last_heard = -1, time.monotonic()
         while session.error is None:
             if finished.wait(tick_s) or not stream.active:

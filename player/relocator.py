@@ -104,7 +104,6 @@ class Relocator:
 
     Attributes:
         moved: whether the last frame moved the main track.
-        jumps: how many times the main track was moved since construction.
         history: the last verifications, for diagnostics: ``(U s, main state, candidate
             state, gain in nats, "screen" | "won" | "lost" | "home")``.
     """
@@ -139,7 +138,6 @@ class Relocator:
         self._replay_evidence = np.zeros(self.n_replay + 1)
         self._replayed = Frame()  # a kept frame as the tracks are fed it
         self.history: deque[tuple[float, float, float, float, str]] = deque(maxlen=64)
-        self.jumps = 0
         self.reset()
 
     def reset(self) -> None:
@@ -198,8 +196,6 @@ class Relocator:
             if candidates:
                 self._wait = self.retry_frames
                 self._job = self._screen(candidates, frame.now_s)
-        if self.moved:
-            self.jumps += 1
 
     # ------------------------------------------------------------------ public seams (tests, tools)
     def screen(self, candidates: Sequence[Candidate], now_s: float = 0.0) -> None:
