@@ -63,6 +63,11 @@ class RunResult:
         }
 
 
+def timing_path_of(alignment_path: str | Path) -> Path:
+    """Where a run's timing report goes: ``<alignment>.timing.json``."""
+    return Path(str(alignment_path) + ".timing.json")
+
+
 def default_blocksize(sr: int, params) -> int:
     """Samples of U per engine block at rate ``sr``: one fine hop (about 20 ms)."""
     return max(16, int(round(params.fine_period_s * sr)))
@@ -93,16 +98,17 @@ def run_file(
     solo-removal gain of every block too (for ``--report``).
     """
     input_path = Path(input_path)
-    for path in (output_path, alignment_path):
+    timing_path = timing_path_of(alignment_path) if alignment_path is not None else None
+    for path in (output_path, alignment_path, timing_path):
         if path is not None:
             check_output_path(path, force)  # before the run, not after minutes of work
     info = inspect_take(input_path)
-    block = blocksize or default_blocksize(info.samplerate, bundle.params)
-    if info.frames < block:
-        raise AudioError(f"input {input_path.name} is shorter than one block ({info.frames} < {block} samples)")
+    block = blocksize or default_blocksize(info.sr, bundle.params)
+    if info.n_samples < block:
+        raise AudioError(f"input {input_path.name} is shorter than one block ({info.n_samples} < {block} samples)")
     recorder = TraceRecorder(masks=record)
     config = dataclasses.replace(config or EngineConfig(), output_latency_s=float(latency_s))
-    engine = Engine(bundle, info.samplerate, config, on_frame=recorder.frame, output_sr=output_sr)
+    engine = Engine(bundle, info.sr, config, on_frame=recorder.frame, output_sr=output_sr)
     out_sr = engine.output_sr
     io_s = 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -116,7 +122,7 @@ def run_file(
         # The block answering input block k is heard from the end of block k (plus the
         # latency): it is written one block (and the latency) later, so out.wav is what the
         # speakers would play on U's timeline.
-        out_total = int(round(info.frames * out_sr / info.samplerate))
+        out_total = int(round(info.n_samples * out_sr / info.sr))
         written = 0
         for u_block in sf.blocks(str(input_path), blocksize=block, dtype="float32", always_2d=True):
             out = engine.process(u_block)
@@ -137,7 +143,7 @@ def run_file(
         if out_file is not None:
             out_file.close()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        result = RunResult(u_duration_s=info.frames / info.samplerate, cpu_s=cpu, wall_s=wall,
+        result = RunResult(u_duration_s=info.n_samples / info.sr, cpu_s=cpu, wall_s=wall,
                            frames=engine.stats.frames, stage_s={**engine.stats.seconds, "io": io_s},
                            counters={"blocks": engine.stats.blocks, "nan_blocks": engine.stats.nan_blocks,
                                      "jumps": engine.stats.jumps},
@@ -147,6 +153,6 @@ def run_file(
                 with open(tmp, "w") as fh:
                     fh.write("u_time_s,x_time_s\n")
                     fh.writelines(f"{u:.6f},{x:.6f}\n" for u, x in result.trace.path)
-            timing = Path(str(alignment_path) + ".timing.json")
-            timing.write_text(json.dumps(result.to_json(), indent=2))
+            with atomic_output(timing_path, force) as tmp:
+                Path(tmp).write_text(json.dumps(result.to_json(), indent=2))
     return result

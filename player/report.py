@@ -15,6 +15,7 @@ import numpy as np
 from player.trace import MASK_BAND_EDGES_HZ, RunTrace
 from shared.alignment import causal_errors
 from shared.plotting import new_figure, save_png
+from shared.text import inert
 
 FIGSIZE_IN = (10.0, 8.0)
 
@@ -30,7 +31,7 @@ def draw_run(trace: RunTrace, truth: np.ndarray | None = None, title: str = ""):
         ax.plot(truth[:, 0], truth[:, 1], "o", ms=3, color="tab:orange", label="truth")
     ax.set_ylabel("position in recording (s)")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(title or "alignment path")
+    ax.set_title(inert(title or "alignment path"), parse_math=False)  # file names: plain text
     ax = axes[1]
     if truth is not None:
         err_ms = 1000 * causal_errors(trace.path, truth)

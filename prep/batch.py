@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.cli_support import deferred_interrupts
 from shared.errors import KaraokeError
 
 #: Thread-count variables set to 1 in workers (numpy's BLAS, OpenMP, MKL, Accelerate, numba).
@@ -93,6 +94,7 @@ class JobResult:
     duration_s: float = 0.0
     seconds: float = 0.0
     bundle_bytes: int = 0
+    gain_db: float = 0.0  # < 0: the recording peaked above full scale and was scaled down
 
 
 class BatchObserver(Protocol):
@@ -183,7 +185,7 @@ def run_job(job: Job, options: Any, force: bool,
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
         return JobResult(job, False, f"internal error ({type(exc).__name__}: {_one_line(exc)[:200]}); please report it")
     return JobResult(job, True, duration_s=summary.duration_s, seconds=summary.seconds,
-                     bundle_bytes=summary.bundle_bytes)
+                     bundle_bytes=summary.bundle_bytes, gain_db=summary.gain_db)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -285,7 +287,7 @@ def run_batch(jobs: Sequence[Job], options: Any, *, force: bool = False, workers
 def _run_here(job: Job, options: Any, force: bool, observer: BatchObserver) -> JobResult:
     """One build in this process; Ctrl-C stops it at its next progress report (see below)."""
     observer.started(job)
-    with _sigint_deferred() as interrupted:
+    with deferred_interrupts() as interrupted:
 
         def report(stage: str, done: int, total: int) -> None:
             if interrupted():
@@ -295,27 +297,6 @@ def _run_here(job: Job, options: Any, force: bool, observer: BatchObserver) -> J
         result = run_job(job, options, force, report)
     observer.finished(result)
     return result
-
-
-@contextmanager
-def _sigint_deferred() -> Iterator[Callable[[], bool]]:
-    """Inside the block, Ctrl-C only raises a flag (the build polls it at its progress
-    reports); at the end of the block a pending Ctrl-C raises ``KeyboardInterrupt``.
-
-    Python's own handler raises wherever the main thread happens to be, including inside
-    numba's ctypes callbacks, which print and swallow the exception: the Ctrl-C is lost.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield lambda: bool(pending)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
 
 
 def _temporary_files(jobs: Sequence[Job]) -> set[Path]:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ from prep.batch import BatchError, output_dir_requested, plan_jobs, prepare_outp
 from prep.compare import diff_bundles
 from prep.pipeline import BuildOptions, build_bundle
 from prep.plots import check_plot_path, plot_bundle, require_matplotlib
-from prep.progress import BatchDisplay, StageBars, err_console
+from prep.progress import BatchDisplay, StageBars, err_console, normalised_note
 from prep.summary import bundle_summary, print_summary_table
 from shared.bundle import load_bundle
-from shared.cli_support import EXIT_ERROR, EXIT_INTERRUPTED, fail, make_app, one_line_errors
+from shared.cli_support import EXIT_ERROR, EXIT_INTERRUPTED, deferred_interrupts, fail, make_app, one_line_errors
 from shared.fileio import check_output_path
 from shared.spectral import AnalysisParams
+from shared.text import inert
 
 app = make_app("Prepare recordings for the follow-me karaoke player.")
 
@@ -77,12 +79,23 @@ def build(
     if output_path.is_dir():
         raise fail(f"output path is a directory: {output_path} (to write {output_path / (source.stem + '.h5')} "
                    "inside it, end the path with '/')")
-    if quiet:
-        summary = build_bundle(source, output_path, options, force=force)
-    else:
-        columns = (TextColumn("{task.description:<20}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            summary = build_bundle(source, output_path, options, force=force, progress=StageBars(progress))
+    # Ctrl-C, kill and a closed terminal stop the build at its next progress report, which
+    # unwinds it cleanly (deferred_interrupts says why not at once).
+    with deferred_interrupts() as interrupted, ExitStack() as stack:
+        bars = None
+        if not quiet:
+            columns = (TextColumn("{task.description:<20}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+            bars = StageBars(stack.enter_context(Progress(*columns, console=err_console, transient=True)))
+
+        def report(stage: str, done: int, total: int) -> None:
+            if interrupted():
+                raise KeyboardInterrupt
+            if bars is not None:
+                bars(stage, done, total)
+
+        summary = build_bundle(source, output_path, options, force=force, progress=report)
+    if summary.gain_db < 0:  # said even with -q: the stored audio is not the file's level
+        print(f"note: {inert(source.name)} {normalised_note(summary.gain_db)}", file=sys.stderr)
     if not quiet:
         print(
             f"{summary.output}: {summary.duration_s:.1f} s, {summary.sample_rate} Hz x{summary.channels}, "
@@ -157,9 +170,9 @@ def diff(
     """Compare two bundles' contents: exit 0 if equivalent, 1 if they differ, 2 on error."""
     result = diff_bundles(a, b, rtol=rtol, atol=atol)
     for line in result.volatile:
-        print(f"  (volatile, ignored) {line}")
+        print(f"  (volatile, ignored) {inert(line)}")
     for line in result.differences:
-        print(f"  {line}")
+        print(f"  {inert(line)}")
     if result.identical:
         print("bundles are equivalent")
         raise typer.Exit(0)

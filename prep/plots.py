@@ -23,6 +23,7 @@ import numpy as np
 
 from shared.bundle import Bundle
 from shared.plotting import check_plot_path, new_figure, require_matplotlib, save_png
+from shared.text import inert
 
 FIGSIZE_IN = (12.0, 7.5)
 #: Time columns drawn at most (a 40-minute piece has 24000 states).
@@ -75,8 +76,9 @@ def draw_bundle(bundle: Bundle):
     ax_states = fig.add_subplot(grid[1, 0], sharex=ax_spec)
     ax_bases = fig.add_subplot(grid[:, 1])
     minutes, seconds = divmod(bundle.duration_s, 60.0)
-    fig.suptitle(f"{bundle.path.name}: {bundle.source.name}, {int(minutes)}:{seconds:04.1f}, "
-                 f"{n_states} states, {bundle.nmf.w_shape.shape[0]} NMF bases", fontsize=11)
+    fig.suptitle(f"{inert(bundle.path.name)}: {inert(bundle.source.name)}, {int(minutes)}:{seconds:04.1f}, "
+                 f"{n_states} states, {bundle.nmf.w_shape.shape[0]} NMF bases", fontsize=11,
+                 parse_math=False)  # a name is text, not mathtext ("$" in it must not fail the plot)
 
     # X's coarse spectrogram, in dB below its loudest cell.
     mag, factor = pool_columns(bundle.state_mag.astype(np.float32))

@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from prep.batch import Job, JobResult
 from prep.pipeline import STAGES
+from shared.text import inert
 
 err_console = Console(stderr=True)
 
@@ -69,7 +71,7 @@ class BatchDisplay:
         if self.bars is not None:
             if job.index in self.rows:  # a retry after a worker died
                 self.bars.remove_task(self.rows.pop(job.index))
-            self.rows[job.index] = self.bars.add_task(f"  {_shorten(job.source.name, 32)}", total=1.0)
+            self.rows[job.index] = self.bars.add_task(f"  {_label(job.source.name, 32)}", total=1.0)
 
     def progress(self, job: Job, stage: str, done: int, total: int) -> None:
         if self.bars is not None and job.index in self.rows:
@@ -77,7 +79,7 @@ class BatchDisplay:
             fraction = (position + min(done, total) / max(total, 1)) / len(STAGES)
             label = STAGE_LABELS.get(stage, stage)
             self.bars.update(self.rows[job.index], completed=fraction,
-                             description=f"  {_shorten(job.source.name, 32 - len(label) - 4)}: {label}")
+                             description=f"  {_label(job.source.name, 32 - len(label) - 4)}: {label}")
 
     def finished(self, result: JobResult) -> None:
         self.done += 1
@@ -89,14 +91,22 @@ class BatchDisplay:
             self._emit(f"[{self.done}/{self.total}] {batch_line(result)}")
 
 
-def _shorten(name: str, width: int) -> str:
-    return name if len(name) <= width else name[: width - 3] + "..."
+def _label(name: str, width: int) -> str:
+    """A file name for a progress bar's description (rich markup): inert, escaped, short."""
+    name = inert(name)
+    return escape(name if len(name) <= width else name[: width - 3] + "...")
+
+
+def normalised_note(gain_db: float) -> str:
+    """What a build did to a recording that peaked above full scale (``gain_db`` < 0)."""
+    return f"peaks {-gain_db:.1f} dB above full scale: normalised by {gain_db:.1f} dB"
 
 
 def batch_line(result: JobResult) -> str:
     """One line about one recording of a batch: its figures, or why it failed."""
     job = result.job
     if result.ok:
-        return (f"{job.source} -> {job.output}: {result.duration_s:.1f} s of audio, built in {result.seconds:.1f} s, "
-                f"{result.bundle_bytes / 1e6:.1f} MB")
-    return f"{job.source} FAILED: {result.message}"
+        return (f"{inert(job.source)} -> {inert(job.output)}: {result.duration_s:.1f} s of audio, "
+                f"built in {result.seconds:.1f} s, {result.bundle_bytes / 1e6:.1f} MB"
+                + (f", {normalised_note(result.gain_db)}" if result.gain_db < 0 else ""))
+    return f"{inert(job.source)} FAILED: {inert(result.message)}"

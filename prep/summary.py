@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from shared.bundle import load_bundle
+from shared.text import inert
 
 
 def count_onsets(strength: np.ndarray, threshold: float = 0.5) -> int:
@@ -43,7 +45,9 @@ def bundle_summary(path: Path) -> dict:
 
 
 def print_summary_table(bundle: Path, info: dict) -> None:
-    table = Table(title=f"{bundle.name}", show_header=False)
+    """The summary as a table on stdout; names and attributes from the bundle shown inert
+    (``Text`` cells are never parsed as rich markup; control characters are escaped)."""
+    table = Table(title=Text(inert(bundle.name)), show_header=False)
     minutes, seconds = divmod(info["source"]["duration_s"], 60)
     rows = [
         ("source", f"{info['source']['name']} ({int(minutes)}:{seconds:04.1f})"),
@@ -59,5 +63,5 @@ def print_summary_table(bundle: Path, info: dict) -> None:
         ("format", f"v{info['format_version']}, made {info['created_utc']} by {info['tool_version']}"),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(inert(value)))
     Console().print(table)

@@ -1,16 +1,23 @@
-"""Audio input: loading files of any rate and channel count, validation, resampling.
+"""Audio input: reading files of any rate and channel count, validation, resampling.
 
 All sample arrays are float32 with shape ``(n_samples, n_channels)`` (frames first, as
 soundfile returns them) unless a function says it returns mono ``(n_samples,)``.
 Resampling goes through soxr (the library librosa itself uses), never by hand.
+
+Files are never decoded whole: :func:`scan_audio` checks a file in one streaming pass
+(header, length, NaN/Inf, peak, silence) and :func:`read_blocks` reads it again block by
+block, so memory stays bounded whatever the recording's length.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,40 +30,42 @@ from shared.errors import AudioError, first_line
 
 #: Anything quieter than this peak (about -100 dBFS) is treated as digital silence.
 SILENCE_PEAK = 1e-5
-#: Longest source we accept (seconds): bounds memory for the analysis.
+#: Longest source we accept (seconds): bounds the bundle, whose states the player holds in memory.
 MAX_DURATION_S = 4 * 3600.0
 MAX_CHANNELS = 64
 
 
+#: Bytes of float32 samples decoded at a time by the streaming readers (whatever the channels).
+BLOCK_BYTES = 4 << 20
+
+
+def block_frames(channels: int) -> int:
+    """Frames per block of the streaming readers: ``BLOCK_BYTES`` of float32 (at least 64)."""
+    return max(64, BLOCK_BYTES // (4 * max(1, int(channels))))
+
+
 @dataclass(frozen=True)
-class Audio:
-    """Decoded audio.
+class AudioScan:
+    """What one streaming pass over an audio file found (:func:`scan_audio`); none of the
+    audio itself is kept.
 
     Attributes:
-        samples: float32 array ``(n_samples, n_channels)`` in [-1, 1] (floats may exceed).
-        sr: sample rate in Hz.
+        sr: sample rate (Hz).
+        channels: channels.
+        n_samples: frames actually decoded (not what the header claims).
         subtype: soundfile's subtype of the source (e.g. ``"PCM_16"``), for lossless storage.
+        peak: largest absolute sample (1.0 = full scale; floating-point files may exceed it).
     """
 
-    samples: np.ndarray
     sr: int
-    subtype: str = "FLOAT"
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.samples.shape[0])
-
-    @property
-    def channels(self) -> int:
-        return int(self.samples.shape[1])
+    channels: int
+    n_samples: int
+    subtype: str
+    peak: float
 
     @property
     def duration_s(self) -> float:
         return self.n_samples / float(self.sr)
-
-    def mono(self) -> np.ndarray:
-        """Mean of the channels, float32 ``(n_samples,)``."""
-        return to_mono(self.samples)
 
 
 def to_mono(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -111,6 +120,52 @@ def resample(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     )
 
 
+def resampled_length(n_samples: int, sr_in: int, sr_out: int) -> int:
+    """Length of ``n_samples`` at ``sr_in`` Hz resampled to ``sr_out`` Hz:
+    ``n_samples * sr_out / sr_in`` rounded, halves up (exact, in integers)."""
+    return (2 * int(n_samples) * int(sr_out) + int(sr_in)) // (2 * int(sr_in))
+
+
+class StreamResampler:
+    """Mono resampling with soxr block by block (``soxr.ResampleStream``): the same samples
+    :func:`resample` gives for the whole signal, whatever the blocks, in bounded memory.
+
+    Exactly :func:`resampled_length` samples come out in all (soxr's own count can differ
+    by one in rare cases where the length falls on half a sample: the end is then trimmed
+    or zero-padded by that sample).
+
+    Args:
+        sr_in, sr_out: rates (Hz).
+        n_samples: length of the whole input (samples at ``sr_in``), known in advance.
+        quality: soxr's quality, as :func:`resample`'s.
+    """
+
+    def __init__(self, sr_in: int, sr_out: int, n_samples: int, quality: str = "HQ") -> None:
+        same = int(sr_in) == int(sr_out)
+        self.n_out = int(n_samples) if same else resampled_length(n_samples, sr_in, sr_out)
+        self._stream = None if same else soxr.ResampleStream(int(sr_in), int(sr_out), 1, dtype="float32",
+                                                             quality=quality)
+        self._done = 0
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        """The next mono samples ``(n,)``; returns float32 ``(m,)`` resampled so far (soxr
+        keeps back what its filter still needs)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self._take(x if self._stream is None else self._stream.resample_chunk(x))
+
+    def finish(self) -> np.ndarray:
+        """The rest, float32: after it exactly ``n_out`` samples have come out."""
+        tail = np.zeros(0, np.float32)
+        if self._stream is not None:
+            tail = self._take(self._stream.resample_chunk(tail, last=True))
+        return np.concatenate([tail, np.zeros(self.n_out - self._done, np.float32)])
+
+    def _take(self, y: np.ndarray) -> np.ndarray:
+        keep = min(y.size, self.n_out - self._done)
+        self._done += keep
+        return np.asarray(y[:keep], dtype=np.float32)
+
+
 def check_readable_file(path: Path, what: str = "audio file") -> Path:
     """Raise AudioError unless ``path`` is an existing, non-empty regular file."""
     path = Path(path)
@@ -123,75 +178,154 @@ def check_readable_file(path: Path, what: str = "audio file") -> Path:
     return path
 
 
-def load_audio(
+#: What soundfile raises on a file it cannot decode.
+_DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+def _cannot_decode(path: Path, what: str, exc: BaseException) -> AudioError:
+    why = first_line(exc, 160) or type(exc).__name__
+    if "Error opening" in why:  # libsndfile's "File does not exist ...": it exists, it is not audio
+        why = "its format is not recognised or its header is damaged"
+    return AudioError(f"cannot decode {what} {path.name}: not a supported or intact audio file ({why})")
+
+
+@contextmanager
+def _quiet_decoder() -> Iterator[None]:
+    """Silence what native decoders print on the process's stderr (libmpg123 writes its
+    own "Note: Illegal Audio-MPEG-Header" lines) for the length of one call: a damaged file
+    gets our one line, not theirs before it. Python's own output is not involved."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _too_long(path: Path, what: str, seconds: float) -> AudioError:
+    return AudioError(f"{what} {path.name} lasts {seconds / 3600:.1f} h; at most {MAX_DURATION_S / 3600:.0f} h are supported")
+
+
+def _check_header(path: Path, what: str, info: sf.SoundFile) -> None:
+    """Refuse, before reading any sample, what the header alone shows: an invalid rate, too
+    many channels, more than ``MAX_DURATION_S``."""
+    if info.samplerate <= 0:
+        raise AudioError(f"{what} {path.name} has an invalid sample rate ({info.samplerate} Hz)")
+    if info.channels > MAX_CHANNELS:
+        raise AudioError(f"{what} {path.name} has {info.channels} channels; at most {MAX_CHANNELS} are supported")
+    if info.frames / info.samplerate > MAX_DURATION_S:
+        raise _too_long(path, what, info.frames / info.samplerate)
+
+
+def scan_audio(
     path: str | Path,
     *,
     min_duration_s: float = 0.0,
     allow_silent: bool = False,
     what: str = "audio file",
-) -> Audio:
-    """Load and validate a WAV/FLAC/OGG/MP3 file at its own rate and channel count.
+    progress: Callable[[int, int], None] | None = None,
+) -> AudioScan:
+    """Check a WAV/FLAC/OGG/MP3 file in one streaming pass, keeping none of its audio: its
+    rate, channels and length from the header (before reading), then, block by block, that
+    it decodes, has no NaN/Inf sample (refused at the first) and is not silent.
 
     Args:
         path: file to read.
         min_duration_s: shortest acceptable duration (seconds).
         allow_silent: accept all-silent audio instead of raising.
         what: how error messages name the file.
+        progress: called as ``progress(frames_done, frames_total)`` after each block.
 
     Raises:
         AudioError: missing, directory, not audio, corrupt/truncated, empty, too short,
-            too long, too many channels, NaN/Inf samples, or silent.
+            too long, too many channels, NaN/Inf samples, or silent (one line each).
     """
     path = check_readable_file(Path(path), what)
     try:
-        info = sf.info(str(path))
-        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        why = first_line(exc, 160) or type(exc).__name__
-        raise AudioError(f"cannot decode {what} {path.name}: not a supported or intact audio file ({why})") from None
-    except MemoryError:
-        raise AudioError(f"{what} {path.name} is too large to decode in memory") from None
-    if sr <= 0:
-        raise AudioError(f"{what} {path.name} has an invalid sample rate ({sr} Hz)")
-    if samples.shape[0] == 0:
+        with _quiet_decoder():
+            f = sf.SoundFile(str(path))
+        with f:
+            _check_header(path, what, f)
+            sr, channels, subtype, claimed = int(f.samplerate), int(f.channels), str(f.subtype), int(f.frames)
+            n, peak = 0, 0.0
+            buffer = np.empty((block_frames(channels), channels), dtype=np.float32)  # reused: one block held
+            while True:
+                with _quiet_decoder():
+                    block = f.read(out=buffer)
+                if block.shape[0] == 0:
+                    break
+                hi, lo = float(block.max()), float(block.min())  # (NaN propagates; no temporary array)
+                if not (math.isfinite(hi) and math.isfinite(lo)):
+                    first = n + int(np.argmin(np.isfinite(block).all(axis=1)))
+                    raise AudioError(f"{what} {path.name} contains NaN or infinite samples (the first at {first / sr:.3f} s)")
+                peak, n = max(peak, hi, -lo), n + block.shape[0]
+                if n / sr > MAX_DURATION_S:  # (a header can understate the length)
+                    raise _too_long(path, what, n / sr)
+                if progress:
+                    progress(min(n, claimed), max(claimed, 1))
+    except AudioError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _cannot_decode(path, what, exc) from None
+    if n == 0:
         raise AudioError(f"{what} {path.name} contains no audio (0 samples)")
-    if samples.shape[1] > MAX_CHANNELS:
-        raise AudioError(f"{what} {path.name} has {samples.shape[1]} channels; at most {MAX_CHANNELS} are supported")
-    duration = samples.shape[0] / sr
-    if duration > MAX_DURATION_S:
-        raise AudioError(f"{what} {path.name} lasts {duration / 3600:.1f} h; at most {MAX_DURATION_S / 3600:.0f} h are supported")
-    if duration < min_duration_s:
+    if n / sr < min_duration_s:
         raise AudioError(
-            f"{what} {path.name} is too short ({duration * 1000:.0f} ms); it needs at least {min_duration_s * 1000:.0f} ms"
+            f"{what} {path.name} is too short ({n / sr * 1000:.0f} ms); it needs at least {min_duration_s * 1000:.0f} ms"
         )
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{what} {path.name} contains NaN or infinite samples")
-    if not allow_silent and float(np.max(np.abs(samples))) < SILENCE_PEAK:
+    if not allow_silent and peak < SILENCE_PEAK:
         raise AudioError(f"{what} {path.name} is silent (peak below -100 dBFS)")
-    return Audio(samples=samples, sr=int(sr), subtype=str(info.subtype))
+    return AudioScan(sr=sr, channels=channels, n_samples=n, subtype=subtype, peak=peak)
 
 
-def inspect_take(path: Path, min_samples: int = 1) -> sf._SoundFileInfo:
-    """Check a take (U) before a run, streaming through it once: readable, not empty, at
-    least ``min_samples`` long, not silent (its finite peak above ``SILENCE_PEAK``).
-    Returns soundfile's info (rate, channels, frames); raises ``AudioError``."""
-    check_readable_file(path, "input")
+def read_blocks(path: str | Path, scan: AudioScan, *, gain: float = 1.0, what: str = "audio file",
+                frames: int | None = None) -> Iterator[np.ndarray]:
+    """The samples of a file checked by :func:`scan_audio`, again, block by block.
+
+    Yields float32 blocks ``(frames, channels)`` (the last one shorter; ``frames`` defaults
+    to :func:`block_frames`), multiplied by ``gain`` unless it is 1: exactly
+    ``scan.n_samples`` frames in all.
+
+    Raises:
+        AudioError: the file no longer decodes, or is not what the scan found (it changed).
+    """
+    path = Path(path)
+    step = int(frames or block_frames(scan.channels))
+    changed = AudioError(f"{what} {path.name} changed while it was being read; try again")
     try:
-        info = sf.info(str(path))
-        peak = 0.0
-        for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
-            finite = block[np.isfinite(block)]
-            if finite.size:
-                peak = max(peak, float(np.abs(finite).max()))
-    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise AudioError(f"cannot decode input {path.name}: not a supported or intact audio file ({first_line(exc)})") from None
-    if info.frames == 0:
-        raise AudioError(f"input {path.name} contains no audio (0 samples)")
-    if info.frames < min_samples:
-        raise AudioError(f"input {path.name} is shorter than one block ({info.frames} samples < {min_samples})")
-    if peak < SILENCE_PEAK:
-        raise AudioError(f"input {path.name} is silent: there is nothing to follow")
-    return info
+        with _quiet_decoder():
+            f = sf.SoundFile(str(path))
+        with f:
+            if (f.samplerate, f.channels) != (scan.sr, scan.channels):
+                raise changed
+            n = 0
+            while n < scan.n_samples:
+                with _quiet_decoder():
+                    block = f.read(min(step, scan.n_samples - n), dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    raise changed
+                if gain != 1.0:
+                    block *= np.float32(gain)
+                n += block.shape[0]
+                yield block
+    except _DECODE_ERRORS as exc:
+        raise _cannot_decode(path, what, exc) from None
+
+
+def inspect_take(path: Path, min_samples: int = 1) -> AudioScan:
+    """Check a take (U) before a run, streaming through it once (:func:`scan_audio`):
+    readable, not empty, at least ``min_samples`` long, no NaN/Inf sample, not silent.
+    Raises ``AudioError``."""
+    scan = scan_audio(path, what="input")
+    if scan.n_samples < min_samples:
+        raise AudioError(f"input {Path(path).name} is shorter than one block ({scan.n_samples} samples < {min_samples})")
+    return scan
 
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

@@ -2,7 +2,8 @@
 
 The recording is stored losslessly in chunks of ``chunk_samples`` frames: each chunk one
 FLAC stream (concatenated in ``/audio/data``, byte offsets in ``/audio/offsets``), or, for
-more than 8 channels (FLAC's limit), integer PCM with gzip. :class:`BundleAudio` reads any
+more than 8 channels (FLAC's limit), integer PCM with gzip. :func:`encode_audio` writes
+them as the audio streams in, a chunk at a time. :class:`BundleAudio` reads any
 range by decoding only the chunks it touches, through a small cache, so memory stays
 bounded whatever the recording's length.
 """
@@ -10,7 +11,8 @@ bounded whatever the recording's length.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import h5py
@@ -34,40 +36,92 @@ def storage_subtype(subtype: str) -> str:
     return "PCM_16" if subtype in ("PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW") else "PCM_24"
 
 
-def encode_audio(group: h5py.Group, samples: np.ndarray, sr: int, subtype: str,
-                  chunk_samples: int, progress: Callable[[int, int], None] | None) -> None:
-    n, channels = samples.shape
+#: Bytes of FLAC data per HDF5 storage chunk of ``/audio/data`` (written a whole one at a time).
+FLAC_DATA_CHUNK = 1 << 18
+#: Largest value stored: integer PCM cannot hold +1.0 itself.
+_FULL_SCALE = 1.0 - 2.0**-23
+
+
+def rechunk(blocks: Iterable[np.ndarray], chunk_samples: int, n_samples: int) -> Iterator[np.ndarray]:
+    """Re-cut a stream of ``(n_i, channels)`` blocks of any lengths into chunks of exactly
+    ``chunk_samples`` frames (the last one shorter), ``n_samples`` frames in all; holds at
+    most one chunk and one block.
+
+    Raises:
+        ValueError: the blocks do not add up to ``n_samples``.
+    """
+    pieces: list[np.ndarray] = []
+    held = done = 0
+    for block in blocks:
+        pieces.append(block)
+        held += block.shape[0]
+        while held >= chunk_samples:
+            joined = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+            yield joined[:chunk_samples]
+            pieces, held, done = [joined[chunk_samples:]], held - chunk_samples, done + chunk_samples
+    if held:
+        yield np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    if done + held != n_samples:
+        raise ValueError(f"audio stream of {done + held} frames, {n_samples} announced")
+
+
+def encode_audio(group: h5py.Group, blocks: Iterable[np.ndarray], n_samples: int, channels: int, sr: int,
+                 subtype: str, chunk_samples: int, progress: Callable[[int, int], None] | None) -> None:
+    """Store X's audio losslessly in ``group``, streamed: memory holds one chunk, never the
+    recording.
+
+    Args:
+        group: the bundle's ``/audio`` group (empty).
+        blocks: float32 ``(n_i, channels)`` blocks of any lengths, ``n_samples`` frames in
+            all (e.g. :func:`shared.audio.read_blocks`); samples beyond full scale are clipped.
+        n_samples, channels, sr: the audio's length (frames), channels and rate (Hz).
+        subtype: the source's soundfile subtype (decides 16- or 24-bit storage).
+        chunk_samples: frames per stored chunk.
+        progress: called as ``progress(done_chunks, total_chunks)``.
+    """
     storage = storage_subtype(subtype)
-    n_chunks = max(1, -(-n // chunk_samples))
-    group.attrs.update(sr=int(sr), channels=int(channels), n_samples=int(n),
+    n_chunks = max(1, -(-n_samples // chunk_samples))
+    group.attrs.update(sr=int(sr), channels=int(channels), n_samples=int(n_samples),
                        chunk_samples=int(chunk_samples), subtype=storage)
-    clipped = np.clip(samples, -1.0, 1.0 - 2.0**-23)
     if channels > FLAC_MAX_CHANNELS:
         # FLAC holds at most 8 channels: store integer PCM with lossless gzip instead.
         group.attrs["codec"] = "pcm"
         scale, dtype = (2**15, np.int16) if storage == "PCM_16" else (2**23, np.int32)
-        dset = group.create_dataset("data", shape=(n, channels), dtype=dtype,
-                                    chunks=(min(chunk_samples, n), channels),
+        dset = group.create_dataset("data", shape=(n_samples, channels), dtype=dtype,
+                                    chunks=(min(chunk_samples, n_samples), channels),
                                     compression="gzip", shuffle=True, track_times=False)
-        for i in range(n_chunks):
-            sl = slice(i * chunk_samples, min(n, (i + 1) * chunk_samples))
-            dset[sl] = np.round(clipped[sl] * scale).astype(dtype)
+        for i, chunk in enumerate(rechunk(blocks, chunk_samples, n_samples)):
+            start = i * chunk_samples
+            dset[start:start + chunk.shape[0]] = np.round(np.clip(chunk, -1.0, _FULL_SCALE) * scale).astype(dtype)
             if progress:
                 progress(i + 1, n_chunks)
         return
     group.attrs["codec"] = "flac"
-    blobs = []
+    data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(FLAC_DATA_CHUNK,),
+                                track_times=False)
     offsets = np.zeros(n_chunks + 1, dtype=np.int64)
-    for i in range(n_chunks):
+    pending = bytearray()  # encoded bytes not yet written (less than one storage chunk after each write)
+    for i, chunk in enumerate(rechunk(blocks, chunk_samples, n_samples)):
         buf = io.BytesIO()
-        sf.write(buf, clipped[i * chunk_samples:(i + 1) * chunk_samples], sr, format="FLAC", subtype=storage)
-        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
-        offsets[i + 1] = offsets[i] + blobs[-1].size
+        sf.write(buf, np.clip(chunk, -1.0, _FULL_SCALE), sr, format="FLAC", subtype=storage)
+        pending += buf.getbuffer()
+        offsets[i + 1] = offsets[i] + buf.getbuffer().nbytes
+        whole = len(pending) // FLAC_DATA_CHUNK * FLAC_DATA_CHUNK
+        if whole:
+            _append(data, pending[:whole])
+            del pending[:whole]
         if progress:
             progress(i + 1, n_chunks)
-    data = np.concatenate(blobs)
-    group.create_dataset("data", data=data, chunks=(min(1 << 18, data.size),), track_times=False)
+    _append(data, pending)
     group.create_dataset("offsets", data=offsets, track_times=False)
+
+
+def _append(dset: h5py.Dataset, data: bytes | bytearray) -> None:
+    """Append bytes to a resizable uint8 dataset ``(n,)``."""
+    if data:
+        start = dset.shape[0]
+        dset.resize((start + len(data),))
+        dset[start:] = np.frombuffer(data, dtype=np.uint8)
 
 
 class BundleAudio(ChunkedAudio):
@@ -76,16 +130,24 @@ class BundleAudio(ChunkedAudio):
     chunks, so a 40-minute concerto never needs to be decoded whole; thread-safe).
     """
 
-    def __init__(self, path: Path, attrs: dict, cache_chunks: int = 4) -> None:
+    def __init__(self, path: Path, attrs: dict, cache_chunks: int = 4, identity: tuple | None = None) -> None:
         super().__init__(int(attrs["sr"]), int(attrs["channels"]), int(attrs["n_samples"]),
                          int(attrs["chunk_samples"]), cache_chunks)
         self.path = path
         self.codec = str(attrs["codec"])
+        self.identity = identity
         self._file: h5py.File | None = None
 
     def _h5(self) -> h5py.File:
         if self._file is None:
             self._file = h5py.File(self.path, "r")
+            if self.identity is not None:
+                # The file validated (in the loader's sandbox) must be the one read now.
+                st = os.fstat(self._file.id.get_vfd_handle())
+                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != tuple(self.identity):
+                    self._file.close()
+                    self._file = None
+                    raise BundleError(f"bundle {self.path.name} changed since it was loaded; load it again")
         return self._file
 
     def close(self) -> None:

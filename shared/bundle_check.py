@@ -4,16 +4,25 @@ Bundles are shared between people, so a bundle is hostile until proven otherwise
 :func:`read_validated` refuses links, virtual datasets, object/variable-length data and
 unknown filters, checks every dtype and shape against the parameters, bounds every size,
 and checks values are finite. Every failure is a ``BundleError`` naming the first problem.
+
+Nothing large is read before it is known to be the size the parameters say: the declared
+bytes of every dataset and of every storage chunk are bounded first, the number of states
+and frames cross-checked against the audio's duration, and only then is data read, so a
+small file declaring huge datasets costs nothing. This runs in a sandboxed child process
+(:mod:`shared.sandbox`, called by :func:`shared.bundle.load_bundle`): libhdf5 itself can
+hang or allocate without bound on a corrupted file, which no check written here can stop.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from shared.audio_store import FLAC_MAX_CHANNELS, BundleAudio
+from shared.audio_store import FLAC_MAX_CHANNELS
 from shared.bundle_schema import (
     ALLOWED_FILTERS,
     FORMAT_NAME,
@@ -23,14 +32,48 @@ from shared.bundle_schema import (
     MAX_CHANNELS,
     MAX_CHUNK_SAMPLES,
     MAX_COMPONENTS,
+    MAX_LOADED_BYTES,
+    MAX_NMF_ITER,
     MAX_SAMPLE_RATE,
     MAX_STATES,
-    Bundle,
+    MAX_STORAGE_CHUNK_BYTES,
+    MAX_TEXT,
     NMFBases,
     SourceInfo,
 )
 from shared.errors import BundleError
 from shared.spectral import AnalysisParams, QuantizedTemplates
+
+#: FLAC never takes much more room than the PCM it codes; allow this many bytes per
+#: sample and channel (plus a header per chunk) before calling /audio/data absurd.
+_FLAC_BYTES_PER_SAMPLE = 4
+_FLAC_CHUNK_OVERHEAD = 1 << 16
+
+
+@dataclass(frozen=True)
+class CheckedBundle:
+    """Everything read from a validated bundle but its audio (which is read a chunk at a
+    time later): plain arrays and numbers, so it travels out of the sandboxed child.
+
+    ``identity`` is ``(device, inode, size, mtime_ns)`` of the file that was checked.
+    """
+
+    params: AnalysisParams
+    source: SourceInfo
+    attrs: dict
+    state_mag: np.ndarray
+    onsets: np.ndarray
+    onset_bank: np.ndarray
+    templates: QuantizedTemplates
+    nmf: NMFBases
+    audio_attrs: dict
+    identity: tuple
+
+
+def file_identity(path: Path) -> tuple:
+    """``(device, inode, size, mtime_ns)``: the file checked is the file read later."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _fail(path: Path, message: str) -> BundleError:
@@ -38,9 +81,12 @@ def _fail(path: Path, message: str) -> BundleError:
 
 
 def _check_tree(f: h5py.File, path: Path) -> None:
-    """Refuse links, virtual datasets, object/compound dtypes and unknown filters."""
+    """Refuse links, virtual datasets, object/compound dtypes, unknown filters, storage
+    chunks too large to decompress safely, and more declared bytes than a bundle may load."""
+    loaded = 0
 
     def walk(group: h5py.Group, prefix: str) -> None:
+        nonlocal loaded
         for name in group:
             link = group.get(name, getlink=True)
             where = f"{prefix}/{name}"
@@ -62,6 +108,14 @@ def _check_tree(f: h5py.File, path: Path) -> None:
                 raise _fail(path, f"{where} uses an unsupported filter ({obj.compression})")
             if obj.external:
                 raise _fail(path, f"{where} stores its data in external files (refused)")
+            item = obj.dtype.itemsize
+            if obj.chunks is not None and math.prod(obj.chunks) * item > MAX_STORAGE_CHUNK_BYTES:
+                raise _fail(path, f"{where} is stored in chunks of {math.prod(obj.chunks) * item >> 20} MB "
+                                  f"(at most {MAX_STORAGE_CHUNK_BYTES >> 20} MB)")
+            if not where.startswith("/audio/"):
+                loaded += math.prod(obj.shape) * item
+                if loaded > MAX_LOADED_BYTES:
+                    raise _fail(path, f"its arrays declare more than {MAX_LOADED_BYTES >> 20} MB")
             for key, value in obj.attrs.items():
                 _check_attr(path, f"{where}@{key}", value)
         for key, value in group.attrs.items():
@@ -71,7 +125,11 @@ def _check_tree(f: h5py.File, path: Path) -> None:
 
 
 def _check_attr(path: Path, where: str, value) -> None:
-    if isinstance(value, (str, bytes, int, float, np.integer, np.floating)):
+    if isinstance(value, (str, bytes)):
+        if len(value) > MAX_TEXT:
+            raise _fail(path, f"attribute {where} is longer than {MAX_TEXT} characters")
+        return
+    if isinstance(value, (int, float, np.integer, np.floating)):
         return
     if isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.size <= 1024:
         return
@@ -99,8 +157,16 @@ def _finite(path: Path, name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _number(path: Path, where: str, value, lo: float, hi: float, integer: bool = False) -> float:
+    """``value`` as a float, if it is a finite number within ``[lo, hi]`` (and whole)."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds) or not lo <= float(value) <= hi:
+        raise _fail(path, f"{where} is missing or out of range ({lo:g}..{hi:g})")
+    return float(value)
+
+
 def _read_attrs(f: h5py.File, path: Path) -> dict:
-    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    attrs = {k: (v.decode(errors="replace") if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     if attrs.get("format") != FORMAT_NAME:
         raise _fail(path, "not a follow-me karaoke bundle (format attribute missing); build one with 'prep build'")
     version = attrs.get("format_version")
@@ -111,17 +177,27 @@ def _read_attrs(f: h5py.File, path: Path) -> dict:
     if version < FORMAT_VERSION:
         raise _fail(path, f"format version {version} is older than this tool supports ({FORMAT_VERSION}); "
                           "rebuild it with 'prep build'")
-    for key, kind in (("source_name", str), ("source_sha256", str), ("source_duration_s", (float, np.floating))):
-        if not isinstance(attrs.get(key), kind):
+    for key in ("source_name", "source_sha256"):
+        if not isinstance(attrs.get(key), str) or len(attrs[key]) > MAX_TEXT:
             raise _fail(path, f"root attribute {key} is missing or has the wrong type")
+    for key in ("created_utc", "tool_version"):
+        if key in attrs and not isinstance(attrs[key], str):
+            raise _fail(path, f"root attribute {key} has the wrong type")
+    if not isinstance(attrs.get("source_duration_s"), (float, np.floating)):
+        raise _fail(path, "root attribute source_duration_s is missing or has the wrong type")
+    _number(path, "root attribute source_duration_s", attrs["source_duration_s"], 0.0, MAX_AUDIO_SAMPLES / 1000)
     return attrs
 
 
-def read_validated(f: h5py.File, path: Path) -> Bundle:
-    """The bundle in the open file ``f`` (named ``path``), validated; raises ``BundleError``."""
+def read_validated(f: h5py.File, path: Path) -> CheckedBundle:
+    """The bundle in the open file ``f`` (named ``path``), validated; raises ``BundleError``.
+
+    Order matters: attributes and structure first, then every shape against the parameters
+    and the audio's duration, and only then the data (see the module docstring).
+    """
     attrs = _read_attrs(f, path)
     _check_tree(f, path)
-    if "params" not in f:
+    if "params" not in f or not isinstance(f["params"], h5py.Group):
         raise _fail(path, "missing group /params")
     try:
         params = AnalysisParams.from_dict(dict(f["params"].attrs))
@@ -130,14 +206,28 @@ def read_validated(f: h5py.File, path: Path) -> Bundle:
     missing = [k for k in AnalysisParams.__dataclass_fields__ if k not in f["params"].attrs]
     if missing:
         raise _fail(path, f"/params lacks {', '.join(missing)}")
+    audio_attrs = _audio_attrs(f, path)
+    duration = audio_attrs["n_samples"] / audio_attrs["sr"]
+    if abs(float(attrs["source_duration_s"]) - duration) > 0.05:
+        raise _fail(path, f"source_duration_s={float(attrs['source_duration_s']):.3f} s disagrees with its audio "
+                          f"({duration:.3f} s)")
 
+    # Shapes, all cross-checked before any data is read.
     n_det, n_bins, n_obs = len(params.detune_cents), params.n_bins, params.n_obs_bins
+    if n_bins > MAX_BINS:
+        raise _fail(path, f"{n_bins} frequency bins (at most {MAX_BINS})")
     coarse = _dataset(f, path, "spectra/coarse", "f", (None, n_bins))
     n_states = coarse.shape[0]
     if not 2 <= n_states <= MAX_STATES:
         raise _fail(path, f"{n_states} states (2..{MAX_STATES} allowed)")
-    if n_bins > MAX_BINS:
-        raise _fail(path, f"{n_bins} frequency bins (at most {MAX_BINS})")
+    expected_states = int(round(duration * params.sr)) // params.coarse_hop + 1
+    if abs(expected_states - n_states) > 2:
+        raise _fail(path, f"{n_states} states do not match the audio's duration ({expected_states} expected)")
+    onsets = _dataset(f, path, "spectra/onsets", "f", (None,))
+    expected_frames = int(round(duration * params.sr)) // params.fine_hop + 1
+    if abs(onsets.shape[0] - expected_frames) > 2 * params.fine_per_coarse:
+        raise _fail(path, f"/spectra/onsets has {onsets.shape[0]} frames, the audio's duration gives {expected_frames}")
+    bank = _dataset(f, path, "spectra/onset_bank", "f", (params.onset_bands, n_bins))
     templ = _dataset(f, path, "templates/log_obs", "u", (n_det, n_states, n_obs))
     if templ.dtype != np.uint8:
         raise _fail(path, f"/templates/log_obs has dtype {templ.dtype}, expected uint8")
@@ -147,50 +237,36 @@ def read_validated(f: h5py.File, path: Path) -> Bundle:
     if not (-100.0 <= t_offset < 0.0 and 0.0 < t_step and t_offset + 255 * t_step <= 1e-3):
         raise _fail(path, "/templates/log_obs offset/step give positive or absurd log-probabilities")
     cents = _dataset(f, path, "templates/detune_cents", "f", (n_det,))
-    if not np.allclose(cents[()], params.detune_cents):
-        raise _fail(path, "templates/detune_cents disagree with /params")
     w_shape = _dataset(f, path, "nmf/w_shape", "f", (None, n_bins))
     n_comp = w_shape.shape[0]
     if not 1 <= n_comp <= MAX_COMPONENTS:
         raise _fail(path, f"{n_comp} NMF components (1..{MAX_COMPONENTS} allowed)")
     w_rate = _dataset(f, path, "nmf/w_rate", "f", (n_comp, n_bins))
-    trace = _dataset(f, path, "nmf/bound_trace", "f", (None,))
     nmf_attrs = dict(f["nmf"].attrs)
-    priors = {}
-    for key in ("a", "b", "c", "d"):
-        value = nmf_attrs.get(key)
-        if not isinstance(value, (float, np.floating)) or not (0 < value < 1e6):
-            raise _fail(path, f"/nmf attribute {key} is missing or out of range")
-        priors[key] = float(value)
+    n_iter = int(_number(path, "/nmf attribute n_iter", nmf_attrs.get("n_iter"), 1, MAX_NMF_ITER, integer=True))
+    trace = _dataset(f, path, "nmf/bound_trace", "f", (None,))
+    if trace.shape[0] > n_iter + 1:
+        raise _fail(path, f"/nmf/bound_trace has {trace.shape[0]} values for {n_iter} iterations")
+    priors = {key: _number(path, f"/nmf attribute {key}", nmf_attrs.get(key), 1e-300, 1e6) for key in "abcd"}
+    data_scale = _number(path, "/nmf attribute data_scale", nmf_attrs.get("data_scale"), 1e-300, 1e12)
 
-    data_scale = nmf_attrs.get("data_scale")
-    if not isinstance(data_scale, (float, np.floating)) or not (0 < data_scale < 1e12):
-        raise _fail(path, "/nmf attribute data_scale is missing or out of range")
-    audio_attrs = _audio_attrs(f, path)
+    # Data, now that every size is known to be what the parameters say.
+    if not np.allclose(cents[()], params.detune_cents):
+        raise _fail(path, "templates/detune_cents disagree with /params")
     state_mag = _finite(path, "spectra/coarse", coarse[()])
-    templates = QuantizedTemplates(q=templ[()], offset=float(t_offset), step=float(t_step))
     if (state_mag < 0).any():
         raise _fail(path, "spectra/coarse has negative magnitudes")
+    templates = QuantizedTemplates(q=templ[()], offset=float(t_offset), step=float(t_step))
     ws, wr = _finite(path, "nmf/w_shape", w_shape[()]), _finite(path, "nmf/w_rate", w_rate[()])
     if (ws <= 0).any() or (wr <= 0).any():
         raise _fail(path, "nmf parameters must be positive")
-    duration = audio_attrs["n_samples"] / audio_attrs["sr"]
-    expected_states = int(round(duration * params.sr)) // params.coarse_hop + 1
-    if abs(expected_states - n_states) > 2:
-        raise _fail(path, f"{n_states} states do not match the audio's duration ({expected_states} expected)")
-    onsets = _dataset(f, path, "spectra/onsets", "f", (None,))
-    expected_frames = int(round(duration * params.sr)) // params.fine_hop + 1
-    if abs(onsets.shape[0] - expected_frames) > 2 * params.fine_per_coarse:
-        raise _fail(path, f"/spectra/onsets has {onsets.shape[0]} frames, the audio's duration gives {expected_frames}")
     onsets = _finite(path, "spectra/onsets", onsets[()]).astype(np.float32)
     if (onsets < 0).any() or (onsets > 1).any():
         raise _fail(path, "/spectra/onsets has values outside [0, 1]")
-    bank = _finite(path, "spectra/onset_bank",
-                   _dataset(f, path, "spectra/onset_bank", "f", (params.onset_bands, n_bins))[()]).astype(np.float32)
+    bank = _finite(path, "spectra/onset_bank", bank[()]).astype(np.float32)
     if (bank < 0).any() or (bank > 1.0).any():
         raise _fail(path, "/spectra/onset_bank has weights outside [0, 1]")
-    return Bundle(
-        path=path,
+    return CheckedBundle(
         params=params,
         source=SourceInfo(attrs["source_name"], attrs["source_sha256"], float(attrs["source_duration_s"])),
         attrs=attrs,
@@ -198,25 +274,26 @@ def read_validated(f: h5py.File, path: Path) -> Bundle:
         onsets=onsets,
         onset_bank=bank,
         templates=templates,
-        nmf=NMFBases(ws, wr, priors, int(nmf_attrs.get("n_iter", 0)), _finite(path, "nmf/bound_trace", trace[()]),
-                     float(data_scale)),
-        audio=BundleAudio(path, audio_attrs),
+        nmf=NMFBases(ws, wr, priors, n_iter, _finite(path, "nmf/bound_trace", trace[()]), data_scale),
+        audio_attrs=audio_attrs,
+        identity=file_identity(path),
     )
 
 
 def _audio_attrs(f: h5py.File, path: Path) -> dict:
+    """The audio's attributes, its datasets' shapes and its chunk index, checked."""
     if "audio" not in f or not isinstance(f["audio"], h5py.Group):
         raise _fail(path, "missing group /audio")
     raw = dict(f["audio"].attrs)
     out = {}
     for key, lo, hi in (("sr", 1000, MAX_SAMPLE_RATE), ("channels", 1, MAX_CHANNELS),
                         ("n_samples", 1, MAX_AUDIO_SAMPLES), ("chunk_samples", 1024, MAX_CHUNK_SAMPLES)):
-        value = raw.get(key)
-        if not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-            raise _fail(path, f"/audio attribute {key} is missing or out of range ({lo}..{hi})")
-        out[key] = int(value)
+        out[key] = int(_number(path, f"/audio attribute {key}", raw.get(key), lo, hi, integer=True))
+    if out["n_samples"] / out["sr"] > MAX_AUDIO_SAMPLES / MAX_SAMPLE_RATE:
+        raise _fail(path, f"its audio lasts {out['n_samples'] / out['sr'] / 3600:.1f} h "
+                          f"(at most {MAX_AUDIO_SAMPLES / MAX_SAMPLE_RATE / 3600:.0f} h)")
     codec = raw.get("codec")
-    codec = codec.decode() if isinstance(codec, bytes) else codec
+    codec = codec.decode(errors="replace") if isinstance(codec, bytes) else codec
     if codec not in ("flac", "pcm"):
         raise _fail(path, f"/audio codec {codec!r} is not supported")
     out["codec"] = codec
@@ -225,9 +302,32 @@ def _audio_attrs(f: h5py.File, path: Path) -> dict:
         if out["channels"] > FLAC_MAX_CHANNELS:
             raise _fail(path, "FLAC audio with more than 8 channels")
         data = _dataset(f, path, "audio/data", "u", (None,))
+        if data.dtype != np.uint8:
+            raise _fail(path, f"/audio/data has dtype {data.dtype}, expected uint8")
+        most = out["n_samples"] * out["channels"] * _FLAC_BYTES_PER_SAMPLE + n_chunks * _FLAC_CHUNK_OVERHEAD
+        if data.shape[0] > most:
+            raise _fail(path, f"/audio/data holds {data.shape[0]} bytes for {out['n_samples']} samples (at most {most})")
         offsets = _dataset(f, path, "audio/offsets", "i", (n_chunks + 1,))[()]
         if offsets[0] != 0 or (np.diff(offsets) <= 0).any() or offsets[-1] != data.shape[0]:
             raise _fail(path, "/audio/offsets are inconsistent with /audio/data")
+        if int(np.diff(offsets).max()) > MAX_STORAGE_CHUNK_BYTES:
+            raise _fail(path, f"an audio chunk holds more than {MAX_STORAGE_CHUNK_BYTES >> 20} MB")
     else:
-        _dataset(f, path, "audio/data", "i", (out["n_samples"], out["channels"]))
+        data = _dataset(f, path, "audio/data", "i", (out["n_samples"], out["channels"]))
+    _check_chunk_index(data, path)
     return out
+
+
+def _check_chunk_index(dset: h5py.Dataset, path: Path) -> None:
+    """Walk the audio's chunk index here, in the sandbox, so the player's later reads of
+    it (outside the sandbox) parse nothing new: every chunk written, inside the file."""
+    if dset.chunks is None:
+        return
+    size = path.stat().st_size
+    expected = math.prod(-(-n // c) for n, c in zip(dset.shape, dset.chunks, strict=True))
+    if dset.id.get_num_chunks() != expected:
+        raise _fail(path, f"/audio/data stores {dset.id.get_num_chunks()} chunks, its shape needs {expected}")
+    ends = []
+    dset.id.chunk_iter(lambda info: ends.append(info.byte_offset + info.size))
+    if len(ends) != expected or max(ends, default=0) > size:
+        raise _fail(path, "/audio/data's chunk index points outside the file")

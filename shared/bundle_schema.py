@@ -50,6 +50,15 @@ MAX_CHANNELS = audio.MAX_CHANNELS  # what prep accepts is what a bundle may hold
 MAX_SAMPLE_RATE = 384000
 MAX_AUDIO_SAMPLES = 4 * 3600 * MAX_SAMPLE_RATE
 MAX_CHUNK_SAMPLES = 1 << 20
+#: Bytes of the arrays a loaded bundle holds in memory (everything but /audio, which is read
+#: a chunk at a time): 4 hours with 5 detune steps need about 650 MB.
+MAX_LOADED_BYTES = 768 << 20
+#: Bytes of one storage chunk of any dataset (what one read decompresses at once; prep
+#: writes at most 4 MB).
+MAX_STORAGE_CHUNK_BYTES = 16 << 20
+#: Longest text attribute (characters): names, hashes, dates, versions.
+MAX_TEXT = 1024
+MAX_NMF_ITER = 10000
 ALLOWED_FILTERS = {None, "gzip", "lzf"}
 
 

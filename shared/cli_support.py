@@ -7,13 +7,17 @@ Ctrl-C becomes ``interrupted``, and anything unexpected becomes one ``internal e
 from __future__ import annotations
 
 import functools
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import typer
 
 from shared.errors import KaraokeError, first_line
+from shared.text import inert
 
 F = TypeVar("F", bound=Callable)
 
@@ -22,8 +26,9 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print ``error: message`` on stderr and return the Exit to raise."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print ``error: message`` on stderr (control characters of file names escaped) and
+    return the Exit to raise."""
+    print(f"error: {inert(message)}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -47,6 +52,34 @@ def one_line_errors(func: F) -> F:
             raise fail(f"internal error ({type(exc).__name__}: {text}); please report it", 3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[Callable[[], bool]]:
+    """Inside the block, Ctrl-C (SIGINT), ``kill`` (SIGTERM) and a closed terminal (SIGHUP)
+    only raise a flag, which the work polls (a build: at each progress report) to raise
+    ``KeyboardInterrupt`` where unwinding is safe, so its temporary files go; at the end of
+    the block a pending one raises it. Yields the poll, ``interrupted() -> bool``.
+
+    Why not raise from the handler: Python runs it wherever the main thread is, including
+    inside weakref callbacks and numba's ctypes callbacks, which print the exception and
+    swallow it, and the stop is lost (a build then ran to the end). Outside the main
+    thread signals cannot be handled; the poll then always says False.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pending: list[int] = []
+    wanted = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+              if s is not None]
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in wanted}
+    try:
+        yield lambda: bool(pending)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def make_app(help_text: str) -> typer.Typer:

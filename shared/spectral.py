@@ -33,6 +33,9 @@ from shared.errors import ConfigError
 
 #: Smallest value a normalised template bin may take, so no template gives log(0).
 TEMPLATE_FLOOR = 1e-4
+#: The onset strength's running peak below which bands count as digital silence: after
+#: minutes of zeros the decayed peak would otherwise make ``gain / peak`` overflow float32.
+SILENT_REF = 1e-30
 
 
 @dataclass(frozen=True)
@@ -168,22 +171,87 @@ def analysis_window(n_fft: int, dtype: type = np.float32) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(dtype)
 
 
+def centred_frame_count(n_samples: int, n_fft: int, hop: int) -> int:
+    """Frames of a centred STFT of ``n_samples`` samples (``n_fft // 2`` zeros padded at
+    both ends, frame ``k`` centred on sample ``k * hop``): ``1 + (n + 2 * (n_fft // 2) - n_fft) // hop``."""
+    return 1 + max(0, n_samples + 2 * (n_fft // 2) - n_fft) // hop
+
+
+class CentredSTFT:
+    """Offline magnitude STFT of a mono signal fed block by block, in bounded memory.
+
+    Frame ``k`` is centred on sample ``k * hop`` of the whole signal, which is zero-padded
+    by ``n_fft // 2`` samples at both ends (``librosa.stft(center=True,
+    pad_mode="constant")``, computed the same way: periodic Hann window in float64, FFT in
+    float64, rounded to complex64, magnitude in float32), so the frames do not depend on
+    how the signal is cut into blocks. Only the samples of frames not yet complete are
+    kept (less than ``n_fft + hop`` beyond the last block).
+
+    Args:
+        params: analysis parameters (``n_fft``; the signal is at ``params.sr``).
+        hop: hop between frames (samples).
+        n_samples: length of the whole signal (samples), known in advance: it fixes the
+            number of frames (:func:`centred_frame_count`) and the end's padding.
+    """
+
+    def __init__(self, params: AnalysisParams, hop: int, n_samples: int) -> None:
+        from scipy.signal import get_window  # offline only (prep): the window librosa.stft uses
+
+        self.n_fft, self.hop, self.n_samples = params.n_fft, int(hop), int(n_samples)
+        self.n_frames = centred_frame_count(self.n_samples, self.n_fft, self.hop)
+        self._window = get_window("hann", self.n_fft, fftbins=True).astype(np.float64)
+        self._pending = np.zeros(self.n_fft // 2, dtype=np.float32)  # padded signal from frame `done`
+        self._skip = 0  # samples still to drop before frame `done` starts (when hop > n_fft)
+        self._fed = 0  # samples of the signal pushed so far
+        self.done = 0  # frames returned so far
+
+    def push(self, y: np.ndarray) -> np.ndarray:
+        """Take the next samples ``(n,)`` of the signal; return the frames they complete,
+        float32 ``(k, n_bins)`` (``k`` may be 0)."""
+        y = np.asarray(y, dtype=np.float32)
+        if self._fed + y.size > self.n_samples:
+            raise ValueError(f"CentredSTFT: {self._fed + y.size} samples pushed, {self.n_samples} announced")
+        self._fed += y.size
+        skip = min(self._skip, y.size)
+        self._skip -= skip
+        self._pending = np.concatenate([self._pending, y[skip:]])
+        return self._frames()
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames (the end zero-padded), float32 ``(k, n_bins)``; after it
+        exactly ``n_frames`` have been returned."""
+        if self._fed != self.n_samples:
+            raise ValueError(f"CentredSTFT: {self._fed} samples pushed, {self.n_samples} announced")
+        self._skip = 0  # (what is left to skip lies in the end's zero padding)
+        need = (self.n_frames - self.done - 1) * self.hop + self.n_fft
+        if self._pending.size < need:
+            self._pending = np.concatenate([self._pending, np.zeros(need - self._pending.size, np.float32)])
+        return self._frames()
+
+    def _frames(self) -> np.ndarray:
+        """Every complete frame of ``_pending`` (at most up to ``n_frames``); drops their hops."""
+        n_fft, hop = self.n_fft, self.hop
+        k = (self._pending.size - n_fft) // hop + 1 if self._pending.size >= n_fft else 0
+        k = min(k, self.n_frames - self.done)
+        if k <= 0:
+            return np.zeros((0, n_fft // 2 + 1), dtype=np.float32)
+        frames = np.lib.stride_tricks.sliding_window_view(self._pending, n_fft)[: (k - 1) * hop + 1: hop]
+        spec = np.fft.rfft(frames * self._window, axis=-1).astype(np.complex64)
+        self._skip = max(0, k * hop - self._pending.size)
+        self._pending = self._pending[k * hop:]
+        self.done += k
+        return np.abs(spec)
+
+
 def stft_magnitude(y: np.ndarray, params: AnalysisParams, hop: int) -> np.ndarray:
-    """Offline magnitude STFT of mono ``y`` (at ``params.sr``).
+    """Offline magnitude STFT of a whole mono ``y`` (at ``params.sr``): :class:`CentredSTFT`
+    in one block.
 
     Returns float32 ``(n_frames, n_bins)``; frame ``k`` is centred on sample ``k * hop``.
     """
-    import librosa  # offline only: keeps the player's start-up light
-
-    spec = librosa.stft(
-        np.ascontiguousarray(y, dtype=np.float32),
-        n_fft=params.n_fft,
-        hop_length=hop,
-        window="hann",
-        center=True,
-        pad_mode="constant",
-    )
-    return np.abs(spec).T.astype(np.float32, copy=False)
+    y = np.asarray(y, dtype=np.float32).ravel()
+    stft = CentredSTFT(params, hop, y.size)
+    return np.concatenate([stft.push(y), stft.finish()])
 
 
 def detune_spectrum(mag: np.ndarray, cents: float, params: AnalysisParams) -> np.ndarray:
@@ -282,10 +350,21 @@ class QuantizedTemplates:
 
     @classmethod
     def from_log(cls, log_t: np.ndarray) -> QuantizedTemplates:
-        lo, hi = float(log_t.min()), float(log_t.max())
-        step = max(hi - lo, 1e-6) / 255.0
-        q = np.clip(np.round((log_t - lo) / step), 0, 255).astype(np.uint8)
-        return cls(q=q, offset=lo, step=step)
+        """Quantise float32 log templates ``(n_detune, n_states, n_obs_bins)`` over their own range."""
+        offset, step = cls.scale(float(log_t.min()), float(log_t.max()))
+        return cls(q=cls.quantize(log_t, offset, step), offset=offset, step=step)
+
+    @staticmethod
+    def scale(lo: float, hi: float) -> tuple[float, float]:
+        """``(offset, step)`` of the codes for log templates spanning ``[lo, hi]`` (the
+        global minimum and maximum over every detune variant and state)."""
+        return lo, max(hi - lo, 1e-6) / 255.0
+
+    @staticmethod
+    def quantize(log_t: np.ndarray, offset: float, step: float) -> np.ndarray:
+        """uint8 codes (same shape) of float32 log templates, for the given :meth:`scale`;
+        any block of states gives the codes the whole array would."""
+        return np.clip(np.round((log_t - offset) / step), 0, 255).astype(np.uint8)
 
     def dequantize(self, detune: slice | int = slice(None), states: slice = slice(None)) -> np.ndarray:
         """float32 log templates for the given detune variant(s) and state range."""
@@ -375,7 +454,7 @@ class OnsetStrength:
         band, spread = self._band, self._spread
         np.matmul(self._bank, mag, out=band)
         self._ref = max(float(band.max()), self._ref * self._ref_decay)
-        if self._ref <= 0.0:  # digital silence so far
+        if self._ref <= SILENT_REF:  # digital silence so far (or for minutes: the peak has decayed away)
             band[:] = 0.0
         else:
             np.multiply(band, np.float32(p.compression_gain / self._ref), out=band)
@@ -406,24 +485,74 @@ def onset_filterbank(params: AnalysisParams) -> np.ndarray:
                                fmin=params.fmin_hz, fmax=params.fmax_hz, htk=True).astype(np.float32)
 
 
+class OnsetCurve:
+    """Onset strength of a mono signal (at ``params.sr``) fed block by block, by the live
+    code path (:class:`OnlineSpectrum` and :class:`OnsetStrength`), in bounded memory.
+
+    Frame ``k`` is centred on sample ``k * fine_hop``, as in :func:`stft_magnitude`: the
+    signal is zero-padded at both ends and the streaming analysis's first frames, centred
+    before the start, are dropped. The frames do not depend on how the signal is cut.
+
+    Args:
+        params: analysis parameters.
+        n_samples: length of the whole signal (samples), known in advance:
+            ``n_samples // fine_hop + 1`` frames.
+        bank: the mel filterbank, as for :class:`OnsetStrength`.
+    """
+
+    def __init__(self, params: AnalysisParams, n_samples: int, bank: np.ndarray | None = None) -> None:
+        hop, half = params.fine_hop, params.n_fft // 2
+        self.hop, self.n_samples = hop, int(n_samples)
+        self.n_frames = self.n_samples // hop + 1
+        self._early = -(-(half - hop) // hop) if half > hop else 0  # streaming frames centred before sample 0
+        lead = self._early * hop + hop - half  # zeros before the signal so that frame k is centred on k * hop
+        self._total = (self.n_frames + self._early) * hop  # padded samples analysed in all
+        self._pending = np.zeros(lead, dtype=np.float32)
+        self._taken = lead  # padded samples taken so far
+        self._fed = 0  # signal samples pushed so far
+        self._emitted = 0  # streaming frames computed so far (the early ones included)
+        self._spectrum, self._onsets = OnlineSpectrum(params), OnsetStrength(params, bank)
+
+    def push(self, y: np.ndarray) -> np.ndarray:
+        """Take the next samples ``(n,)``; return the onset strengths of the frames they
+        complete, float32 ``(k,)``."""
+        y = np.asarray(y, dtype=np.float32)
+        if self._fed + y.size > self.n_samples:
+            raise ValueError(f"OnsetCurve: {self._fed + y.size} samples pushed, {self.n_samples} announced")
+        self._fed += y.size
+        take = min(y.size, self._total - self._taken)  # samples beyond the last frame are not analysed
+        self._taken += take
+        self._pending = np.concatenate([self._pending, y[:take]])
+        return self._frames()
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames (the end zero-padded), float32 ``(k,)``; after it exactly
+        ``n_frames`` strengths have been returned."""
+        if self._fed != self.n_samples:
+            raise ValueError(f"OnsetCurve: {self._fed} samples pushed, {self.n_samples} announced")
+        self._pending = np.concatenate([self._pending, np.zeros(self._total - self._taken, np.float32)])
+        self._taken = self._total
+        return self._frames()
+
+    def _frames(self) -> np.ndarray:
+        hop = self.hop
+        n = self._pending.size // hop
+        hops = self._pending[: n * hop].reshape(n, hop)
+        curve = np.array([self._onsets.push(self._spectrum.push(h)) for h in hops], dtype=np.float32)
+        self._pending = self._pending[n * hop:]
+        drop = min(n, max(0, self._early - self._emitted))
+        self._emitted += n
+        return curve[drop:]
+
+
 def onset_strength_curve(y: np.ndarray, params: AnalysisParams, bank: np.ndarray | None = None) -> np.ndarray:
-    """Onset strength of a whole mono signal ``y`` at ``params.sr``, by the live code path
-    (``bank``: as for :class:`OnsetStrength`).
+    """Onset strength of a whole mono signal ``y`` at ``params.sr``: :class:`OnsetCurve`
+    in one block (``bank``: as for :class:`OnsetStrength`).
 
     Returns:
         float32 ``(len(y) // fine_hop + 1,)``: frame ``k`` is centred on sample
-        ``k * fine_hop``, as in :func:`stft_magnitude` (the signal is zero-padded at both
-        ends, and the streaming analysis's first frames, centred before the start, dropped).
+        ``k * fine_hop``, as in :func:`stft_magnitude`.
     """
-    hop, half = params.fine_hop, params.n_fft // 2
-    y = np.asarray(y, dtype=np.float32)
-    n_frames = y.size // hop + 1
-    early = -(-(half - hop) // hop) if half > hop else 0  # streaming frames centred before sample 0
-    lead = early * hop + hop - half  # zeros before y so that a frame's centre lands on k * hop
-    total = (n_frames + early) * hop
-    padded = np.zeros(total, dtype=np.float32)
-    take = min(y.size, total - lead)
-    padded[lead: lead + take] = y[:take]
-    spectrum, onsets = OnlineSpectrum(params), OnsetStrength(params, bank)
-    curve = np.array([onsets.push(spectrum.push(h)) for h in padded.reshape(-1, hop)], dtype=np.float32)
-    return curve[early:]
+    y = np.asarray(y, dtype=np.float32).ravel()
+    curve = OnsetCurve(params, y.size, bank)
+    return np.concatenate([curve.push(y), curve.finish()])

@@ -143,6 +143,13 @@ def test_existing_output_needs_force(setup, tmp_path):
     assert "Traceback" not in result.output
     assert out.read_bytes() == b"keep me"
     assert outputs_in(tmp_path) == ["out.wav"]  # no path.csv, no timing, no .part
+    out.unlink()
+    timing = tmp_path / "path.csv.timing.json"
+    timing.write_text("an earlier run's timing")
+    result = run("run", setup.bundle, "--input", setup.u, "--output", out, "--alignment", csv)
+    assert result.exit_code != 0 and "--force" in result.stderr and "timing.json" in result.stderr
+    assert timing.read_text() == "an earlier run's timing"
+    assert outputs_in(tmp_path) == ["path.csv.timing.json"]
 
     result = run("run", setup.bundle, "--input", setup.u, "--output", out, "--alignment", csv, "--force")
     assert result.exit_code == 0, result.output
@@ -155,7 +162,8 @@ def test_existing_output_needs_force(setup, tmp_path):
 BAD_CASES = ("missing bundle", "text bundle", "truncated bundle", "missing input", "silent input",
              "input shorter than a block", "input not audio", "start beyond the end", "negative start",
              "blocksize 3", "alpha above 2", "alpha negative", "report not png", "truth without report",
-             "truth malformed", "bundle with unsupported analysis")
+             "truth malformed", "bundle with unsupported analysis", "input with Inf in every block",
+             "input MP3 of garbage")
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +181,12 @@ def bad_cases(setup, tmp_path_factory):
     sf.write(short, setup.case.u[:100], setup.case.sr, subtype="PCM_16")
     not_audio = src / "notes.wav"
     not_audio.write_text("this is not audio\n" * 50)
+    infinite = src / "inf.wav"
+    take = setup.case.u.astype(np.float32).copy()
+    take[:: setup.block // 2] = np.inf  # one sample in every block: nothing could be followed
+    sf.write(infinite, take, setup.case.sr, subtype="FLOAT")
+    garbage_mp3 = src / "take.mp3"
+    garbage_mp3.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + np.random.default_rng(0).bytes(20000))
     from shared.spectral import AnalysisParams
 
     odd = src / "odd.h5"
@@ -196,6 +210,8 @@ def bad_cases(setup, tmp_path_factory):
         "truth without report": (b, u, ["--truth", src / "truth.csv"], "--report"),
         "truth malformed": (b, u, ["--report", src / "r.png", "--truth", not_audio], "truth"),
         "bundle with unsupported analysis": (odd, u, [], "rebuild"),
+        "input with Inf in every block": (b, infinite, [], "NaN or infinite"),
+        "input MP3 of garbage": (b, garbage_mp3, [], "not recognised"),
     }
     assert set(cases) == set(BAD_CASES)
     return cases

@@ -242,29 +242,39 @@ def _workers(proc: subprocess.Popen, timeout: float = 120.0) -> list:
     raise AssertionError("no worker process started")
 
 
-def _wait_for_writing(out: Path, timeout: float = 180.0) -> None:
-    """Wait until a bundle is being written (its temporary file exists)."""
+def _staged_outputs(pid: int, out: Path) -> list[str]:
+    """The outputs process ``pid`` is writing in ``out``: atomic_output's unnamed file
+    (``/proc`` shows it as ``out/#inode (deleted)``) or, where there is none, its ``.part``."""
+    found = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{out}/") and (target.endswith(".part") or target.endswith(" (deleted)")):
+            found.append(target)
+    return found
+
+
+def _writing_worker(proc: subprocess.Popen, out: Path, timeout: float = 180.0):
+    """The process of the batch (a worker, or the batch itself with one job) that is writing
+    a bundle now."""
+    psutil = pytest.importorskip("psutil")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if out.is_dir() and any(p.name.endswith(".part") for p in out.iterdir()):
-            return
+        try:
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.Error:
+            family = []
+        for member in family:
+            if _staged_outputs(member.pid, out):
+                return member
         time.sleep(0.002)
     raise AssertionError("no bundle was being written")
-
-
-def _writing_worker(proc: subprocess.Popen, out: Path):
-    """The worker process that is writing a bundle (has a temporary file open)."""
-    psutil = pytest.importorskip("psutil")
-    deadline = time.monotonic() + 180.0
-    while time.monotonic() < deadline:
-        _wait_for_writing(out)
-        for worker in _workers(proc):
-            try:
-                if any(f.path.endswith(".part") for f in worker.open_files()):
-                    return worker
-            except psutil.Error:
-                pass
-    raise AssertionError("no worker was writing a bundle")
 
 
 def _check_interrupted(proc: subprocess.Popen, out: Path) -> None:
@@ -290,7 +300,7 @@ def test_ctrl_c_while_workers_start(tmp_path):
 def test_ctrl_c_while_a_bundle_is_written(tmp_path, jobs):
     out = tmp_path / "out"
     proc = _start_batch(_long_sources(tmp_path, 3), out, jobs)
-    _wait_for_writing(out)
+    _writing_worker(proc, out)
     os.killpg(proc.pid, signal.SIGINT)
     _check_interrupted(proc, out)
 
