@@ -19,6 +19,7 @@ from shared.cli_support import fail, make_app, one_line_errors
 from shared.errors import ConfigError
 from shared.fileio import check_output_path
 from shared.plotting import check_plot_path, require_matplotlib
+from shared.text import inert
 
 app = make_app("Play a prepared recording along with you, following your tempo, solo removed.")
 
@@ -159,7 +160,7 @@ def _run_live(bundle, config, blocksize, input_device, output_device, latency, q
         display.update(snapshot(engine, session), reader)
         if recorder is not None and recorder.warning and not warned:
             warned.append(recorder.warning)
-            print(f"warning: {recorder.warning}", file=sys.stderr)
+            print(f"warning: {inert(recorder.warning)}", file=sys.stderr)
 
     session = None
     try:
@@ -170,7 +171,7 @@ def _run_live(bundle, config, blocksize, input_device, output_device, latency, q
         if recorder is not None:
             recorder.close(_live_timing(engine, session, choice, block))
             if recorder.warning and recorder.warning not in warned:
-                print(f"warning: {recorder.warning}", file=sys.stderr)
+                print(f"warning: {inert(recorder.warning)}", file=sys.stderr)
     c = session.counters
     if not quiet:
         print(f"stopped: {c.xruns} xruns, {c.dropped_blocks} dropped and {c.late_blocks} late blocks; "
@@ -231,7 +232,7 @@ def report_command(
     trace = read_trace(folder)
     truth_path = read_path(truth, "truth") if truth is not None else None
     write_report(trace, target, truth=truth_path, title=f"rehearsal {folder.name}", force=True)
-    print(f"report written to {target}")
+    print(f"report written to {inert(target)}")
 
 
 @app.command()

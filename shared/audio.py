@@ -179,7 +179,7 @@ def check_readable_file(path: Path, what: str = "audio file") -> Path:
 
 
 #: What soundfile raises on a file it cannot decode.
-_DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+_DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError)
 
 
 def _cannot_decode(path: Path, what: str, exc: BaseException) -> AudioError:

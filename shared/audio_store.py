@@ -136,7 +136,13 @@ class BundleAudio(ChunkedAudio):
         self.path = path
         self.codec = str(attrs["codec"])
         self.identity = identity
+        self._attrs = dict(attrs)
         self._file: h5py.File | None = None
+
+    def __reduce__(self):
+        """Pickled as what opens it again (the loader's sandbox sends it to the parent):
+        no lock, no cache, no open file."""
+        return (BundleAudio, (self.path, self._attrs, self._cache_chunks, self.identity))
 
     def _h5(self) -> h5py.File:
         if self._file is None:

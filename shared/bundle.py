@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from shared.audio_store import DEFAULT_CHUNK_SAMPLES, BundleAudio, encode_audio
-from shared.bundle_check import CheckedBundle, file_identity, read_validated
+from shared.bundle_check import file_identity, read_validated
 from shared.bundle_schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -264,15 +264,12 @@ def load_bundle(path: str | Path, *, timeout_s: float | None = None) -> Bundle:
         raise BundleError(f"{path.name} is damaged or hostile and was refused: {exc}") from None
     except OSError as exc:
         raise BundleError(f"cannot read bundle {path.name} ({exc.strerror or first_line(exc)})") from None
-    if file_identity(path) != checked.identity:
+    if file_identity(path) != checked.audio.identity:
         raise BundleError(f"{path.name} changed while it was being checked; load it again")
-    return Bundle(path=path, params=checked.params, source=checked.source, attrs=checked.attrs,
-                  state_mag=checked.state_mag, onsets=checked.onsets, onset_bank=checked.onset_bank,
-                  templates=checked.templates, nmf=checked.nmf,
-                  audio=BundleAudio(path, checked.audio_attrs, identity=checked.identity))
+    return checked
 
 
-def _read_checked(path: Path) -> CheckedBundle:
+def _read_checked(path: Path) -> Bundle:
     """Open and validate (run in the sandboxed child): every failure is a ``BundleError``."""
     try:
         with h5py.File(path, "r") as f:

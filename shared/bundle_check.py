@@ -16,13 +16,12 @@ hang or allocate without bound on a corrupted file, which no check written here 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from shared.audio_store import FLAC_MAX_CHANNELS
+from shared.audio_store import FLAC_MAX_CHANNELS, BundleAudio
 from shared.bundle_schema import (
     ALLOWED_FILTERS,
     FORMAT_NAME,
@@ -38,6 +37,7 @@ from shared.bundle_schema import (
     MAX_STATES,
     MAX_STORAGE_CHUNK_BYTES,
     MAX_TEXT,
+    Bundle,
     NMFBases,
     SourceInfo,
 )
@@ -48,26 +48,6 @@ from shared.spectral import AnalysisParams, QuantizedTemplates
 #: sample and channel (plus a header per chunk) before calling /audio/data absurd.
 _FLAC_BYTES_PER_SAMPLE = 4
 _FLAC_CHUNK_OVERHEAD = 1 << 16
-
-
-@dataclass(frozen=True)
-class CheckedBundle:
-    """Everything read from a validated bundle but its audio (which is read a chunk at a
-    time later): plain arrays and numbers, so it travels out of the sandboxed child.
-
-    ``identity`` is ``(device, inode, size, mtime_ns)`` of the file that was checked.
-    """
-
-    params: AnalysisParams
-    source: SourceInfo
-    attrs: dict
-    state_mag: np.ndarray
-    onsets: np.ndarray
-    onset_bank: np.ndarray
-    templates: QuantizedTemplates
-    nmf: NMFBases
-    audio_attrs: dict
-    identity: tuple
 
 
 def file_identity(path: Path) -> tuple:
@@ -189,8 +169,10 @@ def _read_attrs(f: h5py.File, path: Path) -> dict:
     return attrs
 
 
-def read_validated(f: h5py.File, path: Path) -> CheckedBundle:
+def read_validated(f: h5py.File, path: Path) -> Bundle:
     """The bundle in the open file ``f`` (named ``path``), validated; raises ``BundleError``.
+    Its audio is not read: ``Bundle.audio`` reads it a chunk at a time, later, from the
+    file identified as the one checked here.
 
     Order matters: attributes and structure first, then every shape against the parameters
     and the audio's duration, and only then the data (see the module docstring).
@@ -266,7 +248,8 @@ def read_validated(f: h5py.File, path: Path) -> CheckedBundle:
     bank = _finite(path, "spectra/onset_bank", bank[()]).astype(np.float32)
     if (bank < 0).any() or (bank > 1.0).any():
         raise _fail(path, "/spectra/onset_bank has weights outside [0, 1]")
-    return CheckedBundle(
+    return Bundle(
+        path=path,
         params=params,
         source=SourceInfo(attrs["source_name"], attrs["source_sha256"], float(attrs["source_duration_s"])),
         attrs=attrs,
@@ -275,8 +258,7 @@ def read_validated(f: h5py.File, path: Path) -> CheckedBundle:
         onset_bank=bank,
         templates=templates,
         nmf=NMFBases(ws, wr, priors, n_iter, _finite(path, "nmf/bound_trace", trace[()]), data_scale),
-        audio_attrs=audio_attrs,
-        identity=file_identity(path),
+        audio=BundleAudio(path, audio_attrs, identity=file_identity(path)),
     )
 
 
