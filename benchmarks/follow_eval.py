@@ -28,7 +28,7 @@ import soxr
 from player.config import EngineConfig
 from player.filemode import run_file
 from prep.pipeline import BuildOptions, build_bundle
-from shared.alignment import causal_positions
+from shared.alignment import causal_positions, heard_times
 from shared.audio import to_mono
 from shared.bundle import load_bundle
 from shared.config import replace_fields
@@ -54,6 +54,42 @@ def score(path_csv: Path, gt_csv: Path) -> dict:
         du, dx = read_map(dense)
         dest = causal_positions(path, du)
         out["lost_s"] = float(np.sum(np.abs(dest - dx) > 1.0) * np.median(np.diff(du)))
+    return out
+
+
+def accompaniment_onsets(notes_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The accompaniment's distinct onsets of a case (its ``notes.csv``, role ``acc``): X
+    times and the U times where they belong, float64 ``(m,)`` each, in X order."""
+    x_on, u_on = [], []
+    with open(notes_csv) as fh:
+        header = fh.readline().strip().split(",")
+        role, xi, ui = header.index("role"), header.index("x_on_s"), header.index("u_on_s")
+        for line in fh:
+            cells = line.strip().split(",")
+            if len(cells) == len(header) and cells[role] == "acc":
+                x_on.append(float(cells[xi]))
+                u_on.append(float(cells[ui]))
+    x, u = np.asarray(x_on), np.asarray(u_on)
+    keep = np.unique(np.round(x, 3), return_index=True)[1]  # a chord is one onset
+    return x[keep], u[keep]
+
+
+def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_duration_s: float) -> dict:
+    """What the listener hears, exactly (not by DTW, as the scorer must): for each of the
+    accompaniment's onsets inside the take, when the output plays it against when it belongs
+    (``heard``: the run's :attr:`RunTrace.heard`; ``h30``, ``h50``, ``h100``: % within 30,
+    50, 100 ms; ``h_signed_ms``: median, negative = early); never played counts as a miss.
+    ``p50``, ``p100``: the same for an output that played exactly along the follower's
+    path (``path`` ``(n, 2)``): what the belief allows, the rate controller aside."""
+    x_on, u_on = accompaniment_onsets(notes_csv)
+    inside = (u_on >= 0) & (u_on <= u_duration_s)
+    out = {}
+    for prefix, rows, limits in (("h", heard, (30, 50, 100)), ("p", path, (50, 100))):
+        err = (heard_times(rows, x_on[inside]) - u_on[inside]) * 1000.0
+        hit = np.isfinite(err)
+        out.update({f"{prefix}{t}": float(100 * np.mean(hit & (np.abs(np.where(hit, err, 0)) <= t))) for t in limits})
+        if prefix == "h":
+            out["h_signed_ms"] = float(np.median(err[hit])) if hit.any() else float("nan")
     return out
 
 
@@ -143,8 +179,10 @@ def main() -> None:
         with load_bundle(bundle) as b:
             res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
                            output_path=(wd / "out.wav") if args.output else None)
-        rows.append({"case": case.name, **score(wd / "path.csv", gt), "rtf": res.rtf,
-                     "jumps": res.counters["jumps"]})
+        row = {"case": case.name, **score(wd / "path.csv", gt), "rtf": res.rtf, "jumps": res.counters["jumps"]}
+        if (case / "notes.csv").exists() and args.retune is None:
+            row.update(heard_figures(res.trace.heard, res.trace.path, case / "notes.csv", res.u_duration_s))
+        rows.append(row)
         print_row(rows[-1])
     print_mean(rows)
 

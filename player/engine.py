@@ -22,6 +22,7 @@ the block), so a path written from it is causal by construction.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,6 +141,9 @@ class Engine:
         self._vocoder_freqs = np.arange(self.vocoder.n_bins) * self.vocoder.bin_hz
         self._u_mag = np.zeros(p.n_bins, dtype=np.float32)
         self._playing = False
+        #: X time (s) of the first sample of the last block returned (NaN: it held silence);
+        #: that sample is heard at ``heard_u_s``. What the listener hears, exactly.
+        self.heard_x_s = math.nan
         self.output_latency_s = float(cfg.output_latency_s)
         self.stats = EngineStats()
         self._in_samples = 0
@@ -195,6 +199,12 @@ class Engine:
         """Seconds of U consumed so far."""
         return self._in_samples / self.input_sr
 
+    @property
+    def heard_u_s(self) -> float:
+        """When (seconds of U) the first sample of the last block returned is heard: the end
+        of the input block that produced it, plus the output latency."""
+        return self.u_time_s + self.output_latency_s
+
     def process(self, block: np.ndarray) -> np.ndarray:
         """Consume one block of U ``(n,)`` or ``(n, channels)``; return ``(m, out_channels)``.
 
@@ -226,6 +236,7 @@ class Engine:
     def _render(self, n_out: int) -> np.ndarray:
         """The next ``n_out`` output samples: X at the controller's rate, solo removed."""
         if not self.follower.started:  # nothing to follow yet: wait for the player
+            self.heard_x_s = math.nan
             return np.zeros((n_out, self.output_channels), dtype=np.float32)
         stats = self.stats
         t0 = time.perf_counter()
@@ -244,6 +255,7 @@ class Engine:
             g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self.presence.value)
             gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
         t1 = time.perf_counter()
+        self.heard_x_s = self.vocoder.position_s
         out = self.vocoder.render(n_out, rate, gain)
         stats.seconds["separation"] += t1 - t0
         stats.seconds["vocoder"] += time.perf_counter() - t1

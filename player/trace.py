@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,15 @@ class RunTrace:
             were recorded).
         mask: ``(n_blocks, n_bands)`` float16 gain at the centre of each band of
             ``MASK_BAND_EDGES_HZ`` (interpolated: low bands hold less than one bin).
+        heard: float64 ``(n_blocks, 2)``: for every output block, when its first sample is
+            heard (seconds of U) and the X time it plays (NaN while silent): what the
+            listener hears, exactly (:func:`shared.alignment.heard_errors` scores it).
     """
 
     frames: np.ndarray
     block_u_s: np.ndarray
     mask: np.ndarray
+    heard: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     @property
     def path(self) -> np.ndarray:
@@ -53,13 +57,16 @@ class TraceRecorder:
         self.frames: list[tuple[float, ...]] = []
         self.blocks: list[float] = []
         self.masks: list[np.ndarray] = []
+        self.heard: list[tuple[float, float]] = []
         self._centres = np.sqrt(MASK_BAND_EDGES_HZ[:-1] * MASK_BAND_EDGES_HZ[1:])
 
     def frame(self, u_time: float, st: FollowerState) -> None:
         self.frames.append((u_time, st.x_s, st.tempo, st.confidence, st.detune_cents, float(st.active)))
 
     def block(self, engine) -> None:
-        """After each engine block: its end time and gain by band (with ``masks``)."""
+        """After each engine block: what it plays and when it is heard; its end time and
+        gain by band (with ``masks``)."""
+        self.heard.append((engine.heard_u_s, engine.heard_x_s))
         if not self.masks_wanted:
             return
         remover = engine.remover
@@ -70,7 +77,7 @@ class TraceRecorder:
         n_bands = self._centres.size
         masks = np.array(self.masks, dtype=np.float16).reshape(len(self.blocks), n_bands)
         return RunTrace(np.array(self.frames, dtype=np.float64).reshape(-1, len(FRAME_COLUMNS)),
-                        np.array(self.blocks), masks)
+                        np.array(self.blocks), masks, np.array(self.heard, dtype=np.float64).reshape(-1, 2))
 
 
 def read_trace(folder: Path) -> RunTrace:

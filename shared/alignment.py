@@ -39,6 +39,31 @@ def causal_positions(path: np.ndarray, times_s: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, path[np.clip(idx, 0, None), 1], 0.0)
 
 
+def heard_times(heard: np.ndarray, x_s: np.ndarray, max_rate: float = 4.0) -> np.ndarray:
+    """When (seconds of U) each X time of ``x_s`` is first heard.
+
+    Args:
+        heard: ``(n, 2)`` rows (u_s, x_s), one per output block in order: when the block's
+            first sample is heard and the X time it plays (NaN: silence).
+        x_s: ``(m,)`` X times (e.g. the accompaniment's onsets).
+        max_rate: a step of X faster than this per second of U is a seek, not playing.
+
+    Returns:
+        ``(m,)``: the U time at which playback first passes each X time, interpolated
+        within the block that plays it; NaN if it is never played.
+    """
+    u0, x0, u1, x1 = heard[:-1, 0], heard[:-1, 1], heard[1:, 0], heard[1:, 1]
+    with np.errstate(invalid="ignore"):
+        played = np.isfinite(x0) & np.isfinite(x1) & (x1 >= x0) & (x1 - x0 <= max_rate * (u1 - u0))
+    out = np.full(np.shape(x_s), np.nan)
+    for k, x in enumerate(np.asarray(x_s, dtype=np.float64)):
+        hit = np.flatnonzero(played & (x0 <= x) & (x < x1))
+        if hit.size:
+            i = hit[0]
+            out[k] = u0[i] + (x - x0[i]) / (x1[i] - x0[i]) * (u1[i] - u0[i])
+    return out
+
+
 def causal_errors(path: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Signed error (seconds; negative: behind) of the causal estimate at each truth row
     ``(m, 2)`` (u_time_s, x_time_s)."""
