@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import soundfile as sf
 from benchmarks.bench_batch import synthesise
 from shared.bundle import load_bundle
 from shared.bundle_check import read_validated
+from shared.fileio import staged_outputs
 from tests.bundle_fuzz import fuzz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def kill_moments(source: Path, work: Path, moments: int, build_s: float) -> dict
         proc = subprocess.Popen([sys.executable, "-m", "prep", "build", str(source), "-o", str(output), "-q",
                                  "--force"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
-        writing = _writing(proc.pid, folder)
+        writing = bool(staged_outputs(proc.pid, folder))
         proc.send_signal(signum)
         proc.wait(timeout=120)
         finished += proc.returncode == 0
@@ -71,16 +71,6 @@ def kill_moments(source: Path, work: Path, moments: int, build_s: float) -> dict
             "signalled_while_writing": sum(r["while_writing"] for r in left),
             "temporary_files_left": sum(len(r["left"]) for r in left),
             "damaged_bundles": sum(not r["bundle_intact"] for r in left), "runs_detail": left}
-
-
-def _writing(pid: int, folder: Path) -> bool:
-    """Whether process ``pid`` holds an output open in ``folder`` (an unnamed file shows in
-    ``/proc`` as ``folder/#inode (deleted)``, a named one as ``.part``)."""
-    try:
-        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-    except OSError:
-        return False
-    return any(t.startswith(f"{folder}/") and t.endswith((" (deleted)", ".part")) for t in targets)
 
 
 def tiled(source: Path, target: Path, seconds: float) -> Path:

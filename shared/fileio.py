@@ -135,6 +135,25 @@ class _StagedFile:
             self._tmp = None
 
 
+def staged_outputs(pid: int, folder: Path) -> list[str]:
+    """The outputs process ``pid`` is writing in ``folder`` now, from ``/proc`` (Linux): an
+    unnamed file shows there as ``folder/#inode (deleted)``, the named fallback as its
+    ``.part``. For tests and benchmarks that stop a build while it writes."""
+    found = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{folder}/") and target.endswith((" (deleted)", ".part")):
+            found.append(target)
+    return found
+
+
 def remove_stale_parts(path: Path) -> list[Path]:
     """Remove the temporary files of earlier writes of ``path`` whose process is gone
     (killed before it could clean up); returns what was removed. Files of live processes,

@@ -264,13 +264,8 @@ def _wait_until_writing(proc: subprocess.Popen, folder: Path, timeout: float = 1
     ``folder/#inode (deleted)``, the named fallback as ``.part``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for fd in os.listdir(f"/proc/{proc.pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(f"{folder}/") and target.endswith((" (deleted)", ".part")):
-                return
+        if fileio.staged_outputs(proc.pid, folder):
+            return
         assert proc.poll() is None, "the build ended before it wrote anything"
         time.sleep(0.01)
     raise AssertionError("the build never started writing")

@@ -24,6 +24,7 @@ from prep import batch
 from prep.batch import BatchError, Job, output_dir_requested, plan_jobs
 from prep.cli import app
 from shared.bundle import load_bundle
+from shared.fileio import staged_outputs
 from shared.synth import make_case
 
 runner = CliRunner()
@@ -242,24 +243,6 @@ def _workers(proc: subprocess.Popen, timeout: float = 120.0) -> list:
     raise AssertionError("no worker process started")
 
 
-def _staged_outputs(pid: int, out: Path) -> list[str]:
-    """The outputs process ``pid`` is writing in ``out``: atomic_output's unnamed file
-    (``/proc`` shows it as ``out/#inode (deleted)``) or, where there is none, its ``.part``."""
-    found = []
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return found
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(f"{out}/") and (target.endswith(".part") or target.endswith(" (deleted)")):
-            found.append(target)
-    return found
-
-
 def _writing_worker(proc: subprocess.Popen, out: Path, timeout: float = 180.0):
     """The process of the batch (a worker, or the batch itself with one job) that is writing
     a bundle now."""
@@ -271,7 +254,7 @@ def _writing_worker(proc: subprocess.Popen, out: Path, timeout: float = 180.0):
         except psutil.Error:
             family = []
         for member in family:
-            if _staged_outputs(member.pid, out):
+            if staged_outputs(member.pid, out):
                 return member
         time.sleep(0.002)
     raise AssertionError("no bundle was being written")
