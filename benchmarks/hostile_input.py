@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
-import soundfile as sf
 
 from benchmarks.bench_batch import synthesise
 from shared.bundle import load_bundle
 from shared.bundle_check import read_validated
 from shared.fileio import staged_outputs
 from tests.bundle_fuzz import fuzz
+from tests.follow_helpers import tiled_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,13 +70,6 @@ def kill_moments(source: Path, work: Path, moments: int, build_s: float) -> dict
             "signalled_while_writing": sum(r["while_writing"] for r in left),
             "temporary_files_left": sum(len(r["left"]) for r in left),
             "damaged_bundles": sum(not r["bundle_intact"] for r in left), "runs_detail": left}
-
-
-def tiled(source: Path, target: Path, seconds: float) -> Path:
-    """``source`` repeated to ``seconds``: a build long enough to be killed while it writes."""
-    samples, sr = sf.read(source, dtype="float32", always_2d=True)
-    sf.write(target, np.tile(samples, (int(seconds * sr) // len(samples) + 1, 1))[: int(seconds * sr)], sr)
-    return target
 
 
 def _loads(path: Path) -> bool:
@@ -129,7 +121,7 @@ def main() -> None:
               f"(of which stopped at the deadline {report.timeouts}), uncaught {report.uncaught}, "
               f"wrongly accepted {report.wrongly_accepted}, largest child {report.child_peak_mb:.0f} MB, "
               f"parent {_self_peak_mb():.0f} MB, {report.seconds:.0f} s; examples {report.examples}", flush=True)
-        long_source = tiled(source, work / "long.wav", 300.0)  # 5 minutes: most of a build writes
+        long_source = tiled_wav(source, work / "long.wav", 300.0)  # 5 minutes: most of a build writes
         figures["kill"] = kill_moments(long_source, work, args.moments, build(long_source, work / "long.h5"))
         k = figures["kill"]
         print(f"kill: {k['runs']} builds of 5 minutes of music signalled ({k['signalled_while_writing']} while "

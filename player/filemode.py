@@ -19,7 +19,7 @@ import soundfile as sf
 from player.config import EngineConfig
 from player.engine import Engine
 from player.trace import RunTrace, TraceRecorder
-from shared.audio import inspect_take
+from shared.audio import scan_audio
 from shared.bundle import Bundle
 from shared.errors import AudioError
 from shared.fileio import atomic_output, check_output_path
@@ -102,7 +102,7 @@ def run_file(
     for path in (output_path, alignment_path, timing_path):
         if path is not None:
             check_output_path(path, force)  # before the run, not after minutes of work
-    info = inspect_take(input_path)
+    info = scan_audio(input_path, what="input")  # readable, finite, not silent
     block = blocksize or default_blocksize(info.sr, bundle.params)
     if info.n_samples < block:
         raise AudioError(f"input {input_path.name} is shorter than one block ({info.n_samples} < {block} samples)")

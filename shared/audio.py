@@ -208,6 +208,12 @@ def _quiet_decoder() -> Iterator[None]:
         os.close(saved)
 
 
+def _open_quietly(path: Path) -> sf.SoundFile:
+    """The file opened for reading, without the decoder's own lines on stderr."""
+    with _quiet_decoder():
+        return sf.SoundFile(str(path))
+
+
 def _too_long(path: Path, what: str, seconds: float) -> AudioError:
     return AudioError(f"{what} {path.name} lasts {seconds / 3600:.1f} h; at most {MAX_DURATION_S / 3600:.0f} h are supported")
 
@@ -248,9 +254,7 @@ def scan_audio(
     """
     path = check_readable_file(Path(path), what)
     try:
-        with _quiet_decoder():
-            f = sf.SoundFile(str(path))
-        with f:
+        with _open_quietly(path) as f:
             _check_header(path, what, f)
             sr, channels, subtype, claimed = int(f.samplerate), int(f.channels), str(f.subtype), int(f.frames)
             n, peak = 0, 0.0
@@ -299,9 +303,7 @@ def read_blocks(path: str | Path, scan: AudioScan, *, gain: float = 1.0, what: s
     step = int(frames or block_frames(scan.channels))
     changed = AudioError(f"{what} {path.name} changed while it was being read; try again")
     try:
-        with _quiet_decoder():
-            f = sf.SoundFile(str(path))
-        with f:
+        with _open_quietly(path) as f:
             if (f.samplerate, f.channels) != (scan.sr, scan.channels):
                 raise changed
             n = 0
@@ -316,16 +318,6 @@ def read_blocks(path: str | Path, scan: AudioScan, *, gain: float = 1.0, what: s
                 yield block
     except _DECODE_ERRORS as exc:
         raise _cannot_decode(path, what, exc) from None
-
-
-def inspect_take(path: Path, min_samples: int = 1) -> AudioScan:
-    """Check a take (U) before a run, streaming through it once (:func:`scan_audio`):
-    readable, not empty, at least ``min_samples`` long, no NaN/Inf sample, not silent.
-    Raises ``AudioError``."""
-    scan = scan_audio(path, what="input")
-    if scan.n_samples < min_samples:
-        raise AudioError(f"input {Path(path).name} is shorter than one block ({scan.n_samples} samples < {min_samples})")
-    return scan
 
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

@@ -29,7 +29,6 @@ from shared.bundle_schema import (
     MAX_LOADED_BYTES,
     VOLATILE_ATTRS,
     Bundle,
-    BundleContent,
     NMFBases,
     SourceInfo,
 )
@@ -46,7 +45,7 @@ LOAD_BYTES_PER_S = 5e6
 #: arrays it returns (at most MAX_LOADED_BYTES) and libhdf5's buffers.
 LOAD_MEMORY_BYTES = MAX_LOADED_BYTES + (256 << 20)
 
-__all__ = ["Bundle", "BundleAudio", "BundleContent", "NMFBases", "SourceInfo", "FORMAT_NAME", "FORMAT_VERSION",
+__all__ = ["Bundle", "BundleAudio", "NMFBases", "SourceInfo", "FORMAT_NAME", "FORMAT_VERSION",
            "VOLATILE_ATTRS", "BundleWriter", "load_bundle", "write_bundle"]
 
 

@@ -96,19 +96,6 @@ class NMFBases:
         return (self.w_shape / self.w_rate).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class BundleContent:
-    """The analysis results prep writes (everything but the audio itself)."""
-
-    params: AnalysisParams
-    source: SourceInfo
-    state_mag: np.ndarray  # (n_states, n_bins)
-    onsets: np.ndarray  # (n_frames,) onset strength at the fine hop
-    onset_bank: np.ndarray  # (onset_bands, n_bins) its filterbank
-    templates: QuantizedTemplates  # (n_detune, n_states, n_obs_bins)
-    nmf: NMFBases
-
-
 @dataclass
 class Bundle:
     """A validated bundle, with the arrays the player keeps in memory (templates as 8-bit codes)."""

@@ -20,12 +20,26 @@ from shared.synth import Case
 QUICK = BuildOptions(n_components=4, nmf_iter=5)
 
 
-def bundle_for(case: Case, folder: Path, name: str = "x", params: AnalysisParams | None = None) -> Bundle:
+def bundle_file_for(case: Case, folder: Path, name: str = "x", params: AnalysisParams | None = None) -> Path:
+    """X of ``case`` written as ``folder/NAME.wav`` and built (quickly) into ``folder/NAME.h5``."""
     wav = folder / f"{name}.wav"
     sf.write(wav, case.x, case.sr, subtype="PCM_16")
     out = folder / f"{name}.h5"
     build_bundle(wav, out, QUICK if params is None else dataclasses.replace(QUICK, params=params))
-    return load_bundle(out)
+    return out
+
+
+def bundle_for(case: Case, folder: Path, name: str = "x", params: AnalysisParams | None = None) -> Bundle:
+    """:func:`bundle_file_for`, loaded."""
+    return load_bundle(bundle_file_for(case, folder, name, params))
+
+
+def tiled_wav(source: Path, target: Path, seconds: float) -> Path:
+    """``source`` repeated to ``seconds`` and written to ``target`` (a long recording made
+    cheaply: a build long enough to be stopped while it writes)."""
+    samples, sr = sf.read(source, dtype="float32", always_2d=True)
+    sf.write(target, np.tile(samples, (int(seconds * sr) // len(samples) + 1, 1))[: int(seconds * sr)], sr)
+    return target
 
 
 def follow(bundle: Bundle, u: np.ndarray, sr: int, config: EngineConfig | None = None,

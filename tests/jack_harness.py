@@ -53,6 +53,16 @@ class JackServer:
         return {**os.environ, "JACK_DEFAULT_SERVER": self.name, "JACK_NO_START_SERVER": "1"}
 
 
+def stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not ended within ``grace_s`` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def jack_server(rate: int = 48000, period: int = 256, timeout_s: float = 15.0) -> Iterator[JackServer]:
     """Start ``jackd`` with the dummy driver (no real-time scheduling: no privileges needed)
@@ -74,12 +84,7 @@ def jack_server(rate: int = 48000, period: int = 256, timeout_s: float = 15.0) -
                 time.sleep(0.1)
         yield JackServer(name, rate, period, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 5.0)
 
 
 class Loopback:
@@ -202,12 +207,7 @@ def running_player(server: JackServer, args: list[str], player: str, tty: bool =
         yield proc
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 20.0)
         if tty:
             os.close(master)
             os.close(slave)

@@ -30,6 +30,7 @@ from shared.errors import BundleError, OutputError
 from shared.sandbox import SandboxError, run_isolated
 from shared.text import inert
 from tests.bundle_fuzz import fuzz
+from tests.follow_helpers import tiled_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,13 +253,6 @@ def test_kill_9_during_a_build_leaves_nothing(x_wav, tmp_path, delay_s):
     assert output.read_bytes() == b"the old bundle" or load_bundle(output).n_states > 0
 
 
-def _long_recording(x_wav: Path, path: Path, seconds: float = 240.0) -> Path:
-    """``x_wav`` repeated to ``seconds``: a build long enough to be stopped while it writes."""
-    samples, sr = sf.read(x_wav, dtype="float32", always_2d=True)
-    sf.write(path, np.tile(samples, (int(seconds * sr) // len(samples) + 1, 1))[: int(seconds * sr)], sr)
-    return path
-
-
 def _wait_until_writing(proc: subprocess.Popen, folder: Path, timeout: float = 120.0) -> None:
     """Until ``proc`` holds an output open in ``folder`` (``/proc``: an unnamed file shows as
     ``folder/#inode (deleted)``, the named fallback as ``.part``)."""
@@ -274,7 +268,7 @@ def _wait_until_writing(proc: subprocess.Popen, folder: Path, timeout: float = 1
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_stop_a_build_cleanly(x_wav, tmp_path, signum):
-    source = _long_recording(x_wav, tmp_path / "x.wav")
+    source = tiled_wav(x_wav, tmp_path / "x.wav", 240.0)
     output = tmp_path / "x.h5"
     proc = subprocess.Popen(_build_command(source, output), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

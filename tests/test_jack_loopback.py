@@ -27,7 +27,7 @@ from player.recorder import recorded_take
 from shared.synth import make_case
 
 from .audible import audible_lags, within
-from .follow_helpers import bundle_for
+from .follow_helpers import bundle_file_for
 from .jack_harness import (
     Loopback,
     jack_missing,
@@ -49,9 +49,7 @@ SR = 44100
 def loop_case(tmp_path_factory):
     """A 16-note duet (X at 44.1 kHz) and its take, with the ideal karaoke."""
     case = make_case(n_notes=16, seed=8, sr=SR)
-    folder = tmp_path_factory.mktemp("jack")
-    bundle_for(case, folder).close()
-    return case, folder / "x.h5"
+    return case, bundle_file_for(case, tmp_path_factory.mktemp("jack"))
 
 
 def at(signal: np.ndarray, rate: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from player.recorder import recorded_take
 from shared.synth import make_case
 
 from .fake_sounddevice import FakeDevice, FakeSoundDevice
-from .follow_helpers import bundle_for
+from .follow_helpers import bundle_file_for
 
 SR = 22050
 
@@ -31,9 +31,7 @@ SR = 22050
 @pytest.fixture(scope="module")
 def rehearsal_case(tmp_path_factory):
     case = make_case(n_notes=10, seed=11, sr=SR)
-    folder = tmp_path_factory.mktemp("record")
-    bundle_for(case, folder).close()
-    return case, folder / "x.h5"
+    return case, bundle_file_for(case, tmp_path_factory.mktemp("record"))
 
 
 def run_live(monkeypatch, bundle_path, u, *args, **fake):
