@@ -265,6 +265,31 @@ def lag_of(signal: np.ndarray, reference: np.ndarray, max_lag: int) -> tuple[int
     return k, float(corr[k] / energy[k])
 
 
+def input_lags(fed: np.ndarray, take: np.ndarray, sr: int, window_s: float = 1.0, every_s: float = 0.5) -> np.ndarray:
+    """For each sample of ``fed`` (what the loopback played into the player), how many
+    samples later it lies in ``take`` (the player's recording of its input: the stream's
+    clock), as int64 ``(len(fed),)``. Tracked window by window: an xrun of the dummy server
+    can skip a period of the player's input (never the loopback's), and every later sample
+    then lies a period earlier on the stream. Windows that match poorly (quiet, cut) keep the
+    lag before them."""
+    mono = lambda a: a.mean(axis=1) if a.ndim == 2 else a  # noqa: E731
+    fed, take = mono(fed), mono(take)
+    win, step, reach = int(window_s * sr), int(every_s * sr), sr // 2
+    loud = np.abs(fed) > 0.01 * np.abs(fed).max()
+    start = int(np.argmax(loud))
+    d, _ = lag_of(take[start:], fed[start:start + win], take.size - start - win)  # take index - fed index
+    lags = np.full(fed.size, d, dtype=np.int64)
+    for t in range(start, fed.size - win, step):
+        lo = max(0, t + d - reach)
+        if take.size - lo - win <= 0:
+            break
+        k, corr = lag_of(take[lo:], fed[t:t + win], min(2 * reach, take.size - lo - win))
+        if corr >= 0.99:
+            d = lo + k - t
+        lags[t:] = d
+    return lags
+
+
 def measured_latency_s(fed: np.ndarray, looped: np.ndarray, take: np.ndarray, played: np.ndarray, blocksize: int,
                        sr: int, loop_delay: int, window_s: float = 1.0, every_s: float = 1.0) -> float:
     """The player's real delay from the end of an input block to the first sample of the
@@ -274,9 +299,9 @@ def measured_latency_s(fed: np.ndarray, looped: np.ndarray, take: np.ndarray, pl
     ``fed``: what the loopback played into the player; ``looped``: what it recorded of the
     player's output (``loop_delay`` samples late by the loop itself); ``take`` and
     ``played``: what the player's ``--record`` kept (its input from the stream's start, and
-    its engine's output blocks in order). For each window of the fed signal, the take says
-    where it lies on the stream's input clock (``d_in``); the loop recording, where the
-    engine's output for that input was played (``d_out``). Input block ``k`` ends at input
+    its engine's output blocks in order). For each window of the fed signal,
+    :func:`input_lags` says where it lies on the stream's input clock; the loop recording,
+    where the engine's output for that input was played. Input block ``k`` ends at input
     index ``(k + 1) * blocksize`` and its output starts at output index ``k * blocksize``:
     the delay is ``d_out - blocksize`` samples. The device's own latency is not in the loop
     (nothing is a sound card here): add it.
@@ -284,18 +309,12 @@ def measured_latency_s(fed: np.ndarray, looped: np.ndarray, take: np.ndarray, pl
     mono = lambda a: a.mean(axis=1) if a.ndim == 2 else a  # noqa: E731
     fed, looped, take, played = mono(fed), mono(looped), mono(take), mono(played)
     win, step, reach = int(window_s * sr), int(every_s * sr), sr // 2
-    loud = np.abs(fed) > 0.01 * np.abs(fed).max()
-    start = int(np.argmax(loud))
-    d_in, _ = lag_of(take[start:], fed[start:start + win], take.size - start - win)  # take index - fed index
+    lags = input_lags(fed, take, sr, window_s)
+    start = int(np.argmax(np.abs(fed) > 0.01 * np.abs(fed).max()))
     delays = []
     for t in range(start, fed.size - win - sr, step):
-        lo = max(0, t + d_in - reach)
-        k, c_in = lag_of(take[lo:], fed[t:t + win], min(2 * reach, take.size - lo - win))
-        if c_in < 0.99:
-            continue
-        d_in = lo + k - t
-        m = t + d_in  # the engine's output for this input starts here (played index)
-        if m + win > played.size or np.abs(played[m:m + win]).max() < 1e-3:
+        m = t + int(lags[t])  # the engine's output for this input starts here (played index)
+        if m < 0 or m + win > played.size or np.abs(played[m:m + win]).max() < 1e-3:
             continue
         lo = max(0, t - reach)
         k, c_out = lag_of(looped[lo:], played[m:m + win], min(2 * reach + sr, looped.size - lo - win))
@@ -307,6 +326,16 @@ def measured_latency_s(fed: np.ndarray, looped: np.ndarray, take: np.ndarray, pl
     if len(delays) < 3:
         raise AssertionError(f"the loop's signals do not match ({len(delays)} windows)")
     return float(np.median(delays)) / sr
+
+
+def on_take_timeline(y: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """``y`` (on the stream's clock) moved onto the fed take's: sample ``i`` of the result is
+    ``y[i + lags[i]]`` (``lags`` from :func:`input_lags`), zeros where ``y`` has none."""
+    idx = np.arange(lags.size) + lags
+    ok = (idx >= 0) & (idx < len(y))
+    out = np.zeros((lags.size, *y.shape[1:]), dtype=y.dtype)
+    out[ok] = y[idx[ok]]
+    return out
 
 
 def at_rate(path: Path, rate: int, n: int) -> np.ndarray:
@@ -378,13 +407,13 @@ def live_figures(bundle: Path, take: np.ndarray, looped: np.ndarray, delay: int,
     device = timing["device_latency_s"]
     n = len(take)
     heard = shifted(looped, delay - int(round(device * rate)))  # the loop's delay out, the device's in
-    d_in = lag_of(rec_take, take[rate: 4 * rate], rec_take.size - 4 * rate)[0] - rate  # stream clock -> take's
+    lags = input_lags(take, rec_take, rate)  # take's clock -> the stream's, through any xrun
     outputs = {}
     for name, latency in (("replay", 0.0), ("replay_latency", timing["assumed_latency_s"])):
         replay_wav = record.parent / f"{record.name}_{name}.wav"
         subprocess.run([player_exe(), "run", str(bundle), "--input", str(record), "--output", str(replay_wav), "-q",
                         "--force", "--latency", repr(latency), "--samplerate", str(rate), *block_args], check=True)
-        outputs[name] = shifted(at_rate(replay_wav, rate, d_in + n), d_in)[:n]
+        outputs[name] = on_take_timeline(at_rate(replay_wav, rate, n + int(lags.max(initial=0))), lags)
     outputs.update(others or {})
     row = {"blocksize": timing["blocksize"], "assumed_ms": round(1000 * timing["assumed_latency_s"], 2),
            "primed_ms": round(1000 * timing["primed_latency_s"], 2),
