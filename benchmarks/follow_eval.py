@@ -74,7 +74,8 @@ def accompaniment_onsets(notes_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], u[keep]
 
 
-def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_duration_s: float) -> dict:
+def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_duration_s: float,
+                  scheduled: np.ndarray | None = None) -> dict:
     """What the listener hears, exactly (not by DTW, as the scorer must): for each of the
     accompaniment's onsets inside the take, when the output plays it against when it belongs
     (``heard``: the run's :attr:`RunTrace.heard`; ``h30``, ``h50``, ``h100``: % within 30,
@@ -84,7 +85,10 @@ def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_durati
     x_on, u_on = accompaniment_onsets(notes_csv)
     inside = (u_on >= 0) & (u_on <= u_duration_s)
     out = {}
-    for prefix, rows, limits in (("h", heard, (30, 50, 100)), ("p", path, (50, 100))):
+    series = [("h", heard, (30, 50, 100)), ("p", path, (50, 100))]
+    if scheduled is not None:
+        series.append(("a", scheduled, (50, 100)))
+    for prefix, rows, limits in series:
         err = (heard_times(rows, x_on[inside]) - u_on[inside]) * 1000.0
         hit = np.isfinite(err)
         out.update({f"{prefix}{t}": float(100 * np.mean(hit & (np.abs(np.where(hit, err, 0)) <= t))) for t in limits})
@@ -176,12 +180,15 @@ def main() -> None:
             u, sr = sf.read(take, dtype="float32")
             take = take.with_name(f"U_snr{args.noise_snr:g}.flac")
             sf.write(take, add_pink_noise(u, args.noise_snr), sr)
+        scheduled = []
         with load_bundle(bundle) as b:
             res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
-                           output_path=(wd / "out.wav") if args.output else None)
+                           output_path=(wd / "out.wav") if args.output else None,
+                           on_block=lambda e: scheduled.append((e.u_time_s, e.anticipator.x_s)))
         row = {"case": case.name, **score(wd / "path.csv", gt), "rtf": res.rtf, "jumps": res.counters["jumps"]}
         if (case / "notes.csv").exists() and args.retune is None:
-            row.update(heard_figures(res.trace.heard, res.trace.path, case / "notes.csv", res.u_duration_s))
+            row.update(heard_figures(res.trace.heard, res.trace.path, case / "notes.csv", res.u_duration_s,
+                                     np.asarray(scheduled)))
         rows.append(row)
         print_row(rows[-1])
     print_mean(rows)

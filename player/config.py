@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from player.activity import ActivityConfig
+from player.anticipate import AnticipateConfig
 from player.denoise import DenoiseConfig
 from player.echo import LeakConfig
 from player.follower import FollowerConfig
@@ -18,7 +19,8 @@ from shared.config import check_fields, field_error, replace_fields
 from shared.errors import ConfigError
 
 #: The stages' settings, by the name of their field in :class:`EngineConfig`.
-STAGE_FIELDS = ("follower", "activity", "search", "relocator", "separation", "playback", "leak", "denoise")
+STAGE_FIELDS = ("follower", "activity", "search", "relocator", "separation", "anticipate", "playback", "leak",
+                "denoise")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class EngineConfig:
     """Everything the engine can be tuned with.
 
     Attributes:
-        follower, activity, search, relocator, separation, playback, leak, denoise: each
+        follower, activity, search, relocator, separation, anticipate, playback, leak, denoise: each
             stage's settings (see the stage's module).
         start_s: where in X the player starts (seconds); the search still finds them elsewhere.
         global_search: look for the player elsewhere in the piece (the global search and
@@ -43,6 +45,7 @@ class EngineConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     relocator: RelocatorConfig = field(default_factory=RelocatorConfig)
     separation: SeparationConfig = field(default_factory=SeparationConfig)
+    anticipate: AnticipateConfig = field(default_factory=AnticipateConfig)
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
     leak: LeakConfig = field(default_factory=LeakConfig)
     denoise: DenoiseConfig = field(default_factory=DenoiseConfig)

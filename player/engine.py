@@ -28,8 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.signal import find_peaks
 
 from player.activity import ActivityDetector
+from player.anticipate import Anticipator
 from player.analysis import ObservationStage, SpectrumStage
 from player.config import EngineConfig
 from player.denoise import NoiseProfile
@@ -70,6 +72,21 @@ MUSIC_START_SEARCH_S = 30.0
 
 #: Analysis frame periods (seconds) this player runs at: the block is one frame long.
 SUPPORTED_FRAME_PERIOD_S = (0.005, 0.05)
+
+
+#: X's onset strength (in [0, 1]) a peak must reach to count as a note's onset for the
+#: controller's seeks (docs/DECISIONS.md: about half of the corpus's notes, half the peaks
+#: at the notes).
+ONSET_PEAK_STRENGTH = 0.3
+
+
+def onset_times_s(strength: np.ndarray, params) -> np.ndarray:
+    """X's note onsets (seconds, ascending) from its onset strength ``(n_frames,)`` (frame
+    ``k`` centred on ``k * fine_period_s``): the peaks of at least ``ONSET_PEAK_STRENGTH``,
+    moved back by the ``onset_lag`` frames the strength compares over (it peaks when the
+    window is into the note, that long after the onset)."""
+    peaks, _ = find_peaks(np.asarray(strength, dtype=np.float64), height=ONSET_PEAK_STRENGTH)
+    return np.maximum(0.0, (peaks - params.onset_lag) * params.fine_period_s)
 
 
 def check_supported(bundle: Bundle) -> None:
@@ -131,8 +148,9 @@ class Engine:
         self._analysis: tuple[FrameStage, ...] = (self.spectrum, self.leak, self.activity, self.denoise,
                                                    self.observation)
         self._frame = Frame()
+        self.anticipator = Anticipator(cfg.anticipate)
         # once per block
-        self.controller = PlaybackController(cfg.playback)
+        self.controller = PlaybackController(cfg.playback, onset_times_s(bundle.onsets, p))
         played = bundle.audio if self.output_sr == bundle.audio.sr else ResampledAudio(bundle.audio, self.output_sr)
         self.vocoder = StreamingVocoder(played)
         self.remover = SoloRemover(bundle.nmf, p, cfg.separation)
@@ -144,6 +162,10 @@ class Engine:
         #: X time (s) of the first sample of the last block returned (NaN: it held silence);
         #: that sample is heard at ``heard_u_s``. What the listener hears, exactly.
         self.heard_x_s = math.nan
+        #: the playback rate of that block (X seconds per output second; NaN: silence), and
+        #: whether it started with a seek
+        self.heard_rate = math.nan
+        self.heard_seek = False
         self.output_latency_s = float(cfg.output_latency_s)
         self.stats = EngineStats()
         self._in_samples = 0
@@ -178,7 +200,7 @@ class Engine:
         """
         x_s = float(min(max(x_s, 0.0), max(0.0, self.bundle.duration_s - 1e-3)))
         self.follower.reset(self._waiting_place(x_s), keep_detune=True, wait=not self.config.intro)
-        restarted = (self.relocator, self.spectrum, self.observation, self.presence, self.remover)
+        restarted = (self.relocator, self.spectrum, self.observation, self.presence, self.remover, self.anticipator)
         for stage in restarted:
             if stage is not None:
                 stage.reset()
@@ -236,19 +258,24 @@ class Engine:
     def _render(self, n_out: int) -> np.ndarray:
         """The next ``n_out`` output samples: X at the controller's rate, solo removed."""
         if not self.follower.started:  # nothing to follow yet: wait for the player
-            self.heard_x_s = math.nan
+            self.heard_x_s = self.heard_rate = math.nan
+            self.heard_seek = False
             return np.zeros((n_out, self.output_channels), dtype=np.float32)
         stats = self.stats
         t0 = time.perf_counter()
         st = self.follower.state
-        target = st.x_s + st.tempo * self.output_latency_s
+        scheduled = self.anticipator.x_s
+        target = (scheduled if math.isfinite(scheduled) else st.x_s) + st.tempo * self.output_latency_s
         if not self._playing:
             self.vocoder.seek(target)
             self._playing = True
-        rate, jump_to = self.controller.step(self.vocoder.position_s, target, st.tempo, n_out / self.output_sr)
+        position = self.vocoder.position_s
+        rate, jump_to = self.controller.step(position, target, st.tempo, n_out / self.output_sr)
+        self.heard_seek = jump_to is not None
         if jump_to is not None:
             self.vocoder.seek(jump_to)
-            self.remover.reset()
+            if abs(jump_to - position) > self.controller.config.jump_s:  # elsewhere: what the remover knew is stale
+                self.remover.reset()
         gain = None
         if self.remover.config.alpha > 0.0:
             x_mag = self.x_spectrum.at(st.x_frame_s) if self.presence.sounding_now else None
@@ -256,6 +283,7 @@ class Engine:
             gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
         t1 = time.perf_counter()
         self.heard_x_s = self.vocoder.position_s
+        self.heard_rate = rate
         out = self.vocoder.render(n_out, rate, gain)
         stats.seconds["separation"] += t1 - t0
         stats.seconds["vocoder"] += time.perf_counter() - t1
@@ -279,6 +307,10 @@ class Engine:
         if self.relocator is not None:
             self.relocator.process_frame(frame)
             stats.jumps += self.relocator.moved
+            if self.relocator.moved:
+                self.anticipator.reset()
+        st = self.follower.state
+        self.anticipator.process_frame(frame, st.x_s, st.tempo)
         t3 = time.perf_counter()
         stats.frames += 1
         stats.seconds["analysis"] += t1 - t0

@@ -15,6 +15,8 @@ MASK_BAND_EDGES_HZ = np.geomspace(60.0, 8000.0, 49)
 
 #: The columns of :attr:`RunTrace.frames`.
 FRAME_COLUMNS = ("u_time_s", "x_s", "tempo", "confidence", "detune_cents", "active")
+#: The columns of :attr:`RunTrace.heard`.
+HEARD_COLUMNS = ("heard_u_s", "x_s", "rate", "seek")
 
 
 @dataclass
@@ -28,15 +30,16 @@ class RunTrace:
             were recorded).
         mask: ``(n_blocks, n_bands)`` float16 gain at the centre of each band of
             ``MASK_BAND_EDGES_HZ`` (interpolated: low bands hold less than one bin).
-        heard: float64 ``(n_blocks, 2)``: for every output block, when its first sample is
-            heard (seconds of U) and the X time it plays (NaN while silent): what the
-            listener hears, exactly (:func:`shared.alignment.heard_errors` scores it).
+        heard: float64 ``(n_blocks, 4)`` rows of :data:`HEARD_COLUMNS`: for every output
+            block, when its first sample is heard (seconds of U), the X time it plays and
+            at what rate (NaN while silent), and 1 where it began with a seek: what the
+            listener hears, exactly (:func:`shared.alignment.heard_times` scores it).
     """
 
     frames: np.ndarray
     block_u_s: np.ndarray
     mask: np.ndarray
-    heard: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    heard: np.ndarray = field(default_factory=lambda: np.zeros((0, len(HEARD_COLUMNS))))
 
     @property
     def path(self) -> np.ndarray:
@@ -57,7 +60,7 @@ class TraceRecorder:
         self.frames: list[tuple[float, ...]] = []
         self.blocks: list[float] = []
         self.masks: list[np.ndarray] = []
-        self.heard: list[tuple[float, float]] = []
+        self.heard: list[tuple[float, float, float, float]] = []
         self._centres = np.sqrt(MASK_BAND_EDGES_HZ[:-1] * MASK_BAND_EDGES_HZ[1:])
 
     def frame(self, u_time: float, st: FollowerState) -> None:
@@ -66,7 +69,7 @@ class TraceRecorder:
     def block(self, engine) -> None:
         """After each engine block: what it plays and when it is heard; its end time and
         gain by band (with ``masks``)."""
-        self.heard.append((engine.heard_u_s, engine.heard_x_s))
+        self.heard.append((engine.heard_u_s, engine.heard_x_s, engine.heard_rate, float(engine.heard_seek)))
         if not self.masks_wanted:
             return
         remover = engine.remover
@@ -77,7 +80,7 @@ class TraceRecorder:
         n_bands = self._centres.size
         masks = np.array(self.masks, dtype=np.float16).reshape(len(self.blocks), n_bands)
         return RunTrace(np.array(self.frames, dtype=np.float64).reshape(-1, len(FRAME_COLUMNS)),
-                        np.array(self.blocks), masks, np.array(self.heard, dtype=np.float64).reshape(-1, 2))
+                        np.array(self.blocks), masks, np.array(self.heard, dtype=np.float64).reshape(-1, len(HEARD_COLUMNS)))
 
 
 def read_trace(folder: Path) -> RunTrace:

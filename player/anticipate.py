@@ -1,0 +1,93 @@
+"""Where the accompaniment should be: the follower's belief, dead-reckoned through held notes.
+
+The follower's belief is sharp just after the soloist starts a note: the spectrum changes and
+the onset term pins the new note's beginning. Through the note that follows it has nothing
+to time by (a held note's spectrum is the same at every place of it) and it drifts ahead of
+the soloist: the forward transitions push its mass on, and the recording's places where the
+accompaniment under the same pitch is thinner (the end of the note, usually) explain the
+solo spectrum better. Measured on the corpus, the belief is 5-30 ms ahead of the soloist
+in the first 50 ms after an onset and 30-120 ms ahead 0.4 s into a note (docs/DECISIONS.md).
+
+So the position the output is scheduled by is the belief *anchored* at each detected onset
+of the soloist (a peak of U's onset strength, ``anchor_delay_frames`` later, when the belief
+has moved onto the new note) and carried on at the tempo from there, until the next onset
+or ``hold_s`` (dead reckoning). The belief can still hold it back (the soloist is slower: the
+next note's spectrum has not come, the belief waits at the end of the note) but not push it
+ahead, except by more than ``max_lead_s``: then the belief moved for a reason the onsets did
+not show (a relocation, a restart, a player far ahead) and it is followed at once.
+
+Units: positions in seconds of X; times in seconds of U; tempo in X seconds per U second.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from player.stages import Frame
+from shared.config import check_fields
+
+
+@dataclass(frozen=True)
+class AnticipateConfig:
+    """Tuning of :class:`Anticipator`.
+
+    Attributes:
+        onset_threshold: U onset strength (in [0, 1]) a peak must reach to count as the
+            soloist starting a note. 0 disables the anchoring (the belief is used as is).
+        anchor_delay_frames: frames after the onset's peak at which the belief is taken as
+            the anchor (it needs a frame or two to move onto the new note).
+        hold_s: longest dead reckoning (seconds of U) without a new onset; then the anchor
+            follows the belief again.
+        max_lead_s: the belief may run ahead of the dead reckoning by this much (seconds of
+            X) before it is taken as right.
+    """
+
+    onset_threshold: float = 0.4
+    anchor_delay_frames: int = 2
+    hold_s: float = 1.0
+    max_lead_s: float = 0.3
+
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("hold_s", "max_lead_s"), non_negative=("anchor_delay_frames",),
+                     unit=("onset_threshold",), integers=("anchor_delay_frames",))
+
+
+class Anticipator:
+    """Per frame: the position (seconds of X, at the frame's report time) the accompaniment
+    is scheduled by (:attr:`x_s`), from the follower's belief and U's onset strength.
+
+    Call :meth:`process_frame` after the follower with the frame (reads ``onset``,
+    ``active``, ``now_s``) and the follower's state (``x_s``, ``tempo``)."""
+
+    def __init__(self, config: AnticipateConfig | None = None) -> None:
+        self.config = config or AnticipateConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the anchor and the onset history (a restart, a relocation)."""
+        self.x_s = math.nan
+        self._anchor: tuple[float, float, float] | None = None  # (u_s, x_s, tempo)
+        self._prev = (0.0, 0.0)  # onset strength of the last two frames (older first)
+        self._countdown = -1  # frames until the anchor is taken; -1: none pending
+
+    def process_frame(self, frame: Frame, belief_x_s: float, tempo: float) -> float:
+        """Update with one frame; return (and keep in :attr:`x_s`) the scheduled position."""
+        cfg = self.config
+        older, last = self._prev
+        onset = float(frame.onset) if frame.active else 0.0
+        if cfg.onset_threshold > 0.0 and last >= cfg.onset_threshold and last >= older and last > onset:
+            self._countdown = max(0, cfg.anchor_delay_frames - 1)  # the peak was the last frame
+        self._prev = (last, onset)
+        now = frame.now_s
+        anchor = self._anchor
+        if self._countdown == 0 or anchor is None or now - anchor[0] > cfg.hold_s:
+            anchor = self._anchor = (now, belief_x_s, tempo)
+        if self._countdown >= 0:
+            self._countdown -= 1
+        reckoned = anchor[1] + anchor[2] * (now - anchor[0])
+        if belief_x_s - reckoned > cfg.max_lead_s:  # the belief moved for a reason of its own
+            self._anchor = (now, belief_x_s, tempo)
+            reckoned = belief_x_s
+        self.x_s = min(belief_x_s, reckoned)
+        return self.x_s
