@@ -28,7 +28,7 @@ import soxr
 from player.config import EngineConfig
 from player.filemode import run_file
 from prep.pipeline import BuildOptions, build_bundle
-from shared.alignment import causal_positions, heard_times
+from shared.alignment import causal_positions, heard_times, rate_wobble
 from shared.audio import to_mono
 from shared.bundle import load_bundle
 from shared.config import replace_fields
@@ -94,6 +94,8 @@ def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_durati
         out.update({f"{prefix}{t}": float(100 * np.mean(hit & (np.abs(np.where(hit, err, 0)) <= t))) for t in limits})
         if prefix == "h":
             out["h_signed_ms"] = float(np.median(err[hit])) if hit.any() else float("nan")
+    wobble = rate_wobble(heard)
+    out.update(wobble_max=wobble["max_change_pct"], jitter=wobble["jitter_pct"], seeks_min=wobble["seeks_per_min"])
     return out
 
 

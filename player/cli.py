@@ -32,6 +32,8 @@ def run(
                                       "folder) instead of a microphone."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: write what the speakers would play."),
     alignment: Path | None = typer.Option(None, "--alignment", "-a", help="With --input: write the path (u_time_s,x_time_s)."),
+    heard: Path | None = typer.Option(None, "--heard", help="With --input: write what each output block plays "
+                                      "(heard_u_s,x_s,rate,seek: when it is heard, the X time, the rate, 1 at a seek)."),
     start: float = typer.Option(0.0, "--start", help="Where in the recording you start (seconds)."),
     intro: bool = typer.Option(False, "--intro", help="Play the recording at once (its introduction), not from your first note."),
     alpha: float = typer.Option(2.0, "--alpha", help="Solo removal strength, 0 (none: play the recording as is) to 2."),
@@ -60,8 +62,8 @@ def run(
         config = EngineConfig.from_overrides({"start_s": start, "intro": intro, "global_search": not no_search,
                                               "separation.alpha": alpha})
         if input is None:
-            if output is not None or alignment is not None or report is not None:
-                raise fail("--output, --alignment and --report need --input FILE; to keep a live rehearsal, "
+            if output is not None or alignment is not None or report is not None or heard is not None:
+                raise fail("--output, --alignment, --heard and --report need --input FILE; to keep a live rehearsal, "
                            "use --record DIR (then 'player report DIR')")
             _run_live(b, config, blocksize, input_device, output_device, latency, quiet, plain=plain, keys=keys,
                       samplerate=samplerate, record=record, force=force)
@@ -73,7 +75,7 @@ def run(
 
             input = recorded_take(input)
         truth_path = _check_report_options(report, truth, force)
-        result = run_file(b, input, output_path=output, alignment_path=alignment, config=config,
+        result = run_file(b, input, output_path=output, alignment_path=alignment, heard_path=heard, config=config,
                           blocksize=blocksize, force=force, record=report is not None,
                           latency_s=_file_latency(latency), output_sr=samplerate)
         if report is not None:

@@ -18,7 +18,7 @@ import soundfile as sf
 
 from player.config import EngineConfig
 from player.engine import Engine
-from player.trace import RunTrace, TraceRecorder
+from player.trace import HEARD_COLUMNS, RunTrace, TraceRecorder
 from shared.audio import scan_audio
 from shared.bundle import Bundle
 from shared.errors import AudioError
@@ -79,6 +79,7 @@ def run_file(
     *,
     output_path: str | Path | None = None,
     alignment_path: str | Path | None = None,
+    heard_path: str | Path | None = None,
     config: EngineConfig | None = None,
     blocksize: int | None = None,
     force: bool = False,
@@ -88,7 +89,9 @@ def run_file(
     output_sr: int | None = None,
 ) -> RunResult:
     """Run the engine over a file of U; write ``output_path`` (X's rate and channels) and
-    ``alignment_path`` (``u_time_s,x_time_s``, one row per analysis frame) atomically.
+    ``alignment_path`` (``u_time_s,x_time_s``, one row per analysis frame) and ``heard_path``
+    (:data:`player.trace.HEARD_COLUMNS`, one row per output block: what is heard, exactly)
+    atomically.
     ``output_sr``: the rate of ``out.wav`` (X's own by default; a device's, to play as
     through it). With ``latency_s``, the run plays as through a device of that latency: the engine
     schedules X that far ahead and ``out.wav`` is that much later (what a listener hears
@@ -99,7 +102,7 @@ def run_file(
     """
     input_path = Path(input_path)
     timing_path = timing_path_of(alignment_path) if alignment_path is not None else None
-    for path in (output_path, alignment_path, timing_path):
+    for path in (output_path, alignment_path, timing_path, heard_path):
         if path is not None:
             check_output_path(path, force)  # before the run, not after minutes of work
     info = scan_audio(input_path, what="input")  # readable, finite, not silent
@@ -155,4 +158,9 @@ def run_file(
                     fh.writelines(f"{u:.6f},{x:.6f}\n" for u, x in result.trace.path)
             with atomic_output(timing_path, force) as tmp:
                 Path(tmp).write_text(json.dumps(result.to_json(), indent=2))
+        if heard_path is not None:
+            with atomic_output(heard_path, force) as tmp:
+                with open(tmp, "w") as fh:
+                    fh.write(",".join(HEARD_COLUMNS) + "\n")
+                    fh.writelines(f"{u:.6f},{x:.6f},{r:.6f},{int(k)}\n" for u, x, r, k in result.trace.heard)
     return result

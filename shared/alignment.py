@@ -68,3 +68,38 @@ def causal_errors(path: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Signed error (seconds; negative: behind) of the causal estimate at each truth row
     ``(m, 2)`` (u_time_s, x_time_s)."""
     return causal_positions(path, truth[:, 0]) - truth[:, 1]
+
+
+def rate_wobble(heard: np.ndarray, window_s: float = 0.1) -> dict:
+    """How much the playback rate moves (issue 22: at most 10 % within any 100 ms, except
+    at a seek).
+
+    Args:
+        heard: ``(n, 4)`` rows (u_s, x_s, rate, seek) of :attr:`player.trace.RunTrace.heard`,
+            one per output block in order (rate NaN while silent; seek 1 where the block
+            began with one).
+        window_s: the window (seconds of U).
+
+    Returns:
+        ``max_change_pct``: the largest ``max / min - 1`` of the rate over any window of
+        blocks that are all playing and hold no seek (%); ``over_10_pct``: the share of those
+        windows where it passes 10 % (%); ``jitter_pct``: the RMS of the block-to-block
+        relative change (%); ``seeks_per_min``: seeks per minute of playing.
+    """
+    rate, seek = heard[:, 2], heard[:, 3] > 0
+    playing = np.isfinite(rate)
+    block_s = float(np.median(np.diff(heard[:, 0]))) if len(heard) > 1 else window_s
+    span = max(1, int(round(window_s / block_s)))
+    ok = playing & ~seek
+    changes = []
+    for i in range(0, len(rate) - span + 1):
+        if ok[i:i + span].all():
+            r = rate[i:i + span]
+            changes.append(r.max() / r.min() - 1.0)
+    steps = np.diff(rate)[ok[1:] & ok[:-1]] / rate[:-1][ok[1:] & ok[:-1]]
+    minutes = playing.sum() * block_s / 60.0
+    changes = np.asarray(changes)
+    return {"max_change_pct": float(100 * changes.max()) if changes.size else 0.0,
+            "over_10_pct": float(100 * np.mean(changes > 0.1 + 1e-9)) if changes.size else 0.0,
+            "jitter_pct": float(100 * np.sqrt(np.mean(steps ** 2))) if steps.size else 0.0,
+            "seeks_per_min": float((seek & playing).sum() / minutes) if minutes > 0 else 0.0}

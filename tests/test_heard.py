@@ -9,7 +9,7 @@ import pytest
 from player.config import EngineConfig
 from player.engine import Engine
 from player.trace import TraceRecorder
-from shared.alignment import heard_times
+from shared.alignment import heard_times, rate_wobble
 from shared.synth import make_case
 from tests.follow_helpers import bundle_for
 
@@ -34,9 +34,11 @@ def duet(tmp_path_factory):
 @pytest.mark.parametrize("latency_s", [0.0, 0.1])
 def test_the_output_plays_where_the_soloist_is(duet, latency_s):
     """The X time the output plays, at the moment it is heard, is where the soloist is
-    then (true map of the synthetic take). Today the rate controller leaves it 86-98 ms
-    ahead in median on this duet, 10-90 % between -0.11 and +0.19 s (the belief itself is
-    18 ms off): the bound says "follows", issue 22 is to make it "lands with"."""
+    then (true map of the synthetic take). On this duet it is 83-91 ms off in median, all
+    within 0.25 s (it was 86-98 ms, 10-90 % between -0.11 and +0.19 s, before the
+    anticipator and the onset seeks): the follower's tempo is 10 % off here (its prior
+    towards the recording's tempo) and the schedule is 39 ms off; "lands with" is still
+    issue 22's to reach."""
     case, bundle = duet
     recorder = TraceRecorder()
     engine = Engine(bundle, case.sr, EngineConfig(output_latency_s=latency_s), on_frame=recorder.frame)
@@ -51,5 +53,6 @@ def test_the_output_plays_where_the_soloist_is(duet, latency_s):
     playing = np.isfinite(heard[:, 1]) & (heard[:, 0] > case.onsets_u[0] + 2.0) & (heard[:, 0] < case.onsets_u[-1])
     assert playing.sum() > 100
     err = np.abs(heard[playing, 1] - case.x_of_u(heard[playing, 0]))
-    print("median", np.median(err), "q90", np.percentile(err, 90), "w25", np.mean(err < 0.25), "w05", np.mean(err < 0.05), "w1", np.mean(err < 0.1))
-    assert np.median(err) < 0.15 and np.mean(err < 0.25) > 0.85, (np.median(err), np.mean(err < 0.25))
+    assert np.median(err) < 0.12 and np.mean(err < 0.25) > 0.95, (np.median(err), np.mean(err < 0.25))
+    # and without wobble: the rate moves at most 10 % within any 100 ms but at seeks
+    assert rate_wobble(heard)["max_change_pct"] <= 10.0

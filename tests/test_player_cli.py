@@ -99,6 +99,26 @@ def test_happy_path(setup, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if ".part" in p.name] == []
 
 
+def test_heard_file_says_what_each_block_plays_and_when(setup, tmp_path):
+    """--heard: one row per output block, when it is heard, the X time it plays (where the
+    soloist is then: the synthetic take's true map), its rate and whether it sought."""
+    heard = tmp_path / "heard.csv"
+    result = run("run", setup.bundle, "--input", setup.u, "--heard", heard, "--latency", "0.05")
+    assert result.exit_code == 0, result.output
+    lines = heard.read_text().splitlines()
+    assert lines[0] == "heard_u_s,x_s,rate,seek"
+    rows = np.loadtxt(heard, delimiter=",", skiprows=1, ndmin=2)
+    u_info = sf.info(str(setup.u))
+    assert len(rows) == -(-u_info.frames // setup.block)  # (the last block may be short)
+    np.testing.assert_allclose(rows[0, 0], setup.block / setup.sr + 0.05, atol=1e-6)  # the latency is in
+    playing = np.isfinite(rows[:, 1])
+    assert np.isnan(rows[~playing, 2]).all() and np.isfinite(rows[playing, 2]).all()
+    assert set(np.unique(rows[:, 3])) <= {0.0, 1.0}
+    case = setup.case
+    late = playing & (rows[:, 0] > case.onsets_u[0] + 2.0) & (rows[:, 0] < case.onsets_u[-1])
+    assert np.median(np.abs(rows[late, 1] - case.x_of_u(rows[late, 0]))) < 0.15
+
+
 def test_input_at_48k_stereo_is_accepted(setup, tmp_path):
     u48 = soxr.resample(setup.case.u, setup.case.sr, 48000)
     src = tmp_path / "u48.wav"

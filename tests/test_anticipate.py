@@ -1,0 +1,77 @@
+"""The anticipator (issue 22): through a held note the belief drifts ahead of the soloist;
+the position the output is scheduled by is the belief at the note's onset carried on at
+the tempo."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from player.anticipate import AnticipateConfig, Anticipator
+from player.stages import Frame
+
+FRAME_S = 0.02
+
+
+def run(anticipator: Anticipator, belief: np.ndarray, onset: np.ndarray, tempo: float = 1.0) -> np.ndarray:
+    frame, out = Frame(active=True), []
+    for k, (x, o) in enumerate(zip(belief, onset)):
+        frame.now_s, frame.onset = k * FRAME_S, float(o)
+        out.append(anticipator.process_frame(frame, float(x), tempo))
+    return np.array(out)
+
+
+def notes_of(seconds: float, note_s: float):
+    """Truth (tempo 1), a belief that runs ahead by 25 % of the time since each onset, and an
+    onset strength that peaks on each onset's frame."""
+    t = np.arange(int(seconds / FRAME_S)) * FRAME_S
+    since = np.mod(t, note_s)
+    belief = t + 0.25 * since
+    onset = np.zeros_like(t)
+    first = np.flatnonzero(since < FRAME_S / 2)
+    onset[first] = 0.9
+    onset[np.clip(first + 1, 0, t.size - 1)] = 0.5  # (a peak is a frame above both neighbours)
+    return t, belief, onset
+
+
+def test_through_a_held_note_the_schedule_is_the_onset_carried_at_the_tempo():
+    t, belief, onset = notes_of(12.0, 0.6)
+    scheduled = run(Anticipator(), belief, onset)
+    inside = t > 1.0
+    drift = np.abs(belief[inside] - t[inside])
+    error = np.abs(scheduled[inside] - t[inside])
+    assert np.percentile(drift, 90) > 0.1  # the belief: up to 150 ms ahead
+    # anchored two frames after each onset's peak, at the belief then (+ 25 % of 60 ms)
+    assert np.percentile(error, 90) < 0.02 and np.max(error) < 0.06
+
+
+def test_a_belief_behind_the_reckoning_is_followed():
+    t, _, onset = notes_of(6.0, 0.6)
+    belief = 0.8 * t  # the soloist slows down: the belief holds back, the schedule too
+    scheduled = run(Anticipator(), belief, onset)
+    assert np.all(scheduled <= belief + 1e-12)
+
+
+def test_a_jump_of_the_belief_is_followed_at_once():
+    t, belief, onset = notes_of(6.0, 0.6)
+    belief = belief.copy()
+    belief[150:] += 5.0  # a relocation at 3 s
+    scheduled = run(Anticipator(AnticipateConfig(max_lead_s=0.3)), belief, onset)
+    assert scheduled[150] == belief[150]
+
+
+def test_without_onsets_it_is_the_belief_after_hold_s():
+    t = np.arange(300) * FRAME_S
+    belief = t + 0.1 * np.sin(t)
+    scheduled = run(Anticipator(AnticipateConfig(hold_s=0.5)), belief, np.zeros_like(t))
+    anchors = np.flatnonzero(scheduled == belief)
+    assert anchors.size >= 10 and np.all(np.diff(anchors)[np.diff(anchors) > 1] <= 26)
+
+
+def test_reset_forgets_the_anchor():
+    t, belief, onset = notes_of(3.0, 0.6)
+    anticipator = Anticipator()
+    run(anticipator, belief, onset)
+    anticipator.reset()
+    assert np.isnan(anticipator.x_s)
+    frame = Frame(active=True, now_s=10.0)
+    assert anticipator.process_frame(frame, 42.0, 1.0) == 42.0
