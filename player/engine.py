@@ -5,7 +5,8 @@ returns the block to play (X's rate and channels). Inside: NaN guard -> mono -> 
 resampler to the analysis rate -> one :class:`player.stages.Frame` per fine hop through
 the per-frame stages (spectrum, leak canceller, activity gate, room-noise subtraction,
 observation and onset strength, follower, solo presence, relocator; see
-:mod:`player.stages`) -> once per block: playback rate (controller), solo-removal gain
+:mod:`player.stages`; then the anticipator, the position the output is scheduled by) ->
+once per block: playback rate and seeks at X's onsets (controller), solo-removal gain
 (2-row PG-NMF) and the phase vocoder's output, whose spectra go back to the leak
 canceller. Nothing here touches files or devices, so the file runner and the live audio
 thread drive exactly the same code.
