@@ -186,7 +186,7 @@ def main() -> None:
         with load_bundle(bundle) as b:
             res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
                            output_path=(wd / "out.wav") if args.output else None,
-                           on_block=lambda e: scheduled.append((e.u_time_s, e.anticipator.x_s)))
+                           on_block=lambda e, rows=scheduled: rows.append((e.u_time_s, e.anticipator.x_s)))
         row = {"case": case.name, **score(wd / "path.csv", gt), "rtf": res.rtf, "jumps": res.counters["jumps"]}
         if (case / "notes.csv").exists() and args.retune is None:
             row.update(heard_figures(res.trace.heard, res.trace.path, case / "notes.csv", res.u_duration_s,

@@ -32,8 +32,8 @@ import numpy as np
 from scipy.signal import find_peaks
 
 from player.activity import ActivityDetector
-from player.anticipate import Anticipator
 from player.analysis import ObservationStage, SpectrumStage
+from player.anticipate import Anticipator
 from player.config import EngineConfig
 from player.denoise import NoiseProfile
 from player.echo import LeakCanceller

@@ -14,7 +14,7 @@ FRAME_S = 0.02
 
 def run(anticipator: Anticipator, belief: np.ndarray, onset: np.ndarray, tempo: float = 1.0) -> np.ndarray:
     frame, out = Frame(active=True), []
-    for k, (x, o) in enumerate(zip(belief, onset)):
+    for k, (x, o) in enumerate(zip(belief, onset, strict=True)):
         frame.now_s, frame.onset = k * FRAME_S, float(o)
         out.append(anticipator.process_frame(frame, float(x), tempo))
     return np.array(out)
