@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from shared.errors import AudioError, first_line
 
@@ -91,14 +92,14 @@ def rate_wobble(heard: np.ndarray, window_s: float = 0.1) -> dict:
     block_s = float(np.median(np.diff(heard[:, 0]))) if len(heard) > 1 else window_s
     span = max(1, int(round(window_s / block_s)))
     ok = playing & ~seek
-    changes = []
-    for i in range(0, len(rate) - span + 1):
-        if ok[i:i + span].all():
-            r = rate[i:i + span]
-            changes.append(r.max() / r.min() - 1.0)
-    steps = np.diff(rate)[ok[1:] & ok[:-1]] / rate[:-1][ok[1:] & ok[:-1]]
+    changes = np.zeros(0)
+    if len(rate) >= span:
+        whole = sliding_window_view(ok, span).all(axis=1)
+        windows = sliding_window_view(rate, span)[whole]
+        changes = windows.max(axis=1) / windows.min(axis=1) - 1.0
+    both = ok[1:] & ok[:-1]
+    steps = np.diff(rate)[both] / rate[:-1][both]
     minutes = playing.sum() * block_s / 60.0
-    changes = np.asarray(changes)
     return {"max_change_pct": float(100 * changes.max()) if changes.size else 0.0,
             "over_10_pct": float(100 * np.mean(changes > 0.1 + 1e-9)) if changes.size else 0.0,
             "jitter_pct": float(100 * np.sqrt(np.mean(steps ** 2))) if steps.size else 0.0,

@@ -265,6 +265,11 @@ def lag_of(signal: np.ndarray, reference: np.ndarray, max_lag: int) -> tuple[int
     return k, float(corr[k] / energy[k])
 
 
+def first_loud(y: np.ndarray) -> int:
+    """Index of ``y``'s first sample (mono) above 1 % of its peak: where the take starts."""
+    return int(np.argmax(np.abs(y) > 0.01 * np.abs(y).max()))
+
+
 def input_lags(fed: np.ndarray, take: np.ndarray, sr: int, window_s: float = 1.0, every_s: float = 0.5) -> np.ndarray:
     """For each sample of ``fed`` (what the loopback played into the player), how many
     samples later it lies in ``take`` (the player's recording of its input: the stream's
@@ -275,8 +280,7 @@ def input_lags(fed: np.ndarray, take: np.ndarray, sr: int, window_s: float = 1.0
     mono = lambda a: a.mean(axis=1) if a.ndim == 2 else a  # noqa: E731
     fed, take = mono(fed), mono(take)
     win, step, reach = int(window_s * sr), int(every_s * sr), sr // 2
-    loud = np.abs(fed) > 0.01 * np.abs(fed).max()
-    start = int(np.argmax(loud))
+    start = first_loud(fed)
     d, _ = lag_of(take[start:], fed[start:start + win], take.size - start - win)  # take index - fed index
     lags = np.full(fed.size, d, dtype=np.int64)
     for t in range(start, fed.size - win, step):
@@ -310,7 +314,7 @@ def measured_latency_s(fed: np.ndarray, looped: np.ndarray, take: np.ndarray, pl
     fed, looped, take, played = mono(fed), mono(looped), mono(take), mono(played)
     win, step, reach = int(window_s * sr), int(every_s * sr), sr // 2
     lags = input_lags(fed, take, sr, window_s)
-    start = int(np.argmax(np.abs(fed) > 0.01 * np.abs(fed).max()))
+    start = first_loud(fed)
     delays = []
     for t in range(start, fed.size - win - sr, step):
         m = t + int(lags[t])  # the engine's output for this input starts here (played index)

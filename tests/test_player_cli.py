@@ -119,6 +119,18 @@ def test_heard_file_says_what_each_block_plays_and_when(setup, tmp_path):
     assert np.median(np.abs(rows[late, 1] - case.x_of_u(rows[late, 0]))) < 0.15
 
 
+def test_heard_file_bad_uses_are_one_line(setup, tmp_path):
+    """--heard is for file mode; an existing file is kept unless --force."""
+    result = run("run", setup.bundle, "--heard", tmp_path / "heard.csv")
+    assert_clean_failure(result, tmp_path, "--input")
+    assert not (tmp_path / "heard.csv").exists()
+    heard = tmp_path / "heard.csv"
+    heard.write_text("an earlier run's")
+    result = run("run", setup.bundle, "--input", setup.u, "--heard", heard)
+    assert_clean_failure(result, tmp_path, "--force")
+    assert heard.read_text() == "an earlier run's"
+
+
 def test_input_at_48k_stereo_is_accepted(setup, tmp_path):
     u48 = soxr.resample(setup.case.u, setup.case.sr, 48000)
     src = tmp_path / "u48.wav"
