@@ -11,6 +11,7 @@ from player.anticipate import AnticipateConfig
 from player.denoise import DenoiseConfig
 from player.echo import LeakConfig
 from player.follower import FollowerConfig
+from player.jump_prior import JumpPriorConfig
 from player.playback import PlaybackConfig
 from player.relocator import RelocatorConfig
 from player.search import SearchConfig
@@ -19,8 +20,8 @@ from shared.config import check_fields, field_error, replace_fields
 from shared.errors import ConfigError
 
 #: The stages' settings, by the name of their field in :class:`EngineConfig`.
-STAGE_FIELDS = ("follower", "activity", "search", "relocator", "separation", "anticipate", "playback", "leak",
-                "denoise")
+STAGE_FIELDS = ("follower", "activity", "search", "jumps", "relocator", "separation", "anticipate", "playback",
+                "leak", "denoise")
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class EngineConfig:
     """Everything the engine can be tuned with.
 
     Attributes:
-        follower, activity, search, relocator, separation, anticipate, playback, leak, denoise: each
-            stage's settings (see the stage's module).
+        follower, activity, search, jumps, relocator, separation, anticipate, playback, leak, denoise:
+            each stage's settings (see the stage's module; ``jumps``: :mod:`player.jump_prior`).
         start_s: where in X the player starts (seconds); the search still finds them elsewhere.
         global_search: look for the player elsewhere in the piece (the global search and
             the relocator: re-lock after jumps, start anywhere).
@@ -43,6 +44,7 @@ class EngineConfig:
     follower: FollowerConfig = field(default_factory=FollowerConfig)
     activity: ActivityConfig = field(default_factory=ActivityConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    jumps: JumpPriorConfig = field(default_factory=JumpPriorConfig)
     relocator: RelocatorConfig = field(default_factory=RelocatorConfig)
     separation: SeparationConfig = field(default_factory=SeparationConfig)
     anticipate: AnticipateConfig = field(default_factory=AnticipateConfig)

@@ -39,6 +39,7 @@ from player.denoise import NoiseProfile
 from player.echo import LeakCanceller
 from player.follower import Follower, FollowerState, OnsetTerms
 from player.hops import HopStream
+from player.jump_prior import JumpPrior, section_starts
 from player.playback import PlaybackController
 from player.relocator import Relocator
 from player.search import GlobalSearch
@@ -143,9 +144,12 @@ class Engine:
         self.presence = SoloPresence(cfg.separation, p.fine_period_s)
         self.relocator = None
         if cfg.global_search:
-            search = GlobalSearch(bundle.templates, p, cfg.search, room_s=cfg.relocator.trial_s * max(cfg.search.tempos))
+            sections = section_starts(bundle.state_mag, p.coarse_period_s, cfg.jumps.section_gap_s, cfg.jumps.section_db)
+            prior = JumpPrior(sections, p.coarse_period_s, cfg.jumps)
+            search = GlobalSearch(bundle.templates, p, cfg.search, room_s=cfg.relocator.trial_s * max(cfg.search.tempos),
+                                  prior=prior)
             tracks = [Follower(bundle.templates, p, cfg.follower, onset_terms) for _ in range(cfg.search.candidates + 1)]
-            self.relocator = Relocator(search, self.follower, tracks, cfg.relocator, p.fine_period_s)
+            self.relocator = Relocator(search, self.follower, tracks, cfg.relocator, p.fine_period_s, prior)
         self._analysis: tuple[FrameStage, ...] = (self.spectrum, self.leak, self.activity, self.denoise,
                                                    self.observation)
         self._frame = Frame()

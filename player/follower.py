@@ -32,7 +32,10 @@ hands the filter a new band.
 
 Silence: frames where the soloist is not playing (``active=False``) do not update the
 posterior; the position then advances at the current tempo, so the accompaniment keeps
-going through rests and tutti passages, and locks on again at the next note.
+going through rests, and locks on again at the next note. A silence longer than
+``tutti_after_s`` is the accompaniment's (a tutti): its tempo is the recording's own, so
+the soloist's tempo fades out of the advance (over ``tutti_fade_s``) and the recording
+plays on as recorded until the soloist comes back in.
 
 Units: positions in seconds of X (``x_s``) or states; time in seconds of U; tempo is X
 seconds per U second (1 = the recording's tempo, 1.2 = the player is 20% faster).
@@ -69,6 +72,9 @@ class FollowerConfig:
         reentry_tempo_uncertainty: relative tempo error assumed through a rest; at the
             re-entry the belief is spread by this times the rest's length (seconds of X).
         reentry_min_s: the least spread at a re-entry (seconds of X).
+        tutti_after_s: a silence longer than this (seconds of U) is a tutti: the position
+            moves on at the recording's own tempo, the soloist's fading out over
+            ``tutti_fade_s`` (seconds of U).
         detune_memory_s: time constant of the detune posterior's forgetting (seconds of U).
         detune_rate: weight of one frame's detune evidence.
         tempo_memory_s: time constant of the tempo regression (seconds of U).
@@ -102,6 +108,8 @@ class FollowerConfig:
     reentry_after_s: float = 0.5
     reentry_tempo_uncertainty: float = 0.1
     reentry_min_s: float = 0.05
+    tutti_after_s: float = 3.0
+    tutti_fade_s: float = 3.0
     detune_memory_s: float = 30.0
     detune_rate: float = 0.3
     tempo_memory_s: float = 6.0
@@ -119,8 +127,9 @@ class FollowerConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("kappa", "substeps", "band_states", "step_std", "silent_step_std",
-                                     "detune_memory_s", "tempo_memory_s", "min_tempo", "floor_reach_s"),
-                     non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s",
+                                     "detune_memory_s", "tempo_memory_s", "min_tempo", "floor_reach_s",
+                                     "tutti_fade_s"),
+                     non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s", "tutti_after_s",
                                    "detune_rate", "tempo_prior_weight", "lead_s", "mean_halfwidth", "floor",
                                    "onset_weight", "onset_tolerance_s"),
                      unit=("band_lead", "novelty_min"), integers=("substeps", "band_states", "mean_halfwidth"))
@@ -365,13 +374,23 @@ class Follower:
     # ------------------------------------------------------------------ per frame
     def _predict(self, active: bool) -> None:
         cfg = self.config
-        mean = self.tempo_tracker.tempo * self.sub_per_frame
+        mean = (self.tempo_tracker.tempo if active else self._silent_tempo()) * self.sub_per_frame
         # through a rest the tempo is only a guess: widen the steps so the belief spreads
         # behind and ahead of the extrapolation, ready for wherever the soloist comes back in
         std = cfg.step_std if active else cfg.silent_step_std
         kernel = np.exp(-0.5 * ((self._steps - mean) / std) ** 2)
         kernel /= kernel.sum()
         self.posterior = np.convolve(self.posterior, kernel)[: self.band]
+
+    def _silent_tempo(self) -> float:
+        """The tempo (X seconds per U second) the position moves at through a silence: the
+        soloist's, fading to the recording's own (1) once the silence is a tutti."""
+        cfg = self.config
+        tempo = self.tempo_tracker.tempo
+        over_s = self._silent_frames * self.params.fine_period_s - cfg.tutti_after_s
+        if over_s <= 0.0:
+            return tempo
+        return 1.0 + (tempo - 1.0) * math.exp(-over_s / cfg.tutti_fade_s)
 
     def _change(self, u: np.ndarray) -> float | None:
         """Hellinger distance between this frame's observation and the previous one's (None
@@ -396,7 +415,9 @@ class Follower:
         the belief is spread symmetrically (behind too: a left-to-right filter could never
         come back if it had run ahead) by the tempo uncertainty times the rest's length."""
         cfg = self.config
-        rest_s = self._silent_frames * self.params.fine_period_s
+        # through a tutti the recording played at its own tempo and the soloist came in
+        # with it: only the part crossed at the soloist's guessed tempo adds uncertainty
+        rest_s = min(self._silent_frames * self.params.fine_period_s, cfg.tutti_after_s + cfg.tutti_fade_s)
         sigma_s = cfg.reentry_min_s + cfg.reentry_tempo_uncertainty * rest_s * self.tempo_tracker.tempo
         sigma = sigma_s / self.params.coarse_period_s * self.m  # sub-states
         # np.convolve(mode="same") returns the longer input's length: the kernel must not
@@ -492,7 +513,7 @@ class Follower:
         if self.started:  # waiting for the first note crosses no music: nothing to widen for
             self._silent_frames = 0 if active else self._silent_frames + 1
         x_centre = self._s_hat * self.params.coarse_period_s
-        tempo = self.tempo_tracker.tempo
+        tempo = self.tempo_tracker.tempo if active else self._silent_tempo()
         if active and self.started and self._confidence > 0.5:
             tempo = self.tempo_tracker.add(frame_end_s - self.centre_delay_s, x_centre)
         w = np.exp(self.log_w - self.log_w.max())

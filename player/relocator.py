@@ -8,7 +8,11 @@ evidence ``sum log p(u_t | u_<t)`` beats the reference's over the replay and tra
 no window of ``confirm_s`` by more than ``screen_tolerance_nats``. The passing shadows then
 follow new frames side by side with the main track (a *trial*, a sequential test), and
 the best replaces the main track once it leads the reference by ``margin_nats`` (a log
-Bayes factor), each note of U adding at most ``note_lead_cap_nats`` to its lead.
+Bayes factor) plus what the jump costs under the prior (:mod:`player.jump_prior`: nothing
+for a restart a few bars back or a movement's start, more the farther the place), each
+note of U adding at most ``note_lead_cap_nats`` to its lead. A literal repeat far away
+explains the playing exactly as well as the place the player is at: it never pays its
+cost, and the player stays (continuity).
 
 The reference is the better of the main track and a *home* shadow restarted where the
 main track was at the start of the replay, with a wide spread: the hypothesis "the player
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from player.jump_prior import JumpPrior
 from player.search import Candidate, GlobalSearch
 from player.stages import Frame, Track
 from shared.config import check_fields, field_error
@@ -101,6 +106,7 @@ class Relocator:
             the candidates (as many as the search proposes per sweep).
         config: the settings.
         frame_s: analysis frame period (seconds).
+        prior: the prior on jumps (None: every jump costs only the margin).
 
     Attributes:
         moved: whether the last frame moved the main track.
@@ -109,8 +115,10 @@ class Relocator:
     """
 
     def __init__(self, search: GlobalSearch, main: Track, tracks: Sequence[Track], config: RelocatorConfig,
-                 frame_s: float) -> None:
+                 frame_s: float, prior: JumpPrior | None = None) -> None:
         self.search = search
+        self.prior = prior
+        self.frame_s = frame_s
         self.main = main
         self.home, *self.shadows = list(tracks)
         self.config = config
@@ -149,6 +157,8 @@ class Relocator:
         self._job = None  # a screening in progress (a generator, advanced once per frame)
         self._budget = 0
         self._pending: Trial | None = None  # the trial in progress
+        self._tenure = 0  # active frames the main track has followed since the start
+        self._left: tuple[float, float, int] | None = None  # (state, tempo, frame) the last far jump left
         self.moved = False
         self.search.reset()
 
@@ -181,7 +191,8 @@ class Relocator:
         self.moved = False
         if not main.started:
             return
-        self.search.step(frame.obs, frame.active, main.state.detune_cents)  # (keeps its context)
+        self._tenure += int(frame.active)
+        self.search.step(frame.obs, frame.active, main.state.detune_cents, main.position_states)  # (keeps its context)
         if self._job is not None:
             self._budget = self.replay_per_frame
             try:
@@ -212,7 +223,8 @@ class Relocator:
     def begin_trial(self, shadows: Sequence[Track]) -> None:
         """Put ``shadows`` (tracks of :attr:`shadows`, already placed) on trial against the
         main track from the next frame on, as a screening they passed would."""
-        self._pending = Trial(list(shadows), self.main.log_evidence, self.home, self.config.note_lead_cap_nats)
+        self._pending = Trial(list(shadows), self.main.log_evidence, self.home, self.config.note_lead_cap_nats,
+                              np.full(len(shadows), self.config.margin_nats))
 
     # ------------------------------------------------------------------ the frame ring
     def _keep(self, frame: Frame, note_began: bool) -> int:
@@ -257,11 +269,15 @@ class Relocator:
             self._feed(track, index)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
-        best = int(np.argmax(leads))
-        if leads[best] > self.config.margin_nats:
+        best = int(np.argmax(leads - trial.required))
+        if leads[best] > trial.required[best]:
             self._pending = None
             self.history.append((now_s, follower.position_states, trial.shadows[best].position_states,
                                  leads[best], "won"))
+            there = trial.shadows[best].position_states
+            if self.prior is not None and not self.prior.near(follower.position_states, np.array([there]))[0]:
+                # a far jump: going back there stays free for a while (a wrong jump is undone at once)
+                self._left = (follower.position_states, follower.state.tempo, self._count)
             follower.adopt(trial.shadows[best])
             return True
         # the main track may itself have run off since the trial began (its band spans
@@ -274,9 +290,13 @@ class Relocator:
             self._take_home(now_s, home_gain)
             trial.main_became_home(follower.log_evidence, self.home)
             return True
-        bar = -self.config.reject_nats if trial.done < self.trial_frames else self.pace_per_frame * trial.done
-        keep = [i for i, g in enumerate(gains) if g > bar]
-        if not keep or trial.done >= self.trial_max_frames:
+        # past ``trial_s``, each shadow must gain at the pace that reaches its own bar
+        pace = self.pace_per_frame * trial.done * trial.required / self.config.margin_nats
+        bar = np.full(len(gains), -self.config.reject_nats) if trial.done < self.trial_frames else pace
+        keep = [i for i, g in enumerate(gains) if g > bar[i]]
+        # a costly jump needs more notes to pay for itself: its trial may last longer
+        longest = self.trial_max_frames * min(3.0, float(trial.required.max()) / self.config.margin_nats)
+        if not keep or trial.done >= longest:
             self._pending = None
             self.history.append((now_s, follower.position_states, trial.shadows[best].position_states,
                                  leads[best], "lost"))
@@ -293,6 +313,20 @@ class Relocator:
         self.history.append((now_s, self.main.position_states, self.home.position_states, lead, "home"))
         self.main.adopt(self.home)
         return True
+
+    def _cost(self, state: float) -> float:
+        """The prior's cost (nats) of moving the main track to ``state``: nothing back to
+        where the last far jump left, for ``undo_s``."""
+        if self.prior is None:
+            return 0.0
+        if self._left is not None:
+            left, tempo, at = self._left
+            elapsed = self._count - at
+            if elapsed * self.frame_s <= self.prior.config.undo_s:
+                there = left + elapsed * tempo * self.frame_s / self.search.params.coarse_period_s
+                if self.prior.near(there, np.array([state]))[0]:
+                    return 0.0
+        return self.prior.cost(self.main.position_states, state, self._tenure * self.frame_s)
 
     # ------------------------------------------------------------------ screenings
     def _replay(self, shadow: Track, frames: range, reference: np.ndarray | None = None):
@@ -335,7 +369,7 @@ class Relocator:
                            tempo=follower.state.tempo)
         reference = np.maximum(reference, (yield from self._replay(self.home, frames)))
         frames_per_state = self.search.per_state
-        passed = []
+        passed, required = [], []
         for shadow, cand in zip(self.shadows, candidates, strict=False):
             # where this candidate puts the player at the start of the replay
             start = cand.state - self.n_replay * cand.tempo / frames_per_state
@@ -345,10 +379,11 @@ class Relocator:
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
             if gains.min() > -self.config.screen_tolerance_nats and gains.sum() > 0.0:
                 passed.append(shadow)
+                required.append(self.config.margin_nats + self._cost(cand.state))
         if not passed:
             return
         # the frames that came during the screening open the trial (the main track has them)
-        trial = Trial(passed, main_end, self.home, self.config.note_lead_cap_nats)
+        trial = Trial(passed, main_end, self.home, self.config.note_lead_cap_nats, np.array(required))
         for f in range(end, self._count):
             k = f % self._cap
             if self._note_began[k]:
@@ -371,9 +406,10 @@ class Trial:
     on every one of them (a censored likelihood-ratio test, robust to that misfit).
     """
 
-    def __init__(self, shadows: list[Track], main: float, home: Track, cap: float) -> None:
+    def __init__(self, shadows: list[Track], main: float, home: Track, cap: float, required: np.ndarray) -> None:
         self.shadows = shadows
         self.cap = cap
+        self.required = required  # the lead each shadow needs to win (nats): margin + prior cost
         self.start = [sh.log_evidence for sh in shadows]
         self.main_start, self.home_start = main, home.log_evidence
         self.done = 0  # frames of the trial
@@ -424,6 +460,7 @@ class Trial:
     def keep(self, indices: list[int]) -> None:
         """Go on with the shadows at ``indices`` only."""
         self.shadows = [self.shadows[i] for i in indices]
+        self.required = self.required[indices]
         self.start = [self.start[i] for i in indices]
         self._at_note = self._at_note[indices]
         self._banked = self._banked[indices]

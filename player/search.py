@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from player.jump_prior import JumpPrior
 from shared.config import check_fields
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
@@ -75,10 +76,14 @@ class GlobalSearch:
         config: the sweep's settings.
         room_s: seconds of X a candidate needs after it to be verified (a trial's length
             at the fastest tempo): places closer to the end are not proposed.
+        prior: the jump prior: the best place a jump to costs nothing (near the filter's
+            place, or a section's start) keeps a slot of its own in each sweep, so that far
+            look-alikes cannot crowd it out. None: every place competes alike.
     """
 
     def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: SearchConfig | None = None,
-                 room_s: float = 1.2 * 1.25):
+                 room_s: float = 1.2 * 1.25, prior: JumpPrior | None = None):
+        self.prior = prior
         self.params = params
         self.config = cfg = config or SearchConfig()
         self.templates = templates
@@ -108,6 +113,7 @@ class GlobalSearch:
         self._acc_active = 0
         self._cursor = 0
         self._found: list[tuple[float, int, float, int]] = []  # this sweep's (score, end, tempo, frame)
+        self._found_free: list[tuple[float, int, float, int]] = []  # its best free place (see ``prior``)
         self._latest: list[tuple[float, int, float, int]] = []  # the last complete sweep's
         self._frame = 0
         self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
@@ -138,9 +144,10 @@ class GlobalSearch:
         return float(self._scores(np.array([s]))[0][0])
 
     # ------------------------------------------------------------------ per frame
-    def step(self, u: np.ndarray, active: bool, detune_cents: float) -> None:
+    def step(self, u: np.ndarray, active: bool, detune_cents: float, position_states: float = 0.0) -> None:
         """Take one fine frame of U (``u`` normalised ``(n_obs_bins,)``, soloist ``active``);
-        score the next slice of the piece with the variant nearest ``detune_cents``."""
+        score the next slice of the piece with the variant nearest ``detune_cents``
+        (``position_states``: the filter's place, for the prior's free places)."""
         self._frame += 1
         self._detune = int(np.argmin(np.abs(self.cents - detune_cents)))
         self._acc += u
@@ -161,10 +168,16 @@ class GlobalSearch:
         hi = min(self.n_states, lo + self.slice)
         ends = np.arange(lo, hi)
         scores, tempos = self._scores(ends)
-        self._keep_peaks(scores, tempos, ends)
+        self._keep_peaks(scores, tempos, ends, self._found, self.config.candidates)
+        if self.prior is not None:
+            free = self.prior.free(position_states, ends)
+            if free.any():
+                self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, 1)
         self._cursor = 0 if hi >= self.n_states else hi
         if not self._cursor:  # a sweep is complete: its places stand until the next one
-            self._latest, self._found = self._found, []
+            apart = self.config.min_jump_s / self.params.coarse_period_s
+            extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= apart for g in self._found)]
+            self._latest, self._found, self._found_free = extra + self._found, [], []
 
     def candidates(self, position_states: float) -> list[Candidate]:
         """The latest complete sweep's places, moved on to now at their tempo, that are far
@@ -189,13 +202,12 @@ class GlobalSearch:
             self._latest = []  # verified once: the next sweep finds them again if they hold
         return out
 
-    def _keep_peaks(self, scores: np.ndarray, tempos: np.ndarray, ends: np.ndarray) -> None:
-        """Merge this slice's best places into the sweep's top ``candidates``, at least
-        ``min_jump_s`` apart from each other (one place per passage)."""
-        k = self.config.candidates
+    def _keep_peaks(self, scores: np.ndarray, tempos: np.ndarray, ends: np.ndarray,
+                    found: list[tuple[float, int, float, int]], k: int) -> None:
+        """Merge this slice's best places into ``found``, the sweep's top ``k`` (in place),
+        at least ``min_jump_s`` apart from each other (one place per passage)."""
         apart = self.config.min_jump_s / self.params.coarse_period_s
         order = np.argsort(scores)[::-1][: 8 * k]  # enough to find k separated peaks
-        found = self._found
         for i in order:
             score = float(scores[i])
             if len(found) == k and score <= found[-1][0]:

@@ -1,0 +1,144 @@
+"""How likely a jump is: the prior the relocator weighs a far place's evidence against.
+
+Musicians restart a few bars back, skip a passage or go to the start of a movement; they
+do not teleport to a place twenty minutes away that sounds alike (a repeat, a sequence, a
+transposed recapitulation). In a whole piece the global search finds thousands of such
+places, and some explain a few seconds of playing as well as the right one or better. So
+a jump is a rare event with a prior (log odds, nats, against staying):
+
+- a jump of ``d`` seconds costs ``far_nats * log2(1 + |d| / near_s)`` nats (at most
+  ``max_nats``): a power law in the distance, ``near_s`` being ``near_back_s`` back and
+  ``near_ahead_s`` ahead. A restart a few bars back costs a few nats, a place twenty
+  minutes away five times as much as one a minute away;
+- the start of a section (X's music after a silence of ``section_gap_s`` or more:
+  movements, the piece's start) costs at most ``section_nats``, however far:
+  musicians start movements;
+- a player who has not yet been followed for ``tenure_s`` seconds of playing since the
+  start has no record to defend: the cost is scaled by that tenure, so a start in the
+  middle of the piece is found at once. (After a far jump the relocator lets the player
+  go back where they were for free for a while: a wrong jump is undone at once.)
+
+The relocator demands this many nats of lead on top of its margin before it moves the
+player, and the search keeps a slot for the best free (near or section-start) place so
+that far look-alikes cannot crowd it out. The cost is O(log sections) per candidate:
+flat in the piece's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.config import check_fields
+
+
+@dataclass(frozen=True)
+class JumpPriorConfig:
+    """The prior on jumps (see the module docstring).
+
+    Attributes:
+        near_back_s: the scale of the cost backwards (seconds of X): a restart this far
+            back costs ``far_nats``; closer ones less, and they keep the track's record.
+        near_ahead_s: the same ahead (skips).
+        section_gap_s: X silent at least this long (seconds) ends a section; the music
+            after it starts one.
+        section_db: X counts as silent this far (dB) under its loud level (the 95th
+            percentile of its frames' power).
+        section_reach_s: a place this close (seconds of X) to a section's start counts as
+            that start.
+        section_nats: the most a jump to a section's start costs (nats).
+        far_nats: cost per doubling of ``1 + |d| / near_s`` (nats).
+        max_nats: the most a jump costs (nats).
+        tenure_s: seconds of playing followed since the start before the cost applies in
+            full.
+        undo_s: for this long (seconds of U) after a far jump, going back to where the
+            player was believed to be (within the near window) costs nothing.
+    """
+
+    near_back_s: float = 30.0
+    near_ahead_s: float = 20.0
+    section_gap_s: float = 2.0
+    section_db: float = 45.0
+    section_reach_s: float = 3.0
+    section_nats: float = 15.0
+    far_nats: float = 15.0
+    max_nats: float = 90.0
+    tenure_s: float = 8.0
+    undo_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        check_fields(self, positive=("near_back_s", "near_ahead_s", "section_gap_s", "section_db"),
+                     non_negative=("section_reach_s", "section_nats", "far_nats", "max_nats", "tenure_s",
+                                   "undo_s"))
+
+
+def section_starts(state_mag: np.ndarray, period_s: float, gap_s: float, below_db: float,
+                   chunk: int = 4096) -> np.ndarray:
+    """States (int64 ``(k,)``, ascending, always starting with 0) where X's music starts
+    again after at least ``gap_s`` seconds of silence (frames ``below_db`` under the loud
+    level). ``state_mag``: X's magnitude spectra ``(n_states, n_bins)`` (float16, read in
+    chunks of ``chunk`` states so a long piece is never converted whole)."""
+    n = state_mag.shape[0]
+    power = np.empty(n)
+    for a in range(0, n, chunk):
+        block = state_mag[a:a + chunk].astype(np.float32)
+        power[a:a + chunk] = np.einsum("ij,ij->i", block, block)
+    level = 10.0 * np.log10(power + 1e-20)
+    loud = np.percentile(level, 95) if n else 0.0
+    silent = level < loud - below_db
+    need = max(1, int(round(gap_s / period_s)))
+    # runs of silence: their ends are where sound resumes
+    edges = np.diff(np.concatenate([[0], silent.astype(np.int8), [0]]))
+    run_start, run_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    resumes = run_end[(run_end - run_start >= need) & (run_end < n)]
+    return np.unique(np.concatenate([[0], resumes])).astype(np.int64)
+
+
+class JumpPrior:
+    """The cost (nats) of moving the player from one place of X to another.
+
+    Args:
+        sections: section starts (states, ascending; see :func:`section_starts`).
+        period_s: seconds of X per state.
+        config: the prior's settings.
+    """
+
+    def __init__(self, sections: np.ndarray, period_s: float, config: JumpPriorConfig | None = None) -> None:
+        self.config = cfg = config or JumpPriorConfig()
+        self.sections = np.asarray(sections, dtype=np.float64)
+        self.period_s = float(period_s)
+        self._reach = cfg.section_reach_s / period_s
+
+    def free(self, from_state: float, to_states: np.ndarray) -> np.ndarray:
+        """Whether a jump from ``from_state`` to each of ``to_states`` (states ``(m,)``) is
+        near (within ``near_back_s`` back or ``near_ahead_s`` ahead) or to a section's
+        start: the places the search keeps a slot for (bool ``(m,)``)."""
+        to = np.asarray(to_states, dtype=np.float64)
+        return self.near(from_state, to) | self.at_section_start(to)
+
+    def near(self, from_state: float, to_states: np.ndarray) -> np.ndarray:
+        """Whether each jump stays within the near window (bool ``(m,)``)."""
+        cfg = self.config
+        d_s = (np.asarray(to_states, dtype=np.float64) - from_state) * self.period_s
+        return (d_s >= -cfg.near_back_s) & (d_s <= cfg.near_ahead_s)
+
+    def at_section_start(self, states: np.ndarray) -> np.ndarray:
+        """Whether each place lies within ``section_reach_s`` of a section's start."""
+        to = np.asarray(states, dtype=np.float64)
+        i = np.searchsorted(self.sections, to)
+        after = self.sections[np.minimum(i, self.sections.size - 1)]
+        before = self.sections[np.maximum(i - 1, 0)]
+        return np.minimum(np.abs(to - after), np.abs(to - before)) <= self._reach
+
+    def cost(self, from_state: float, to_state: float, tenure_s: float) -> float:
+        """Nats of evidence a jump from ``from_state`` to ``to_state`` must bring on top of
+        the relocator's margin, for a track with ``tenure_s`` seconds of playing explained."""
+        cfg = self.config
+        d_s = (to_state - from_state) * self.period_s
+        scale = cfg.near_ahead_s if d_s > 0 else cfg.near_back_s
+        full = min(cfg.max_nats, cfg.far_nats * float(np.log2(1.0 + abs(d_s) / scale)))
+        if self.at_section_start(np.array([to_state]))[0]:
+            full = min(full, cfg.section_nats)
+        trust = 1.0 if cfg.tenure_s <= 0 else min(1.0, tenure_s / cfg.tenure_s)
+        return full * trust

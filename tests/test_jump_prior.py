@@ -1,0 +1,146 @@
+"""The prior on jumps: where sections start, what a jump costs, and the relocator weighing
+a far place's evidence against it. Restarts a few bars back and movement starts are free;
+a far look-alike that explains a few seconds a little better does not take an established
+track, but does take one that has no record yet (a start in the middle of the piece)."""
+
+import numpy as np
+import pytest
+
+from player.jump_prior import JumpPrior, JumpPriorConfig, section_starts
+from player.relocator import RelocatorConfig
+from player.search import Candidate
+
+from .test_relocator import FRAME_S, ScriptedTrack, play, trial_frames
+
+PERIOD_S = 0.1
+
+
+def sound_and_silence(pattern):
+    """Magnitude spectra ``(n_states, 16)`` float16 from ``[(seconds, loud), ...]``: loud
+    states are noise at 1, quiet ones 60 dB lower."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seconds, loud in pattern:
+        n = int(round(seconds / PERIOD_S))
+        rows.append(rng.uniform(0.5, 1.0, size=(n, 16)) * (1.0 if loud else 1e-3))
+    return np.concatenate(rows).astype(np.float16)
+
+
+def test_sections_start_after_long_silences_only():
+    mag = sound_and_silence([(10, True), (3, False), (10, True), (1, False), (5, True), (2.5, False), (4, True)])
+    starts = section_starts(mag, PERIOD_S, gap_s=2.0, below_db=45.0, chunk=7)  # chunked like a long piece
+    assert starts.tolist() == [0, 130, 315]
+
+
+def test_a_piece_without_silences_has_one_section():
+    assert section_starts(sound_and_silence([(30, True)]), PERIOD_S, 2.0, 45.0).tolist() == [0]
+
+
+def prior(**kw):
+    sections = np.array([0, 3000, 9000])  # states: 0 s, 300 s, 900 s
+    return JumpPrior(sections, PERIOD_S, JumpPriorConfig(**kw))
+
+
+def s(seconds):
+    return seconds / PERIOD_S
+
+
+def test_near_restarts_cost_little_and_section_starts_little_however_far():
+    cfg = JumpPriorConfig()
+    p = prior()
+    here = s(600)
+    assert p.cost(here, s(595), tenure_s=60.0) == pytest.approx(cfg.far_nats * np.log2(1 + 5 / cfg.near_back_s))
+    assert p.cost(here, s(595), tenure_s=60.0) < 0.25 * cfg.far_nats
+    for start in (0, 300, 302, 900):
+        assert p.cost(here, s(start), tenure_s=60.0) <= cfg.section_nats, start
+    assert p.free(here, np.array([s(600 - 25), s(450), s(0)])).tolist() == [True, False, True]
+
+
+def test_far_jumps_cost_more_the_farther():
+    """A power law in the distance: each doubling of ``1 + d / near_s`` costs ``far_nats``."""
+    cfg = JumpPriorConfig()
+    p = prior()
+    here = s(600)
+    costs = [p.cost(here, s(600 - d), tenure_s=60.0) for d in (30, 90, 210, 450)]
+    np.testing.assert_allclose(costs, [cfg.far_nats * k for k in (1, 2, 3, 4)])
+    assert p.cost(here, s(600 + 60), tenure_s=60.0) == pytest.approx(2 * cfg.far_nats)  # ahead: near_ahead_s 20 s
+    assert prior(max_nats=40.0).cost(here, s(20), tenure_s=60.0) == 40.0
+
+
+def test_a_track_without_a_record_pays_in_proportion_to_its_tenure():
+    cfg = JumpPriorConfig()
+    p = prior()
+    full = p.cost(s(600), s(120), tenure_s=cfg.tenure_s)
+    assert full > 0
+    assert p.cost(s(600), s(120), tenure_s=0.0) == 0.0
+    assert p.cost(s(600), s(120), tenure_s=cfg.tenure_s / 2) == pytest.approx(full / 2)
+
+
+# ---------------------------------------------------------------------------- the relocator
+def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None):
+    """The player has followed for ``played_s`` seconds at 600 s of X; a place ``far_s``
+    away (seconds of X; negative: back) explains the replay well and then the next
+    ``lead_nats`` nats' worth of frames (one nat per frame) better, then ties. Returns
+    whether the relocator moved the player there. ``then(relocator, main, shadow, lead)``,
+    if given, runs after a move (``lead``: a one-item list the shadow's rate reads) and its
+    result is returned instead."""
+    from tests.test_relocator import make_relocator
+
+    config = RelocatorConfig()
+    here = s(600)
+    main = ScriptedTrack(lambda n: 0.0, position_states=here)
+    home = ScriptedTrack(lambda n: 0.0)
+    probe = make_relocator(ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 0.0), [], config)
+    replay = probe.n_replay
+    lead = [lead_nats]
+    shadow = ScriptedTrack(lambda n: 1.0 if n <= replay + lead[0] else 0.0)
+    relocator = make_relocator(main, home, [shadow], config)
+    relocator.prior = JumpPrior(np.array([0]), PERIOD_S)
+    for _ in range(max(replay, int(round(played_s / FRAME_S)))):
+        play(relocator, main, np.zeros(8))
+    moved = verify(relocator, main, here + s(far_s)) and main.adopted is shadow
+    return then(relocator, main, shadow, lead) if moved and then else moved
+
+
+def verify(relocator, main, state: float) -> bool:
+    """Screen and try a candidate at ``state``; True if the main track moved."""
+    relocator.screen([Candidate(state=state, tempo=1.0)])
+    assert relocator.on_trial
+    for _, moved in trial_frames(relocator, main, note_s=0.25):
+        if moved:
+            return True
+        if not relocator.on_trial:
+            return False
+    raise AssertionError("the trial never ended")
+
+
+def test_a_far_look_alike_does_not_take_an_established_track():
+    """Forty nats of lead win a near place, not one eight minutes away once the player has
+    been followed for a minute: a repeat or a sequence elsewhere that fits a few seconds
+    a little better is not where the player went."""
+    assert look_alike_trial(played_s=60.0, far_s=-10.0, lead_nats=40.0)
+    assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0)
+
+
+def test_a_far_place_takes_a_track_without_a_record():
+    """Just started (no record to defend), the same evidence moves the player far."""
+    assert look_alike_trial(played_s=0.0, far_s=-480.0, lead_nats=40.0)
+
+
+def test_a_far_place_that_keeps_explaining_the_playing_wins_in_the_end():
+    """A player who really went far keeps gaining there: the cost delays the jump, it does
+    not forbid it."""
+    assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0)
+
+
+def test_a_far_jump_is_undone_at_once_but_not_followed_by_another():
+    """Right after a far jump, the place the player was believed to be costs nothing to go
+    back to; another far place still costs its distance."""
+    def back_to(offset_s):
+        def then(relocator, main, shadow, lead):
+            lead[0] = 40.0
+            return verify(relocator, main, s(600) + s(offset_s))
+        return then
+
+    assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(8.0))
+    assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(300.0))
