@@ -129,8 +129,8 @@ class FollowerConfig:
         check_fields(self, positive=("kappa", "substeps", "band_states", "step_std", "silent_step_std",
                                      "detune_memory_s", "tempo_memory_s", "min_tempo", "floor_reach_s",
                                      "tutti_fade_s"),
-                     non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s", "tutti_after_s",
-                                   "detune_rate", "tempo_prior_weight", "lead_s", "mean_halfwidth", "floor",
+                     non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s",
+                                   "tutti_after_s", "detune_rate", "tempo_prior_weight", "lead_s", "mean_halfwidth", "floor",
                                    "onset_weight", "onset_tolerance_s"),
                      unit=("band_lead", "novelty_min"), integers=("substeps", "band_states", "mean_halfwidth"))
         if self.max_tempo < self.min_tempo:
