@@ -6,10 +6,11 @@ transposed recapitulation). In a whole piece the global search finds thousands o
 places, and some explain a few seconds of playing as well as the right one or better. So
 a jump is a rare event with a prior (log odds, nats, against staying):
 
-- a jump of ``d`` seconds costs ``far_nats * log2(1 + |d| / near_s)`` nats (at most
-  ``max_nats``): a power law in the distance, ``near_s`` being ``near_back_s`` back and
-  ``near_ahead_s`` ahead. A restart a few bars back costs a few nats, a place twenty
-  minutes away five times as much as one a minute away;
+- a jump of ``d`` seconds costs nothing beyond the relocator's margin up to ``free_s``
+  (a restart a bar or two back), and ``far_nats * log2(1 + (|d| - free_s) / near_s)``
+  nats beyond (at most ``max_nats``), ``near_s`` being ``near_back_s`` back and
+  ``near_ahead_s`` ahead: a power law in the distance. A skip over a passage costs a few
+  nats, a place twenty minutes away five times as much as one a minute away;
 - the start of a section (X's music after a silence of ``section_gap_s`` or more:
   movements, the piece's start) costs at most ``section_nats``, however far:
   musicians start movements;
@@ -38,8 +39,10 @@ class JumpPriorConfig:
     """The prior on jumps (see the module docstring).
 
     Attributes:
+        free_s: a jump up to this far (seconds of X) costs nothing.
         near_back_s: the scale of the cost backwards (seconds of X): a restart this far
-            back costs ``far_nats``; closer ones less, and they keep the track's record.
+            back (beyond ``free_s``) costs ``far_nats``. Jumps within it are *near*: the
+            search keeps a slot for the best near place.
         near_ahead_s: the same ahead (skips).
         section_gap_s: X silent at least this long (seconds) ends a section; the music
             after it starts one.
@@ -48,7 +51,7 @@ class JumpPriorConfig:
         section_reach_s: a place this close (seconds of X) to a section's start counts as
             that start.
         section_nats: the most a jump to a section's start costs (nats).
-        far_nats: cost per doubling of ``1 + |d| / near_s`` (nats).
+        far_nats: cost per doubling of ``1 + (|d| - free_s) / near_s`` (nats).
         max_nats: the most a jump costs (nats).
         tenure_s: seconds of playing followed since the start before the cost applies in
             full.
@@ -56,6 +59,7 @@ class JumpPriorConfig:
             player was believed to be (within the near window) costs nothing.
     """
 
+    free_s: float = 5.0
     near_back_s: float = 30.0
     near_ahead_s: float = 20.0
     section_gap_s: float = 2.0
@@ -69,7 +73,7 @@ class JumpPriorConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("near_back_s", "near_ahead_s", "section_gap_s", "section_db"),
-                     non_negative=("section_reach_s", "section_nats", "far_nats", "max_nats", "tenure_s",
+                     non_negative=("free_s", "section_reach_s", "section_nats", "far_nats", "max_nats", "tenure_s",
                                    "undo_s"))
 
 
@@ -137,7 +141,8 @@ class JumpPrior:
         cfg = self.config
         d_s = (to_state - from_state) * self.period_s
         scale = cfg.near_ahead_s if d_s > 0 else cfg.near_back_s
-        full = min(cfg.max_nats, cfg.far_nats * float(np.log2(1.0 + abs(d_s) / scale)))
+        beyond = max(0.0, abs(d_s) - cfg.free_s)
+        full = min(cfg.max_nats, cfg.far_nats * float(np.log2(1.0 + beyond / scale)))
         if self.at_section_start(np.array([to_state]))[0]:
             full = min(full, cfg.section_nats)
         trust = 1.0 if cfg.tenure_s <= 0 else min(1.0, tenure_s / cfg.tenure_s)

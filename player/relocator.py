@@ -293,10 +293,11 @@ class Relocator:
         # past ``trial_s``, each shadow must gain at the pace that reaches its own bar
         pace = self.pace_per_frame * trial.done * trial.required / self.config.margin_nats
         bar = np.full(len(gains), -self.config.reject_nats) if trial.done < self.trial_frames else pace
-        keep = [i for i, g in enumerate(gains) if g > bar[i]]
-        # a costly jump needs more notes to pay for itself: its trial may last longer
-        longest = self.trial_max_frames * min(3.0, float(trial.required.max()) / self.config.margin_nats)
-        if not keep or trial.done >= longest:
+        # a costly jump needs more notes to pay for itself: its trial may last longer (the
+        # others' does not: a near place proposed meanwhile waits for the trial's end)
+        longest = self.trial_max_frames * np.minimum(3.0, trial.required / self.config.margin_nats)
+        keep = [i for i, g in enumerate(gains) if g > bar[i] and trial.done < longest[i]]
+        if not keep:
             self._pending = None
             self.history.append((now_s, follower.position_states, trial.shadows[best].position_states,
                                  leads[best], "lost"))

@@ -45,25 +45,29 @@ def s(seconds):
     return seconds / PERIOD_S
 
 
-def test_near_restarts_cost_little_and_section_starts_little_however_far():
+def test_a_bar_or_two_back_is_free_a_passage_cheap_a_section_start_cheap_however_far():
     cfg = JumpPriorConfig()
     p = prior()
     here = s(600)
-    assert p.cost(here, s(595), tenure_s=60.0) == pytest.approx(cfg.far_nats * np.log2(1 + 5 / cfg.near_back_s))
-    assert p.cost(here, s(595), tenure_s=60.0) < 0.25 * cfg.far_nats
+    for there in (600 - cfg.free_s, 600 - 2, 600 + 3):
+        assert p.cost(here, s(there), tenure_s=60.0) == 0.0, there
+    assert 0 < p.cost(here, s(600 - 20), tenure_s=60.0) < cfg.far_nats  # within near_back_s
     for start in (0, 300, 302, 900):
         assert p.cost(here, s(start), tenure_s=60.0) <= cfg.section_nats, start
     assert p.free(here, np.array([s(600 - 25), s(450), s(0)])).tolist() == [True, False, True]
 
 
 def test_far_jumps_cost_more_the_farther():
-    """A power law in the distance: each doubling of ``1 + d / near_s`` costs ``far_nats``."""
+    """A power law in the distance: each doubling of ``1 + (d - free_s) / near_s`` costs
+    ``far_nats``."""
     cfg = JumpPriorConfig()
     p = prior()
     here = s(600)
-    costs = [p.cost(here, s(600 - d), tenure_s=60.0) for d in (30, 90, 210, 450)]
+    back = [cfg.free_s + cfg.near_back_s * (2 ** k - 1) for k in (1, 2, 3, 4)]
+    costs = [p.cost(here, s(600 - d), tenure_s=60.0) for d in back]
     np.testing.assert_allclose(costs, [cfg.far_nats * k for k in (1, 2, 3, 4)])
-    assert p.cost(here, s(600 + 60), tenure_s=60.0) == pytest.approx(2 * cfg.far_nats)  # ahead: near_ahead_s 20 s
+    ahead = cfg.free_s + 3 * cfg.near_ahead_s
+    assert p.cost(here, s(600 + ahead), tenure_s=60.0) == pytest.approx(2 * cfg.far_nats)
     assert prior(max_nats=40.0).cost(here, s(20), tenure_s=60.0) == 40.0
 
 
