@@ -345,6 +345,7 @@ def _run_parallel(jobs: list[Job], options: Any, force: bool, workers: int,
     ctx = mp.get_context("spawn")
     results: dict[int, JobResult] = {}
     todo = jobs
+    fruitless = 0  # consecutive pool passes that broke before any job reported
     with _worker_environment():
         while todo:
             done, interrupted, unstarted = _pool_pass(ctx, todo, options, force, min(workers, len(todo)), observer)
@@ -357,8 +358,11 @@ def _run_parallel(jobs: list[Job], options: Any, force: bool, workers: int,
                     alone[job.index] = JobResult(job, False, WORKER_DIED)
                     observer.finished(alone[job.index])
                 results.update(alone)
-            if not done and not interrupted:
-                # The pool broke before anything started (workers cannot start at all).
+            fruitless = 0 if done or interrupted else fruitless + 1
+            if fruitless == 2:
+                # The pool broke twice before anything started: workers cannot start at all.
+                # (Once is not enough: a worker killed at once may take its "started"
+                # message with it, unsent, and the job it was building looks unstarted.)
                 for job in unstarted:
                     results[job.index] = JobResult(job, False, "worker processes could not be started")
                     observer.finished(results[job.index])
