@@ -299,3 +299,41 @@ def test_a_far_place_under_the_same_held_note_does_not_take_the_filter():
     assert abs(_held_note_position(FollowerConfig().floor_reach_s) - 8.0) < 0.5
     # with the floor over the whole band, the filter runs off to the far place
     assert _held_note_position(floor_reach_s=100.0) > 11.0
+
+
+def _silent_advance(tempo: float, seconds: float) -> list[tuple[float, float, float]]:
+    """A follower going on from 5 s of X at ``tempo`` (as after the soloist's last note),
+    through ``seconds`` of silence: ``(u_s, x_s, reported tempo)`` every frame."""
+    params = AnalysisParams()
+    rng = np.random.default_rng(1)
+    n_states, n_obs = 1200, params.n_obs_bins
+    templates = rng.gamma(0.3, size=(n_states, n_obs)) + 1e-3
+    templates /= templates.sum(axis=1, keepdims=True)
+    log_t = np.log(np.repeat(templates[None], len(params.detune_cents), axis=0)).astype(np.float32)
+    follower = Follower(QuantizedTemplates.from_log(log_t), params)
+    follower.reset(5.0, tempo=tempo, wait=False)
+    rows = []
+    frame_s = params.fine_period_s
+    for i in range(int(round(seconds / frame_s)) + 1):
+        end_s = (i + 1) * frame_s
+        u = np.full(n_obs, 1.0 / n_obs, dtype=np.float32)
+        follower.process_frame(Frame(obs=u, active=False, end_s=end_s, now_s=end_s))
+        rows.append((end_s, follower.state.x_s, follower.state.tempo))
+    return rows
+
+
+def test_through_a_tutti_the_recording_plays_at_its_own_tempo():
+    """A silence of a second or two is a rest: the position moves on at the soloist's tempo
+    (20 % faster than the recording here). A silence of a minute is a tutti: after 3 s the
+    soloist's tempo fades out over 3 s, and the recording plays on as recorded (the
+    soloist comes back in with it)."""
+    rows = np.array(_silent_advance(tempo=1.2, seconds=60.0))
+    t, x, tempo = rows.T
+    def rate(sel):  # X seconds per U second, fitted over the frames ``sel``
+        return np.polyfit(t[sel], x[sel], 1)[0]
+
+    assert rate((t > 0.2) & (t < 2.5)) == pytest.approx(1.2, abs=0.03)  # a rest: the soloist's tempo
+    late = t > 20.0
+    assert rate(late) == pytest.approx(1.0, abs=0.01)  # a tutti: the recording's
+    assert np.allclose(tempo[late], 1.0, atol=0.01)
+    assert x[-1] - x[0] < 60.0 * 1.0 + 0.2 * 6.5  # not 72 s on: the soloist's tempo lasted ~6 s at most
