@@ -10,14 +10,17 @@ a jump is a rare event with a prior (log odds, nats, against staying):
   (a restart a bar or two back), and ``far_nats * log2(1 + (|d| - free_s) / near_s)``
   nats beyond (at most ``max_nats``), ``near_s`` being ``near_back_s`` back and
   ``near_ahead_s`` ahead: a power law in the distance. A skip over a passage costs a few
-  nats, a place twenty minutes away five times as much as one a minute away;
+  nats, a place twenty minutes back (80 nats) three and a half times as much as one a
+  minute back;
 - the start of a section (X's music after a silence of ``section_gap_s`` or more:
   movements, the piece's start) costs at most ``section_nats``, however far:
   musicians start movements;
 - a player who has not yet been followed for ``tenure_s`` seconds of playing since the
-  start has no record to defend: the cost is scaled by that tenure, so a start in the
-  middle of the piece is found at once. (After a far jump the relocator lets the player
-  go back where they were for free for a while: a wrong jump is undone at once.)
+  start has no record to defend: the cost is scaled by that tenure. (A track that
+  follows the wrong music from the start earns a record all the same: a start in the
+  middle of the piece without ``--start`` is found later than without the prior;
+  docs/DECISIONS.md.) After a far jump the relocator lets the player go back where they
+  were for free for a while: a wrong jump is undone at once.
 
 The relocator demands this many nats of lead on top of its margin before it moves the
 player, and the search keeps a slot for the best free (near or section-start) place so

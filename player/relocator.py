@@ -9,7 +9,8 @@ no window of ``confirm_s`` by more than ``screen_tolerance_nats``. The passing s
 follow new frames side by side with the main track (a *trial*, a sequential test), and
 the best replaces the main track once it leads the reference by ``margin_nats`` (a log
 Bayes factor) plus what the jump costs under the prior (:mod:`player.jump_prior`: nothing
-for a restart a few bars back or a movement's start, more the farther the place), each
+for a restart a bar or two back, little for a movement's start, more the farther the
+place), each
 note of U adding at most ``note_lead_cap_nats`` to its lead. A literal repeat far away
 explains the playing exactly as well as the place the player is at: it never pays its
 cost, and the player stays (continuity).

@@ -76,9 +76,10 @@ class GlobalSearch:
         config: the sweep's settings.
         room_s: seconds of X a candidate needs after it to be verified (a trial's length
             at the fastest tempo): places closer to the end are not proposed.
-        prior: the jump prior: the best place a jump to costs nothing (near the filter's
-            place, or a section's start) keeps a slot of its own in each sweep, so that far
-            look-alikes cannot crowd it out. None: every place competes alike.
+        prior: the jump prior: the best place within its near window of the filter's
+            place, or at a section's start (:meth:`player.jump_prior.JumpPrior.free`),
+            keeps a slot of its own in each sweep, so that far look-alikes cannot crowd it
+            out. None: every place competes alike.
     """
 
     def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: SearchConfig | None = None,
