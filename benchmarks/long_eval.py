@@ -43,8 +43,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from benchmarks.follow_eval import case_bundle, read_map
-from benchmarks.jump_eval import relock_time
+from benchmarks.follow_eval import case_bundle, read_map, score
+from benchmarks.jump_eval import relock_time, room_noise
 from shared.alignment import causal_positions
 from shared.audio import to_mono
 
@@ -102,6 +102,11 @@ class Movement:
         target = gx[0] + fraction * (gx[-1] - gx[0])
         return float(max(0.0, gx[np.argmin(np.abs(gx - target))] - 0.03))
 
+    def room(self, seconds: float) -> np.ndarray:
+        """``seconds`` of the take's room noise (before its first note), for the soloist's
+        waits."""
+        return room_noise(self.u, SR, self.onsets[0, 0], seconds)
+
 
 def faded(y: np.ndarray) -> np.ndarray:
     """``y`` (``(n,)`` or ``(n, c)``) with short fades in and out."""
@@ -123,11 +128,6 @@ def shifted(y: np.ndarray, cents: float) -> np.ndarray:
         return y
     out = librosa.effects.pitch_shift(np.ascontiguousarray(y.T), sr=SR, n_steps=cents / 100.0)
     return np.ascontiguousarray(out.T).astype(np.float32)
-
-
-def quiet_of(m: Movement) -> np.ndarray:
-    """The take's room noise (before its first note), for the soloist's waits."""
-    return m.u[: max(SR // 10, int(0.8 * m.onsets[0, 0] * SR))]
 
 
 class Assembly:
@@ -165,13 +165,13 @@ class Assembly:
         dsel = (m.dense[:, 1] >= x0) & (m.dense[:, 1] < x1)
         self.add(label, shifted(xs, cents), shifted(us, cents), m.onsets[sel] - [u0, x0], m.dense[dsel] - [u0, x0])
 
-    def wait(self, label: str, x: np.ndarray, noise: np.ndarray) -> None:
+    def wait(self, label: str, x: np.ndarray, room: Movement) -> None:
         """A section the soloist does not play in (``x``: what the recording plays; the
-        take holds ``noise``, the room, for as long): the truth runs at the recording's
+        take holds ``room``'s noise for as long): the truth runs at the recording's
         tempo."""
         n = x.shape[0]
         t = np.arange(0.0, n / SR, 0.01)
-        self.add(label, faded(x), np.resize(noise, n).astype(np.float32), np.zeros((0, 2)), np.column_stack([t, t]))
+        self.add(label, faded(x), room.room(n / SR), np.zeros((0, 2)), np.column_stack([t, t]))
 
     def write(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -207,21 +207,20 @@ def assemble(recipe: dict, cases: Path, out: Path, only: list[str] | None = None
             m = movement(sec["case"])
             x0 = m.cut(sec.get("from", 0.0))
             x = m.acc[int(x0 * SR): int((x0 + sec["seconds"]) * SR)]
-            asm.wait(sec.get("label", "tutti"), x, quiet_of(room or m))
+            asm.wait(sec.get("label", "tutti"), x, room or m)
         elif kind == "gap":  # between movements: the hall's silence
-            asm.wait("gap", np.zeros((int(sec["seconds"] * SR), 2), dtype=np.float32),
-                     quiet_of(room or movement(sec["case"])))
+            asm.wait("gap", np.zeros((int(sec["seconds"] * SR), 2), dtype=np.float32), room or movement(sec["case"]))
         else:
             raise SystemExit(f"unknown section kind {kind!r}")
     if not only:
         asm.write(out)
     performance = np.concatenate(asm.u)
     onsets, dense = np.concatenate(asm.onsets), np.concatenate(asm.dense)
-    noise = quiet_of(next(iter(movements.values())))
+    first = next(iter(movements.values()))
     for take in recipe["takes"]:
         if only and take["name"] not in only:
             continue
-        write_take(out / take["name"], take, asm.sections, performance, onsets, dense, noise)
+        write_take(out / take["name"], take, asm.sections, performance, onsets, dense, first)
     print(f"{out}: X {asm.x_len / SR / 60:.1f} min, performance {asm.u_len / SR / 60:.1f} min, "
           f"{len(recipe['takes'])} takes")
 
@@ -234,14 +233,14 @@ def place(sections: list[dict], where: str) -> float:
 
 
 def write_take(folder: Path, take: dict, sections: list[dict], performance: np.ndarray, onsets: np.ndarray,
-               dense: np.ndarray, noise: np.ndarray) -> None:
+               dense: np.ndarray, room: Movement) -> None:
     """A take: spans of the performance played one after the other, with ``pause_s`` of
     room noise between them. Writes U.flac, gt.csv, gt_dense.csv (the truth on the take's
     timeline) and take.json (where each span starts in the take, and ``start_s``: the
     X time given as ``--start``, or 0; ``intro``: the recording plays from there at once, as
     with ``--intro``, because the take starts with the soloist waiting)."""
     folder.mkdir(parents=True, exist_ok=True)
-    pause = np.resize(noise, int(take.get("pause_s", 1.0) * SR)).astype(np.float32)
+    pause = room.room(take.get("pause_s", 1.0))
     audio, gt, gt_dense, starts = [], [], [], []
     t = 0.0
     for i, (a, b) in enumerate(take["spans"]):
@@ -285,27 +284,25 @@ def false_jumps(path: np.ndarray, gt_dense: np.ndarray, starts: list[float]) -> 
     est = causal_positions(path, du)
     off = np.abs(est - gt_dense[:, 1]) > FALSE_JUMP_S
     step = float(np.median(np.diff(du)))
-    # a span boundary breaks an episode (the truth jumps there)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], off.astype(np.int8), [0]])))
     out = []
     for a, b in zip(edges[::2], edges[1::2], strict=True):
         t0 = du[a]
-        since = t0 - max(s for s in starts if s <= t0 + 1e-9) if any(s <= t0 + 1e-9 for s in starts) else t0
+        since = t0 - max((s for s in starts if s <= t0 + 1e-9), default=0.0)
         if (b - a) * step >= FALSE_JUMP_MIN_S and since > SETTLE_S:
             out.append((float(t0), float((b - a) * step)))
     return out
 
 
-def score_take(folder: Path, path: np.ndarray) -> dict:
+def score_take(folder: Path, path_csv: Path) -> dict:
+    """The take's figures (see the module docstring) from the path the run wrote."""
     info = json.loads((folder / "take.json").read_text())
+    path = np.loadtxt(path_csv, delimiter=",", skiprows=1, ndmin=2)
     gt = np.loadtxt(folder / "gt.csv", delimiter=",", skiprows=1, ndmin=2)
     gt_dense = np.loadtxt(folder / "gt_dense.csv", delimiter=",", skiprows=1, ndmin=2)
-    err = np.abs(causal_positions(path, gt[:, 0]) - gt[:, 1]) * 1000.0
-    dense_err = np.abs(causal_positions(path, gt_dense[:, 0]) - gt_dense[:, 1])
-    step = float(np.median(np.diff(gt_dense[:, 0])))
-    out = {"<=100": float(100 * np.mean(err <= 100)), "<=250": float(100 * np.mean(err <= 250)),
-           "lost_s": float(np.sum(dense_err > 1.0) * step),
-           "false_jumps": false_jumps(path, gt_dense, info["span_starts_s"])}
+    figures = score(path_csv, folder / "gt.csv")  # the onsets' errors and the lost seconds, as follow_eval
+    out = {k: figures[k] for k in ("<=100", "<=250", "lost_s")}
+    out["false_jumps"] = false_jumps(path, gt_dense, info["span_starts_s"])
     relocks = []
     # a start without --start is a relocation too
     measured = info["span_starts_s"][1:] if info["start_given"] else info["span_starts_s"]
@@ -379,8 +376,7 @@ def run(piece: Path, takes: list[str] | None, overrides: list[str], no_search: b
         out_csv = work / piece.name / f"{take.name}.path.csv"
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         res = run_one(take, bundle, overrides, no_search, out_csv)
-        path = np.loadtxt(out_csv, delimiter=",", skiprows=1, ndmin=2)
-        row = {"take": take.name, **score_take(take, path), **res}
+        row = {"take": take.name, **score_take(take, out_csv), **res}
         if cost and not rows:  # the first take run: its first minute on both bundles
             case, short = first_minute(piece, take, work)
             on_short = run_one(short, case_bundle(case, work), overrides, no_search, work / "first_minute.csv")

@@ -81,7 +81,7 @@ class JumpPriorConfig:
 
 
 def section_starts(state_mag: np.ndarray, period_s: float, gap_s: float, below_db: float,
-                   chunk: int = 4096) -> np.ndarray:
+                   chunk: int = 1024) -> np.ndarray:
     """States (int64 ``(k,)``, ascending, always starting with 0) where X's music starts
     again after at least ``gap_s`` seconds of silence (frames ``below_db`` under the loud
     level). ``state_mag``: X's magnitude spectra ``(n_states, n_bins)`` (float16, read in

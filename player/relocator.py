@@ -10,10 +10,9 @@ follow new frames side by side with the main track (a *trial*, a sequential test
 the best replaces the main track once it leads the reference by ``margin_nats`` (a log
 Bayes factor) plus what the jump costs under the prior (:mod:`player.jump_prior`: nothing
 for a restart a bar or two back, little for a movement's start, more the farther the
-place), each
-note of U adding at most ``note_lead_cap_nats`` to its lead. A literal repeat far away
-explains the playing exactly as well as the place the player is at: it never pays its
-cost, and the player stays (continuity).
+place), each note of U adding at most ``note_lead_cap_nats`` to its lead. A literal repeat
+far away explains the playing exactly as well as the place the player is at: it never pays
+its cost, and the player stays (continuity).
 
 The reference is the better of the main track and a *home* shadow restarted where the
 main track was at the start of the replay, with a wide spread: the hypothesis "the player
@@ -273,9 +272,8 @@ class Relocator:
         best = int(np.argmax(leads - trial.required))
         if leads[best] > trial.required[best]:
             self._pending = None
-            self.history.append((now_s, follower.position_states, trial.shadows[best].position_states,
-                                 leads[best], "won"))
             there = trial.shadows[best].position_states
+            self.history.append((now_s, follower.position_states, there, leads[best], "won"))
             if self.prior is not None and not self.prior.near(follower.position_states, np.array([there]))[0]:
                 # a far jump: going back there stays free for a while (a wrong jump is undone at once)
                 self._left = (follower.position_states, follower.state.tempo, self._count)

@@ -103,6 +103,7 @@ class GlobalSearch:
         # the last state holds any long note for ever (a track there cannot move on), so a
         # candidate needs room to be tested: ``room_s`` seconds of X after it
         self._last_candidate = n - 1 - room_s / params.coarse_period_s
+        self._apart = cfg.min_jump_s / params.coarse_period_s  # states between two proposed places
         self.reset()
 
     def reset(self) -> None:
@@ -176,8 +177,7 @@ class GlobalSearch:
                 self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, 1)
         self._cursor = 0 if hi >= self.n_states else hi
         if not self._cursor:  # a sweep is complete: its places stand until the next one
-            apart = self.config.min_jump_s / self.params.coarse_period_s
-            extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= apart for g in self._found)]
+            extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= self._apart for g in self._found)]
             self._latest, self._found, self._found_free = extra + self._found, [], []
 
     def candidates(self, position_states: float) -> list[Candidate]:
@@ -207,14 +207,13 @@ class GlobalSearch:
                     found: list[tuple[float, int, float, int]], k: int) -> None:
         """Merge this slice's best places into ``found``, the sweep's top ``k`` (in place),
         at least ``min_jump_s`` apart from each other (one place per passage)."""
-        apart = self.config.min_jump_s / self.params.coarse_period_s
         order = np.argsort(scores)[::-1][: 8 * k]  # enough to find k separated peaks
         for i in order:
             score = float(scores[i])
             if len(found) == k and score <= found[-1][0]:
                 break
             state = int(ends[i])
-            clash = [j for j, f in enumerate(found) if abs(f[1] - state) < apart]
+            clash = [j for j, f in enumerate(found) if abs(f[1] - state) < self._apart]
             if clash:
                 if score <= found[clash[0]][0]:
                     continue

@@ -1,6 +1,6 @@
 """The prior on jumps: where sections start, what a jump costs, and the relocator weighing
-a far place's evidence against it. Restarts a few bars back and movement starts are free;
-a far look-alike that explains a few seconds a little better does not take an established
+a far place's evidence against it. A restart a bar or two back is free and a movement's
+start cheap; a far look-alike that explains a few seconds a little better does not take an established
 track, but does take one that has no record yet (a start in the middle of the piece)."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from player.jump_prior import JumpPrior, JumpPriorConfig, section_starts
 from player.relocator import RelocatorConfig
 from player.search import Candidate
 
-from .test_relocator import FRAME_S, ScriptedTrack, play, trial_frames
+from .test_relocator import FRAME_S, ScriptedTrack, make_relocator, play, trial_frames
 
 PERIOD_S = 0.1
 
@@ -88,8 +88,6 @@ def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None)
     whether the relocator moved the player there. ``then(relocator, main, shadow, lead)``,
     if given, runs after a move (``lead``: a one-item list the shadow's rate reads) and its
     result is returned instead."""
-    from tests.test_relocator import make_relocator
-
     config = RelocatorConfig()
     here = s(600)
     main = ScriptedTrack(lambda n: 0.0, position_states=here)
