@@ -14,13 +14,21 @@ a jump is a rare event with a prior (log odds, nats, against staying):
   minute back;
 - the start of a section (X's music after a silence of ``section_gap_s`` or more:
   movements, the piece's start) costs at most ``section_nats``, however far:
-  musicians start movements;
+  musicians start movements. So does a place the player would have reached from a
+  section's start since they last paused (``pause_s`` or more): the search proves a
+  place only seconds after the player began there;
 - a player who has not yet been followed for ``tenure_s`` seconds of playing since the
   start has no record to defend: the cost is scaled by that tenure. (A track that
   follows the wrong music from the start earns a record all the same: a start in the
   middle of the piece without ``--start`` is found later than without the prior;
   docs/DECISIONS.md.) After a far jump the relocator lets the player go back where they
-  were for free for a while: a wrong jump is undone at once.
+  were for free for a while: a wrong jump is undone at once;
+- a track that is failing has no record to defend either: when for ``lost_window_s``
+  some far place has explained the last seconds of playing better than the track's own
+  place (the search's long context, :meth:`player.search.GlobalSearch.sustained_lead`),
+  by ``lost_from`` nats per observation or more, the cost falls, and it is gone at
+  ``lost_at``. A right track meets look-alikes that lead for a sweep or two, rarely by
+  that much for that long.
 
 The relocator demands this many nats of lead on top of its margin before it moves the
 player, and the search keeps a slot for the best free (near or section-start) place so
@@ -34,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.config import check_fields
+from shared.config import check_fields, field_error
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,13 @@ class JumpPriorConfig:
             full.
         undo_s: for this long (seconds of U) after a far jump, going back to where the
             player was believed to be (within the near window) costs nothing.
+        lost_window_s: seconds over which a far place's lead must hold for the track to
+            count as failing.
+        lost_from: the sustained lead (nats per observation) from which the cost falls.
+        lost_at: the sustained lead at which the cost is gone.
+        pause_s: a silence of the player at least this long (seconds of U) ends a run of
+            playing; a jump to where a run begun at a section's start would be now costs
+            what that start costs.
     """
 
     free_s: float = 5.0
@@ -73,11 +88,17 @@ class JumpPriorConfig:
     max_nats: float = 90.0
     tenure_s: float = 8.0
     undo_s: float = 15.0
+    lost_window_s: float = 3.0
+    lost_from: float = 0.1
+    lost_at: float = 0.25
+    pause_s: float = 0.5
 
     def __post_init__(self) -> None:
-        check_fields(self, positive=("near_back_s", "near_ahead_s", "section_gap_s", "section_db"),
+        check_fields(self, positive=("near_back_s", "near_ahead_s", "section_gap_s", "section_db", "lost_window_s"),
                      non_negative=("free_s", "section_reach_s", "section_nats", "far_nats", "max_nats", "tenure_s",
-                                   "undo_s"))
+                                   "undo_s", "lost_from", "pause_s"))
+        if self.lost_at <= self.lost_from:
+            raise field_error(self, "lost_at", self.lost_at, f"> lost_from ({self.lost_from:g})")
 
 
 def section_starts(state_mag: np.ndarray, period_s: float, gap_s: float, below_db: float,
@@ -138,15 +159,21 @@ class JumpPrior:
         before = self.sections[np.maximum(i - 1, 0)]
         return np.minimum(np.abs(to - after), np.abs(to - before)) <= self._reach
 
-    def cost(self, from_state: float, to_state: float, tenure_s: float) -> float:
+    def cost(self, from_state: float, to_state: float, tenure_s: float, lead: float = 0.0,
+             began: float | None = None) -> float:
         """Nats of evidence a jump from ``from_state`` to ``to_state`` must bring on top of
-        the relocator's margin, for a track with ``tenure_s`` seconds of playing explained."""
+        the relocator's margin, for a track with ``tenure_s`` seconds of playing explained
+        and some far place's sustained ``lead`` over it (nats per observation); ``began``:
+        where the player's present run of playing began if they are at ``to_state`` now
+        (states; a section's start there makes the jump as cheap as one to it)."""
         cfg = self.config
         d_s = (to_state - from_state) * self.period_s
         scale = cfg.near_ahead_s if d_s > 0 else cfg.near_back_s
         beyond = max(0.0, abs(d_s) - cfg.free_s)
         full = min(cfg.max_nats, cfg.far_nats * float(np.log2(1.0 + beyond / scale)))
-        if self.at_section_start(np.array([to_state]))[0]:
+        places = np.array([to_state] if began is None else [to_state, began])
+        if self.at_section_start(places).any():
             full = min(full, cfg.section_nats)
         trust = 1.0 if cfg.tenure_s <= 0 else min(1.0, tenure_s / cfg.tenure_s)
+        trust *= min(1.0, max(0.0, (cfg.lost_at - lead) / (cfg.lost_at - cfg.lost_from)))
         return full * trust

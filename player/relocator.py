@@ -159,6 +159,8 @@ class Relocator:
         self._pending: Trial | None = None  # the trial in progress
         self._tenure = 0  # active frames the main track has followed since the start
         self._left: tuple[float, float, int] | None = None  # (state, tempo, frame) the last far jump left
+        self._silent = 0  # frames the player has been silent for
+        self._run = 0  # frames since the player's present run of playing began (after a pause)
         self.moved = False
         self.search.reset()
 
@@ -189,6 +191,7 @@ class Relocator:
         self._was_changing = changing
         self._wait = max(0, self._wait - 1)
         self.moved = False
+        self._count_run(frame.active)
         if not main.started:
             return
         self._tenure += int(frame.active)
@@ -307,6 +310,15 @@ class Relocator:
         trial.keep(keep)
         return False
 
+    def _count_run(self, active: bool) -> None:
+        """Count the frames since the player's present run of playing began (the first
+        active frame after a pause of the prior's ``pause_s``)."""
+        pause = self.prior.config.pause_s / self.frame_s if self.prior is not None else np.inf
+        if active and self._silent >= pause:
+            self._run = 0
+        self._silent = 0 if active else self._silent + 1
+        self._run += 1
+
     def _take_home(self, now_s: float, lead: float) -> bool:
         """The home track replaces the main track (``lead``: by how much, nats); True. (A
         trial in progress is the caller's to end or go on with.)"""
@@ -314,9 +326,10 @@ class Relocator:
         self.main.adopt(self.home)
         return True
 
-    def _cost(self, state: float) -> float:
-        """The prior's cost (nats) of moving the main track to ``state``: nothing back to
-        where the last far jump left, for ``undo_s``."""
+    def _cost(self, state: float, tempo: float = 1.0) -> float:
+        """The prior's cost (nats) of moving the main track to ``state`` (where a player
+        at ``tempo`` would be now): nothing back to where the last far jump left, for
+        ``undo_s``."""
         if self.prior is None:
             return 0.0
         if self._left is not None:
@@ -326,7 +339,9 @@ class Relocator:
                 there = left + elapsed * tempo * self.frame_s / self.search.params.coarse_period_s
                 if self.prior.near(there, np.array([state]))[0]:
                     return 0.0
-        return self.prior.cost(self.main.position_states, state, self._tenure * self.frame_s)
+        lead = self.search.sustained_lead(self.prior.config.lost_window_s)
+        began = state - self._run * self.frame_s * tempo / self.search.params.coarse_period_s
+        return self.prior.cost(self.main.position_states, state, self._tenure * self.frame_s, lead, began)
 
     # ------------------------------------------------------------------ screenings
     def _replay(self, shadow: Track, frames: range, reference: np.ndarray | None = None):
@@ -379,7 +394,7 @@ class Relocator:
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
             if gains.min() > -self.config.screen_tolerance_nats and gains.sum() > 0.0:
                 passed.append(shadow)
-                required.append(self.config.margin_nats + self._cost(cand.state))
+                required.append(self.config.margin_nats + self._cost(cand.state, cand.tempo))
         if not passed:
             return
         # the frames that came during the screening open the trial (the main track has them)

@@ -9,15 +9,29 @@ X's templates, untempered) along a diagonal ending there, for a few tempo hypoth
 per-frame cost is at most the slice size, whatever the piece's length (a 40-minute piece is
 swept in about a second; a short one once per state period, as often as the context changes).
 
+Two seconds are enough to find a restart or a skip, not to tell a place from its
+look-alikes in a whole piece: there, the right place often comes second to fourth. So each
+sweep keeps its ``pool`` best places and scores them again, a few per frame, on a *long*
+context (``long_context_s``, the recent observations weighted more, ``recency_s``): the best
+monotone path through X ending at the place, at any local tempo (a dynamic programme).
+Far places are proposed in that order, and only if they explain the long context better
+than the filter's own place; a near place or a movement's start (the prior's free places)
+on the short context alone, since a restart leaves the long context straddling the jump.
+How much better the best far place explains the long context than the filter's place (the
+*lead*, nats per observation) tells a lost track from a right one with look-alikes
+(:meth:`GlobalSearch.sustained_lead`).
+
 The places it proposes are verified by :class:`player.relocator.Relocator` before the
 filter moves. docs/DECISIONS.md says why the likelihood and not a spectral similarity.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from player.jump_prior import JumpPrior
 from shared.config import check_fields
@@ -42,6 +56,10 @@ class SearchConfig:
             proves nothing.
         candidates: distinct far places proposed per sweep (a passage that recurs can put
             the right place second).
+        pool: the best places per sweep scored again on the long context.
+        long_context_s: seconds of U in the long context.
+        recency_s: an observation this old weighs ``1/e`` of the newest in the long context.
+        rescore_per_frame: places scored on the long context per frame (spreads the cost).
     """
 
     context_s: float = 2.0
@@ -51,11 +69,16 @@ class SearchConfig:
     min_jump_s: float = 3.0
     min_active: float = 0.6
     candidates: int = 3
+    pool: int = 8
+    long_context_s: float = 10.0
+    recency_s: float = 3.0
+    rescore_per_frame: int = 2
 
     def __post_init__(self) -> None:
-        check_fields(self, positive=("context_s", "slice_states", "tempos", "candidates"),
+        check_fields(self, positive=("context_s", "slice_states", "tempos", "candidates", "pool", "long_context_s",
+                                     "recency_s", "rescore_per_frame"),
                      non_negative=("margin", "min_jump_s"), unit=("min_active",),
-                     integers=("slice_states", "candidates"))
+                     integers=("slice_states", "candidates", "pool", "rescore_per_frame"))
 
 
 @dataclass(frozen=True)
@@ -79,7 +102,8 @@ class GlobalSearch:
         prior: the jump prior: the best place within its near window of the filter's
             place, or at a section's start (:meth:`player.jump_prior.JumpPrior.free`),
             keeps a slot of its own in each sweep, so that far look-alikes cannot crowd it
-            out. None: every place competes alike.
+            out, and is proposed on the short context alone. None: every place competes
+            alike.
     """
 
     def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: SearchConfig | None = None,
@@ -92,6 +116,7 @@ class GlobalSearch:
         self.n_states = n = templates.n_states
         self.per_state = params.fine_per_coarse
         self.ctx = max(4, int(round(cfg.context_s / params.coarse_period_s)))
+        self.n_long = max(self.ctx, int(round(cfg.long_context_s / params.coarse_period_s)))
         self.max_lag = int(np.ceil(self.ctx * max(cfg.tempos))) + 1
         # the context gains one observation per state period: sweeping faster would score
         # the same context again (a 30-s piece would be swept 5 times over per new observation)
@@ -100,31 +125,49 @@ class GlobalSearch:
         self._tempos = np.asarray(cfg.tempos, dtype=np.float64)
         self._lags = np.round(self._k[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
         self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
+        # the long context: X states a path may cover (tempo up to 1.6 on average), and the
+        # weight of each observation by its age (newest first)
+        self._long_rows = int(np.ceil(1.6 * self.n_long)) + 1
+        self._recency = np.exp(-np.arange(self.n_long) * params.coarse_period_s / cfg.recency_s)
+        self._long_buf = np.empty((self._long_rows, params.n_obs_bins), dtype=np.float32)
+        self._sim = np.empty((self._long_rows, self.n_long), dtype=np.float32)
+        self._dp = np.empty((2, self._long_rows))
         # the last state holds any long note for ever (a track there cannot move on), so a
         # candidate needs room to be tested: ``room_s`` seconds of X after it
         self._last_candidate = n - 1 - room_s / params.coarse_period_s
         self._apart = cfg.min_jump_s / params.coarse_period_s  # states between two proposed places
+        self._lead_keep = int(round(30.0 / params.fine_period_s))  # frames of lead history kept at most
         self.reset()
 
     def reset(self) -> None:
-        """Forget U's context and the sweep's places."""
-        self.u_obs = np.zeros((self.ctx, self.params.n_obs_bins), dtype=np.float32)  # newest first
-        self.u_active = np.zeros(self.ctx, dtype=np.float32)
+        """Forget U's context, the sweep's places and the leads."""
+        self.u_obs = np.zeros((self.n_long, self.params.n_obs_bins), dtype=np.float32)  # newest first
+        self.u_active = np.zeros(self.n_long, dtype=np.float32)
         self._acc = np.zeros(self.params.n_obs_bins, dtype=np.float64)
         self._acc_n = 0
         self._acc_active = 0
         self._cursor = 0
         self._found: list[tuple[float, int, float, int]] = []  # this sweep's (score, end, tempo, frame)
         self._found_free: list[tuple[float, int, float, int]] = []  # its best free place (see ``prior``)
-        self._latest: list[tuple[float, int, float, int]] = []  # the last complete sweep's
+        # the last sweep's places to propose (score, state, tempo, frame): free and far ones
+        self._latest_free: list[tuple[float, float, float, int]] = []
+        self._latest_far: list[tuple[float, float, float, int]] = []
         self._frame = 0
         self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
+        # the long context's scoring of a sweep's places, spread over frames
+        self._snap_u = np.zeros_like(self.u_obs)
+        self._snap_w = np.zeros(self.n_long)
+        self._snap_detune = self._detune
+        self._queue: list[tuple[float, float, float, int]] = []  # far places (short score, state, tempo, frame) to score
+        self._scored: list[float] = []  # their long scores so far (the filter's place first)
+        self._snap_frame = 0
+        self._leads: deque[tuple[int, float]] = deque()  # (frame, lead) of each scored sweep
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Best-over-tempo mean log-likelihood (nats per observation) of the U context
         ending at each end state ``(m,)``, and the tempo that gave it."""
-        w = self.u_active
+        w = self.u_active[: self.ctx]
         total = w.sum()
         if total <= 0:
             return np.full(ends.shape, -np.inf), np.ones(ends.shape)
@@ -133,7 +176,7 @@ class GlobalSearch:
         rows = self._rows[: hi - lo]
         np.copyto(rows, self.templates.q[self._detune, lo:hi], casting="unsafe")
         # log T = offset + step * q, and each observation sums to 1
-        sim = self.templates.offset + self.templates.step * (rows @ self.u_obs.T)  # (states, ctx)
+        sim = self.templates.offset + self.templates.step * (rows @ self.u_obs[: self.ctx].T)  # (states, ctx)
         idx = ends[:, None, None] - self._lags[None, :, :] - lo  # (m, T, ctx)
         sims = sim[np.maximum(idx, 0), self._k[None, None, :]]
         sims[idx < 0] = sim.min()  # before the piece: as bad as the worst place
@@ -142,14 +185,38 @@ class GlobalSearch:
         return per_tempo[np.arange(ends.size), best], self._tempos[best]
 
     def score_at(self, state: float) -> float:
+        """The short context's score (nats per observation) at ``state``."""
         s = int(min(max(round(state), 0), self.n_states - 1))
         return float(self._scores(np.array([s]))[0][0])
+
+    def long_score(self, state: float) -> float:
+        """The snapshot long context's score at ``state`` (see :meth:`_snapshot`): the
+        recency-weighted mean log-likelihood (nats per observation) along the best path
+        through X ending there, each observation on the same state as the one after it or
+        one or two states before it."""
+        end = int(min(max(round(state), 0), self.n_states - 1))
+        lo = max(0, end - self._long_rows + 1)
+        rows = self._long_buf[: end + 1 - lo]
+        np.copyto(rows, self.templates.q[self._snap_detune, lo:end + 1][::-1], casting="unsafe")  # row j: end - j
+        sim = self._sim[: end + 1 - lo]
+        np.matmul(rows, self._snap_u.T, out=sim)
+        sim *= self.templates.step  # log T = offset + step * q, and each observation sums to 1
+        path = _best_path(sim, self._snap_w, self._recency, self._dp)
+        total = max(float(self._snap_w.sum()), 1e-9)
+        return float(self.templates.offset + (path + _PATH_STEPS * self._recency[1:].sum()) / total)
+
+    def _snapshot(self) -> None:
+        """Freeze the long context (and the template variant) the queued places are scored on."""
+        self._snap_u[:] = self.u_obs
+        self._snap_w[:] = self.u_active * self._recency
+        self._snap_detune = self._detune
+        self._snap_frame = self._frame
 
     # ------------------------------------------------------------------ per frame
     def step(self, u: np.ndarray, active: bool, detune_cents: float, position_states: float = 0.0) -> None:
         """Take one fine frame of U (``u`` normalised ``(n_obs_bins,)``, soloist ``active``);
-        score the next slice of the piece with the variant nearest ``detune_cents``
-        (``position_states``: the filter's place, for the prior's free places)."""
+        score the next slice of the piece with the variant nearest ``detune_cents``, and
+        a few queued places on the long context (``position_states``: the filter's place)."""
         self._frame += 1
         self._detune = int(np.argmin(np.abs(self.cents - detune_cents)))
         self._acc += u
@@ -163,44 +230,112 @@ class GlobalSearch:
             self.u_active[0] = 1.0 if self._acc_active * 2 > self._acc_n else 0.0
             self._acc[:] = 0.0
             self._acc_n = self._acc_active = 0
-        if self.u_active.mean() < self.config.min_active:
-            self._latest = []  # found on a context that was mostly silence: proves nothing
+        if self._queue:
+            self._rescore()
+        if self.u_active[: self.ctx].mean() < self.config.min_active:
+            self._latest_free, self._latest_far = [], []  # found on a context of mostly silence: proves nothing
             return
         lo = self._cursor
         hi = min(self.n_states, lo + self.slice)
         ends = np.arange(lo, hi)
         scores, tempos = self._scores(ends)
-        self._keep_peaks(scores, tempos, ends, self._found, self.config.candidates)
+        self._keep_peaks(scores, tempos, ends, self._found, self.config.pool)
         if self.prior is not None:
             free = self.prior.free(position_states, ends)
             if free.any():
                 self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, 1)
         self._cursor = 0 if hi >= self.n_states else hi
-        if not self._cursor:  # a sweep is complete: its places stand until the next one
-            extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= self._apart for g in self._found)]
-            self._latest, self._found, self._found_free = extra + self._found, [], []
+        if not self._cursor:  # a sweep is complete
+            self._sweep_done(position_states)
+
+    def _sweep_done(self, position_states: float) -> None:
+        """Take the complete sweep's places that explain the short context better than the
+        filter's place by the margin: the free ones are proposed at once, the far ones are
+        queued for scoring on the long context (unless the last sweep's are still being
+        scored: the next sweep finds them again)."""
+        cfg = self.config
+        found = sorted(self._found, reverse=True)
+        extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= self._apart for g in found)]
+        self._found, self._found_free = [], []
+        bar = self.score_at(position_states) + cfg.margin
+        free, far = [], []
+        # the free places among the best few and the best free place, checked against the
+        # filter's place when asked for; far places among the whole pool
+        for rank, (score, state, tempo, at) in enumerate(extra + found):
+            there = state + (self._frame - at) * tempo / self.per_state  # moved on to now
+            apart_s = abs(there - position_states) * self.params.coarse_period_s
+            if apart_s < cfg.min_jump_s or there >= self._last_candidate:
+                continue
+            is_free = self.prior is None or bool(self.prior.free(position_states, np.array([there]))[0])
+            if is_free and rank < len(extra) + cfg.candidates:
+                free.append((score, there, tempo, self._frame))
+            elif not is_free and score > bar:
+                far.append((score, there, tempo, self._frame))
+        self._latest_free = free
+        if self._queue:
+            return
+        if not far:  # the common case on a right track: nothing far explains even 2 s better
+            self._latest_far = []
+            self._add_lead(0.0)
+            return
+        self._snapshot()
+        self._queue = [(0.0, position_states, 1.0, self._frame)] + far  # the filter's place is scored first
+        self._scored = []
+
+    def _rescore(self) -> None:
+        """Score the next queued places on the long context; once all are, those that
+        explain it better than the filter's place (scored first) are proposed, best first."""
+        for _ in range(self.config.rescore_per_frame):
+            self._scored.append(self.long_score(self._queue[len(self._scored)][1]))
+            if len(self._scored) == len(self._queue):
+                break
+        if len(self._scored) < len(self._queue):
+            return
+        own, *long = self._scored
+        places = self._queue[1:]
+        self._queue, self._scored = [], []
+        self._add_lead(max(long) - own)
+        self._latest_far = sorted(((ls, there, tempo, at) for ls, (_, there, tempo, at) in zip(long, places, strict=True)
+                                   if ls > own), reverse=True)
+
+    def _add_lead(self, lead: float) -> None:
+        self._leads.append((self._frame, lead))
+        while self._leads and self._frame - self._leads[0][0] > self._lead_keep:
+            self._leads.popleft()
+
+    def sustained_lead(self, window_s: float) -> float:
+        """The least lead (nats per observation of the long context) of the best far place
+        over the filter's place among the sweeps of the last ``window_s`` seconds: high
+        when the filter's place has been explaining the playing worse than some other
+        place for that long (a lost track), about zero or below on a right one (look-alikes
+        lead now and then, not for long). 0 until the sweeps cover ``window_s``."""
+        if not self._leads:
+            return 0.0
+        since = self._frame - window_s / self.params.fine_period_s
+        recent = [lead for at, lead in self._leads if at >= since]
+        if self._leads[0][0] > since or not recent:
+            return 0.0
+        return float(min(recent))
 
     def candidates(self, position_states: float) -> list[Candidate]:
-        """The latest complete sweep's places, moved on to now at their tempo, that are far
-        from the filter's place ``position_states`` and explain the recent frames better
-        than it by the margin (best first, possibly none). Asked for only when a
-        verification can start, so a place found while one was running is not lost. A
-        sweep's places are handed out once (a 40-minute piece takes over a second to sweep
-        again: its places would be screened again and again in the meantime)."""
-        cfg = self.config
-        far: list[tuple[float, float, float]] = []  # (score, state now, tempo)
-        for score, state, tempo, at in self._latest:  # (emptied by step() on a silent context)
+        """The last scored sweep's places, moved on to now at their tempo, that are far
+        from the filter's place ``position_states`` (best first, possibly none): near
+        places and movements' starts that explain the short context better than the
+        filter's place by the margin, then far places that also explain the long context
+        better, by that score. Asked for only when a verification can start, so a place
+        found while one was running is not lost. A sweep's places are handed out once (a
+        40-minute piece takes over a second to sweep again: its places would be screened
+        again and again in the meantime)."""
+        out = []
+        if self._latest_free:
+            bar = self.score_at(position_states) + self.config.margin
+            self._latest_free = [f for f in self._latest_free if f[0] > bar]
+        for _, state, tempo, at in self._latest_free + self._latest_far:
             there = state + (self._frame - at) * tempo / self.per_state
-            apart_s = abs(there - position_states) * self.params.coarse_period_s
-            if apart_s >= cfg.min_jump_s and there < self._last_candidate:
-                far.append((score, there, tempo))
-        if not far:  # the common case: no need to score the filter's place
-            return []
-        bar = self.score_at(position_states) + cfg.margin
-        out = [Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo))
-               for score, there, tempo in far if score > bar]
+            if abs(there - position_states) * self.params.coarse_period_s >= self.config.min_jump_s:
+                out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
         if out:
-            self._latest = []  # verified once: the next sweep finds them again if they hold
+            self._latest_free, self._latest_far = [], []
         return out
 
     def _keep_peaks(self, scores: np.ndarray, tempos: np.ndarray, ends: np.ndarray,
@@ -221,3 +356,39 @@ class GlobalSearch:
             found.append((score, state, float(tempos[i]), self._frame))
             found.sort(key=lambda f: -f[0])
             del found[k:]
+
+
+#: Log-probability of each step of a path: the same state as the next observation's, one
+#: state before it (the recording's tempo) or two. ``_best_path`` adds only the differences
+#: from the plain step; the plain step's own is added back per step.
+_PATH_STEPS = float(np.log(0.5))
+_HOLD, _SKIP = float(np.log(0.25) - np.log(0.5)), float(np.log(0.25) - np.log(0.5))
+
+
+@njit(cache=True, fastmath=True)
+def _best_path(sim, weights, recency, dp):  # pragma: no cover (numba)
+    """The best recency-weighted sum of ``sim`` (``(n_rows, n_obs)``: row ``j`` is the
+    state ``j`` before the place, column ``k`` the ``k``-th newest observation) along a
+    path from ``(0, 0)`` that moves 0, 1 or 2 rows per observation: ``sum_k weights[k] *
+    sim[row_k, k]`` plus, per step, ``recency[k]`` times the log-probability of a hold or
+    a skip relative to a plain step. ``dp``: scratch ``(2, >= n_rows)``."""
+    n_rows, n_obs = sim.shape
+    prev, cur = dp[0], dp[1]
+    for j in range(n_rows):
+        prev[j] = -1e300
+    prev[0] = weights[0] * sim[0, 0]
+    for k in range(1, n_obs):
+        w, r = weights[k], recency[k]
+        for j in range(n_rows):
+            best = prev[j] + r * _HOLD
+            if j >= 1 and prev[j - 1] > best:
+                best = prev[j - 1]
+            if j >= 2 and prev[j - 2] + r * _SKIP > best:
+                best = prev[j - 2] + r * _SKIP
+            cur[j] = best + w * sim[j, k]
+        prev, cur = cur, prev
+    out = prev[0]
+    for j in range(1, n_rows):
+        if prev[j] > out:
+            out = prev[j]
+    return out

@@ -57,6 +57,17 @@ def test_a_bar_or_two_back_is_free_a_passage_cheap_a_section_start_cheap_however
     assert p.free(here, np.array([s(600 - 25), s(450), s(0)])).tolist() == [True, False, True]
 
 
+def test_a_run_begun_at_a_section_start_is_as_cheap_as_the_start():
+    """A player who began a movement eight seconds ago is proved there only now: the place
+    eight seconds into the movement costs what its start costs, not its distance."""
+    cfg = JumpPriorConfig()
+    p = prior()
+    here = s(600)
+    assert p.cost(here, s(908), tenure_s=60.0) > 3 * cfg.section_nats
+    assert p.cost(here, s(908), tenure_s=60.0, began=s(900.5)) <= cfg.section_nats
+    assert p.cost(here, s(908), tenure_s=60.0, began=s(880)) > 3 * cfg.section_nats
+
+
 def test_far_jumps_cost_more_the_farther():
     """A power law in the distance: each doubling of ``1 + (d - free_s) / near_s`` costs
     ``far_nats``."""
@@ -80,12 +91,25 @@ def test_a_track_without_a_record_pays_in_proportion_to_its_tenure():
     assert p.cost(s(600), s(120), tenure_s=cfg.tenure_s / 2) == pytest.approx(full / 2)
 
 
+def test_a_failing_track_pays_less_the_longer_a_far_place_leads():
+    """The cost falls from ``lost_from`` to ``lost_at`` of sustained lead, linearly."""
+    cfg = JumpPriorConfig()
+    p = prior()
+    full = p.cost(s(600), s(120), tenure_s=60.0)
+    assert p.cost(s(600), s(120), tenure_s=60.0, lead=-0.2) == full
+    assert p.cost(s(600), s(120), tenure_s=60.0, lead=cfg.lost_from) == pytest.approx(full)
+    mid = (cfg.lost_from + cfg.lost_at) / 2
+    assert p.cost(s(600), s(120), tenure_s=60.0, lead=mid) == pytest.approx(full / 2)
+    assert p.cost(s(600), s(120), tenure_s=60.0, lead=cfg.lost_at) == 0.0
+
+
 # ---------------------------------------------------------------------------- the relocator
-def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None):
+def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None, failing: float = 0.0):
     """The player has followed for ``played_s`` seconds at 600 s of X; a place ``far_s``
     away (seconds of X; negative: back) explains the replay well and then the next
     ``lead_nats`` nats' worth of frames (one nat per frame) better, then ties. Returns
-    whether the relocator moved the player there. ``then(relocator, main, shadow, lead)``,
+    whether the relocator moved the player there; ``failing``: the search's sustained lead of
+    a far place over the player's place (nats per observation). ``then(relocator, main, shadow, lead)``,
     if given, runs after a move (``lead``: a one-item list the shadow's rate reads) and its
     result is returned instead."""
     config = RelocatorConfig()
@@ -98,6 +122,7 @@ def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None)
     shadow = ScriptedTrack(lambda n: 1.0 if n <= replay + lead[0] else 0.0)
     relocator = make_relocator(main, home, [shadow], config)
     relocator.prior = JumpPrior(np.array([0]), PERIOD_S)
+    relocator.search.sustained_lead = lambda window_s: failing
     for _ in range(max(replay, int(round(played_s / FRAME_S)))):
         play(relocator, main, np.zeros(8))
     moved = verify(relocator, main, here + s(far_s)) and main.adopted is shadow
@@ -127,6 +152,15 @@ def test_a_far_look_alike_does_not_take_an_established_track():
 def test_a_far_place_takes_a_track_without_a_record():
     """Just started (no record to defend), the same evidence moves the player far."""
     assert look_alike_trial(played_s=0.0, far_s=-480.0, lead_nats=40.0)
+
+
+def test_a_far_place_takes_a_failing_track():
+    """An established track that some far place has been explaining worse for seconds
+    (the search's sustained lead) defends no record: the far place wins as if the player
+    had just started; a lead a right track meets among look-alikes changes nothing."""
+    cfg = JumpPriorConfig()
+    assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0, failing=cfg.lost_at)
+    assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0, failing=cfg.lost_from)
 
 
 def test_a_far_place_that_keeps_explaining_the_playing_wins_in_the_end():

@@ -49,7 +49,8 @@ def make_relocator(main: ScriptedTrack, home: ScriptedTrack, shadows: list[Scrip
                    config: RelocatorConfig) -> Relocator:
     """A relocator over scripted tracks, with a search that never proposes anything."""
     search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8), per_state=5,
-                             reset=lambda: None, step=lambda *args: None, candidates=lambda position: [])
+                             reset=lambda: None, step=lambda *args: None, candidates=lambda position: [],
+                             sustained_lead=lambda window_s: 0.0)
     return Relocator(search, main, [home] + shadows, config, FRAME_S)
 
 
