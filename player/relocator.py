@@ -270,6 +270,12 @@ class Relocator:
             trial.note_onset(main_before, self.home)
         for track in [self.home] + trial.shadows:
             self._feed(track, index)
+        if self.prior is not None:
+            # a jump costs less once the track is failing (the search's evidence grows during
+            # a trial), never more (the track's tenure grows too, the player does not change)
+            now = self.config.margin_nats + np.array([self._cost(sh.position_states, sh.state.tempo)
+                                                      for sh in trial.shadows])
+            trial.required = np.minimum(trial.required, now)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
         best = int(np.argmax(leads - trial.required))

@@ -122,7 +122,7 @@ def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None,
     shadow = ScriptedTrack(lambda n: 1.0 if n <= replay + lead[0] else 0.0)
     relocator = make_relocator(main, home, [shadow], config)
     relocator.prior = JumpPrior(np.array([0]), PERIOD_S)
-    relocator.search.sustained_lead = lambda window_s: failing
+    relocator.search.sustained_lead = failing if callable(failing) else (lambda window_s: failing)
     for _ in range(max(replay, int(round(played_s / FRAME_S)))):
         play(relocator, main, np.zeros(8))
     moved = verify(relocator, main, here + s(far_s)) and main.adopted is shadow
@@ -161,6 +161,19 @@ def test_a_far_place_takes_a_failing_track():
     cfg = JumpPriorConfig()
     assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0, failing=cfg.lost_at)
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0, failing=cfg.lost_from)
+
+
+def test_a_track_found_failing_during_a_trial_pays_less_from_then_on():
+    """The search's evidence that the track is failing may come while a far place is on
+    trial: the place then needs only what the jump costs from that moment on."""
+    calls = []
+
+    def failing_after_the_screening(window_s):
+        calls.append(window_s)
+        return 0.0 if len(calls) == 1 else JumpPriorConfig().lost_at
+
+    assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0)
+    assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0, failing=failing_after_the_screening)
 
 
 def test_a_far_place_that_keeps_explaining_the_playing_wins_in_the_end():
