@@ -160,6 +160,7 @@ class GlobalSearch:
         self._snap_detune = self._detune
         self._queue: list[tuple[float, float, float, int]] = []  # far places (short score, state, tempo, frame) to score
         self._scored: list[float] = []  # their long scores so far (the filter's place first)
+        self._waiting_free: list[tuple[float, float, float, int]] = []  # the same sweep's free places
         self._snap_frame = 0
         self._leads: deque[tuple[int, float]] = deque()  # (frame, lead) of each scored sweep
 
@@ -249,10 +250,11 @@ class GlobalSearch:
             self._sweep_done(position_states)
 
     def _sweep_done(self, position_states: float) -> None:
-        """Take the complete sweep's places that explain the short context better than the
-        filter's place by the margin: the free ones are proposed at once, the far ones are
-        queued for scoring on the long context (unless the last sweep's are still being
-        scored: the next sweep finds them again)."""
+        """Take the complete sweep's places: the free ones, and the far ones that explain
+        the short context better than the filter's place by the margin, queued for scoring
+        on the long context; all are proposed once that is done (a sweep that completes
+        while the last one's places are being scored is dropped: the next finds them
+        again)."""
         cfg = self.config
         found = sorted(self._found, reverse=True)
         extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= self._apart for g in found)]
@@ -271,13 +273,14 @@ class GlobalSearch:
                 free.append((score, there, tempo, self._frame))
             elif not is_free and score > bar:
                 far.append((score, there, tempo, self._frame))
-        self._latest_free = free
-        if self._queue:
+        if self._queue:  # the last sweep's places are still being scored
             return
         if not far:  # the common case on a right track: nothing far explains even 2 s better
-            self._latest_far = []
+            self._latest_free, self._latest_far = free, []
             self._add_lead(0.0)
             return
+        # the free places wait for the far ones (a few frames), so that all are proposed together
+        self._waiting_free = free
         self._snapshot()
         self._queue = [(0.0, position_states, 1.0, self._frame)] + far  # the filter's place is scored first
         self._scored = []
@@ -295,6 +298,7 @@ class GlobalSearch:
         places = self._queue[1:]
         self._queue, self._scored = [], []
         self._add_lead(max(long) - own)
+        self._latest_free, self._waiting_free = self._waiting_free, []
         self._latest_far = sorted(((ls, there, tempo, at) for ls, (_, there, tempo, at) in zip(long, places, strict=True)
                                    if ls > own), reverse=True)
 
@@ -319,10 +323,10 @@ class GlobalSearch:
 
     def candidates(self, position_states: float) -> list[Candidate]:
         """The last scored sweep's places, moved on to now at their tempo, that are far
-        from the filter's place ``position_states`` (best first, possibly none): near
+        from the filter's place ``position_states`` (possibly none): the best of the near
         places and movements' starts that explain the short context better than the
-        filter's place by the margin, then far places that also explain the long context
-        better, by that score. Asked for only when a verification can start, so a place
+        filter's place by the margin, then the far places that also explain the long
+        context better (by that score), then the other near places. Asked for only when a verification can start, so a place
         found while one was running is not lost. A sweep's places are handed out once (a
         40-minute piece takes over a second to sweep again: its places would be screened
         again and again in the meantime)."""
@@ -330,7 +334,8 @@ class GlobalSearch:
         if self._latest_free:
             bar = self.score_at(position_states) + self.config.margin
             self._latest_free = [f for f in self._latest_free if f[0] > bar]
-        for _, state, tempo, at in self._latest_free + self._latest_far:
+        # the best free place, the far places that passed the long context, the other free ones
+        for _, state, tempo, at in self._latest_free[:1] + self._latest_far + self._latest_free[1:]:
             there = state + (self._frame - at) * tempo / self.per_state
             if abs(there - position_states) * self.params.coarse_period_s >= self.config.min_jump_s:
                 out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
