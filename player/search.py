@@ -161,7 +161,6 @@ class GlobalSearch:
         self._queue: list[tuple[float, float, float, int]] = []  # far places (short score, state, tempo, frame) to score
         self._scored: list[float] = []  # their long scores so far (the filter's place first)
         self._waiting_free: list[tuple[float, float, float, int]] = []  # the same sweep's free places
-        self._snap_frame = 0
         self._leads: deque[tuple[int, float]] = deque()  # (frame, lead) of each scored sweep
 
     # ------------------------------------------------------------------ scoring
@@ -207,11 +206,11 @@ class GlobalSearch:
         return float(self.templates.offset + (path + _PATH_STEPS * self._recency[1:].sum()) / total)
 
     def _snapshot(self) -> None:
-        """Freeze the long context (and the template variant) the queued places are scored on."""
+        """Freeze the long context (and the template variant) the queued places are scored on
+        (each queued place carries the frame it was moved on to)."""
         self._snap_u[:] = self.u_obs
         self._snap_w[:] = self.u_active * self._recency
         self._snap_detune = self._detune
-        self._snap_frame = self._frame
 
     # ------------------------------------------------------------------ per frame
     def step(self, u: np.ndarray, active: bool, detune_cents: float, position_states: float = 0.0) -> None:
@@ -259,6 +258,8 @@ class GlobalSearch:
         found = sorted(self._found, reverse=True)
         extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= self._apart for g in found)]
         self._found, self._found_free = [], []
+        if self._queue:  # the last sweep's places are still being scored
+            return
         bar = self.score_at(position_states) + cfg.margin
         free, far = [], []
         # the free places among the best few and the best free place, checked against the
@@ -273,8 +274,6 @@ class GlobalSearch:
                 free.append((score, there, tempo, self._frame))
             elif not is_free and score > bar:
                 far.append((score, there, tempo, self._frame))
-        if self._queue:  # the last sweep's places are still being scored
-            return
         if not far:  # the common case on a right track: nothing far explains even 2 s better
             self._latest_free, self._latest_far = free, []
             self._add_lead(0.0)
@@ -326,10 +325,10 @@ class GlobalSearch:
         from the filter's place ``position_states`` (possibly none): the best of the near
         places and movements' starts that explain the short context better than the
         filter's place by the margin, then the far places that also explain the long
-        context better (by that score), then the other near places. Asked for only when a verification can start, so a place
-        found while one was running is not lost. A sweep's places are handed out once (a
-        40-minute piece takes over a second to sweep again: its places would be screened
-        again and again in the meantime)."""
+        context better (by that score), then the other near places. Asked for only when a
+        verification can start, so a place found while one was running is not lost. A
+        sweep's places are handed out once (a 40-minute piece takes over a second to sweep
+        again: its places would be screened again and again in the meantime)."""
         out = []
         if self._latest_free:
             bar = self.score_at(position_states) + self.config.margin
