@@ -17,7 +17,9 @@ off), *false jumps* (the path more than 3 s off for at least 0.5 s, starting mor
 8 s after the take began or restarted: a place the player never went to), the re-lock
 time after each restart or skip counted from the soloist's first note after it (seconds
 until the error stays under 0.5 s for 1 s), the run's CPU per second of take and its
-peak memory. ``--cost`` also runs the first take's first minute against the whole
+peak memory. A literal repeat (the exposition played twice, a da capo) sounds the same
+in both places, and no follower can tell them apart before the music parts: a position in
+either counts as right. ``--cost`` also runs the first take's first minute against the whole
 recording's bundle and against a bundle of its first minute: the CPU ratio says whether
 the cost per frame is flat in the piece's length.
 
@@ -141,12 +143,16 @@ class Assembly:
         self.dense: list[np.ndarray] = []
         self.sections: list[dict] = []
 
-    def add(self, label: str, x: np.ndarray, u: np.ndarray, onsets: np.ndarray, dense: np.ndarray) -> None:
+    def add(self, label: str, x: np.ndarray, u: np.ndarray, onsets: np.ndarray, dense: np.ndarray,
+            source: dict | None = None) -> None:
         """Append a section: X audio, U audio, its onsets and dense map in section-local
-        seconds ``(k, 2)`` (u, x)."""
+        seconds ``(k, 2)`` (u, x); ``source``: where its X audio comes from (``case``,
+        ``stem``, ``x0``: the case's X time of its first sample, ``cents``), None for
+        silence. Sections with the same case, stem and cents play the same music where
+        their spans of the case overlap (:func:`same_music`)."""
         ou, ox = self.u_len / SR, self.x_len / SR
         self.sections.append({"label": label, "u0": ou, "u1": ou + u.shape[0] / SR,
-                              "x0": ox, "x1": ox + x.shape[0] / SR})
+                              "x0": ox, "x1": ox + x.shape[0] / SR, "source": source})
         self.x.append(x)
         self.u.append(u)
         self.onsets.append(onsets + [ou, ox])
@@ -154,8 +160,9 @@ class Assembly:
         self.x_len += x.shape[0]
         self.u_len += u.shape[0]
 
-    def span(self, m: Movement, label: str, f0: float, f1: float, cents: float = 0.0) -> None:
-        """Movement ``m`` from fraction ``f0`` to ``f1`` of its solo part (``cents`` higher)."""
+    def span(self, case: str, m: Movement, label: str, f0: float, f1: float, cents: float = 0.0) -> None:
+        """Movement ``m`` (the render ``case``) from fraction ``f0`` to ``f1`` of its solo
+        part (``cents`` higher)."""
         x0, x1 = m.cut(f0), m.cut(f1)
         u0 = 0.0 if f0 <= 0 else m.u_at(x0)
         u1 = m.u.shape[0] / SR if f1 >= 1 else m.u_at(x1)
@@ -163,15 +170,16 @@ class Assembly:
         us = faded(m.u[int(u0 * SR): int(u1 * SR)])
         sel = (m.onsets[:, 1] >= x0) & (m.onsets[:, 1] < x1)
         dsel = (m.dense[:, 1] >= x0) & (m.dense[:, 1] < x1)
-        self.add(label, shifted(xs, cents), shifted(us, cents), m.onsets[sel] - [u0, x0], m.dense[dsel] - [u0, x0])
+        self.add(label, shifted(xs, cents), shifted(us, cents), m.onsets[sel] - [u0, x0], m.dense[dsel] - [u0, x0],
+                 {"case": case, "stem": "mix", "x0": x0, "cents": cents})
 
-    def wait(self, label: str, x: np.ndarray, room: Movement) -> None:
+    def wait(self, label: str, x: np.ndarray, room: Movement, source: dict | None = None) -> None:
         """A section the soloist does not play in (``x``: what the recording plays; the
         take holds ``room``'s noise for as long): the truth runs at the recording's
         tempo."""
         n = x.shape[0]
         t = np.arange(0.0, n / SR, 0.01)
-        self.add(label, faded(x), room.room(n / SR), np.zeros((0, 2)), np.column_stack([t, t]))
+        self.add(label, faded(x), room.room(n / SR), np.zeros((0, 2)), np.column_stack([t, t]), source)
 
     def write(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -202,12 +210,13 @@ def assemble(recipe: dict, cases: Path, out: Path, only: list[str] | None = None
         kind = sec["kind"]
         if kind == "span":
             m = room = movement(sec["case"])
-            asm.span(m, sec.get("label", sec["case"]), sec.get("from", 0.0), sec.get("to", 1.0), sec.get("cents", 0.0))
+            asm.span(sec["case"], m, sec.get("label", sec["case"]), sec.get("from", 0.0), sec.get("to", 1.0),
+                     sec.get("cents", 0.0))
         elif kind == "tutti":  # the accompaniment alone: the soloist waits
             m = movement(sec["case"])
             x0 = m.cut(sec.get("from", 0.0))
             x = m.acc[int(x0 * SR): int((x0 + sec["seconds"]) * SR)]
-            asm.wait(sec.get("label", "tutti"), x, room or m)
+            asm.wait(sec.get("label", "tutti"), x, room or m, {"case": sec["case"], "stem": "acc", "x0": x0, "cents": 0.0})
         elif kind == "gap":  # between movements: the hall's silence
             asm.wait("gap", np.zeros((int(sec["seconds"] * SR), 2), dtype=np.float32), room or movement(sec["case"]))
         else:
@@ -266,6 +275,41 @@ def write_take(folder: Path, take: dict, sections: list[dict], performance: np.n
 
 
 # ---------------------------------------------------------------------------- scoring
+def same_music(sections: list[dict]) -> list[tuple[float, float, float]]:
+    """Where the recording plays the same music twice (a literal repeat, a da capo):
+    ``(x0, x1, shift)`` says that X from ``x0`` to ``x1`` (seconds) sounds as X at ``+ shift``
+    does. No follower can tell such places apart from the audio, and what is heard is the
+    same: the scoring counts either as right (:func:`equivalent_path`)."""
+    out = []
+    for a in sections:
+        for b in sections:
+            sa, sb = a.get("source"), b.get("source")
+            if a is b or not sa or not sb or any(sa[k] != sb[k] for k in ("case", "stem", "cents")):
+                continue
+            # the case's X time t plays at a["x0"] + t - sa["x0"] in a, and likewise in b
+            lo = max(sa["x0"], sb["x0"])
+            hi = min(sa["x0"] + a["x1"] - a["x0"], sb["x0"] + b["x1"] - b["x0"])
+            if hi > lo:
+                oa, ob = a["x0"] - sa["x0"], b["x0"] - sb["x0"]
+                out.append((lo + oa, hi + oa, ob - oa))
+    return out
+
+
+def equivalent_path(path: np.ndarray, gt_dense: np.ndarray, sections: list[dict]) -> np.ndarray:
+    """``path`` ``(n, 2)`` (u, x) with each position replaced by the place playing the same
+    music (:func:`same_music`) that is nearest the truth at that moment."""
+    out = path.copy()
+    if not gt_dense.size:
+        return out
+    u, x = path[:, 0], path[:, 1]
+    truth = np.interp(u, gt_dense[:, 0], gt_dense[:, 1])
+    for x0, x1, shift in same_music(sections):
+        inside = (x >= x0) & (x < x1)
+        better = inside & (np.abs(x + shift - truth) < np.abs(out[:, 1] - truth))
+        out[better, 1] = x[better] + shift
+    return out
+
+
 def segments_truth(gt_dense: np.ndarray, starts: list[float], duration: float):
     """Per span ``(t0, t1, du, dx)``: the truth is only interpolated inside a span."""
     bounds = [*starts, duration]
@@ -295,11 +339,17 @@ def false_jumps(path: np.ndarray, gt_dense: np.ndarray, starts: list[float]) -> 
 
 
 def score_take(folder: Path, path_csv: Path) -> dict:
-    """The take's figures (see the module docstring) from the path the run wrote."""
+    """The take's figures (see the module docstring) from the path the run wrote; a place
+    that plays the same music as the truth counts as right (:func:`equivalent_path`)."""
     info = json.loads((folder / "take.json").read_text())
     path = np.loadtxt(path_csv, delimiter=",", skiprows=1, ndmin=2)
     gt = np.loadtxt(folder / "gt.csv", delimiter=",", skiprows=1, ndmin=2)
     gt_dense = np.loadtxt(folder / "gt_dense.csv", delimiter=",", skiprows=1, ndmin=2)
+    sections_json = folder.parent / "sections.json"
+    if sections_json.exists():
+        path = equivalent_path(path, gt_dense, json.loads(sections_json.read_text()))
+        path_csv = path_csv.with_suffix(".same.csv")
+        np.savetxt(path_csv, path, delimiter=",", fmt="%.4f", header="u_time_s,x_time_s", comments="")
     figures = score(path_csv, folder / "gt.csv")  # the onsets' errors and the lost seconds, as follow_eval
     out = {k: figures[k] for k in ("<=100", "<=250", "lost_s")}
     out["false_jumps"] = false_jumps(path, gt_dense, info["span_starts_s"])
