@@ -86,7 +86,7 @@ class JumpPriorConfig:
     section_nats: float = 15.0
     far_nats: float = 15.0
     max_nats: float = 90.0
-    tenure_s: float = 8.0
+    tenure_s: float = 15.0
     undo_s: float = 15.0
     lost_window_s: float = 3.0
     lost_from: float = 0.1
