@@ -29,6 +29,8 @@ worker is identified and reported), and the ones not started yet go on in a new 
 Whatever happens, temporary ``.<name>.h5.*.part`` files that appeared beside the batch's
 outputs while it ran are removed at the end (a worker killed by SIGKILL cannot clean up).
 
+``prep/cluster.py`` runs the same jobs, through the same :func:`run_job`, on a Dask cluster.
+
 This module imports only the standard library at import time (workers import it first).
 """
 
@@ -107,7 +109,9 @@ class BatchObserver(Protocol):
     def finished(self, result: JobResult) -> None: ...
 
 
-class _Quiet:
+class QuietObserver:
+    """An observer that ignores every event (the default)."""
+
     def started(self, job: Job) -> None:
         pass
 
@@ -162,7 +166,8 @@ def prepare_output_dir(out_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- one build
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (whitespace runs collapsed), at most 300 characters."""
     text = " ".join(str(exc).split())
     return text[:300] if text else type(exc).__name__
 
@@ -179,13 +184,29 @@ def run_job(job: Job, options: Any, force: bool,
     try:
         summary = build_bundle(job.source, job.output, options, force=force, progress=progress)
     except KaraokeError as exc:
-        return JobResult(job, False, _one_line(exc))
+        return JobResult(job, False, one_line(exc))
     except MemoryError:
         return JobResult(job, False, "out of memory")
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-        return JobResult(job, False, f"internal error ({type(exc).__name__}: {_one_line(exc)[:200]}); please report it")
+        return JobResult(job, False, f"internal error ({type(exc).__name__}: {one_line(exc)[:200]}); please report it")
     return JobResult(job, True, duration_s=summary.duration_s, seconds=summary.seconds,
                      bundle_bytes=summary.bundle_bytes, gain_db=summary.gain_db)
+
+
+class ProgressThrottle:
+    """Which of a build's progress reports are worth sending to another process: every
+    stage change and stage end, and otherwise at most one per ``interval_s`` seconds."""
+
+    def __init__(self, interval_s: float = PROGRESS_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._stage, self._sent = "", 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> bool:
+        now = time.monotonic()
+        if stage != self._stage or done >= total or now - self._sent >= self.interval_s:
+            self._stage, self._sent = stage, now
+            return True
+        return False
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -242,14 +263,12 @@ def _worker_build(job: Job, options: Any, force: bool) -> JobResult | None:
     global _busy
     if _stop_requested or (_cancel is not None and _cancel.is_set()):
         return None
-    last = {"stage": "", "t": 0.0}
+    due = ProgressThrottle()
 
     def report(stage: str, done: int, total: int) -> None:
         if _stop_requested:
             raise _Terminated()  # unwinds the build: atomic_output removes its temporary file
-        now = time.monotonic()
-        if stage != last["stage"] or done >= total or now - last["t"] >= PROGRESS_INTERVAL_S:
-            last.update(stage=stage, t=now)
+        if due(stage, done, total):
             _events.put(("progress", job.index, stage, done, total))
 
     _busy = True
@@ -271,17 +290,13 @@ def run_batch(jobs: Sequence[Job], options: Any, *, force: bool = False, workers
         KeyboardInterrupt: Ctrl-C; the workers are stopped and no temporary file is left
             (bundles completed before it are kept: each one is whole).
     """
-    observer = observer or _Quiet()
+    observer = observer or QuietObserver()
     jobs = list(jobs)
     workers = max(1, min(workers, len(jobs)))
-    before = _temporary_files(jobs)
-    try:
+    with removing_strays(jobs):
         if workers == 1:
             return [_run_here(job, options, force, observer) for job in jobs]
         return _run_parallel(jobs, options, force, workers, observer)
-    finally:
-        for stray in _temporary_files(jobs) - before:
-            stray.unlink(missing_ok=True)
 
 
 def _run_here(job: Job, options: Any, force: bool, observer: BatchObserver) -> JobResult:
@@ -297,6 +312,19 @@ def _run_here(job: Job, options: Any, force: bool, observer: BatchObserver) -> J
         result = run_job(job, options, force, report)
     observer.finished(result)
     return result
+
+
+@contextmanager
+def removing_strays(jobs: Sequence[Job]) -> Iterator[None]:
+    """Whatever happens inside the block, the ``atomic_output`` temporary files of the
+    jobs' outputs that appeared meanwhile are removed at its end (a process killed with
+    SIGKILL cannot remove its own); those that were there before are left alone."""
+    before = _temporary_files(jobs)
+    try:
+        yield
+    finally:
+        for stray in _temporary_files(jobs) - before:
+            stray.unlink(missing_ok=True)
 
 
 def _temporary_files(jobs: Sequence[Job]) -> set[Path]:
@@ -420,7 +448,7 @@ def _pool_pass(ctx, jobs: list[Job], options: Any, force: bool, workers: int,
                     broken = True
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. options that cannot be pickled
-                    result = JobResult(job, False, f"internal error ({type(exc).__name__}: {_one_line(exc)[:200]})")
+                    result = JobResult(job, False, f"internal error ({type(exc).__name__}: {one_line(exc)[:200]})")
                 if result is None:
                     continue
                 results[job.index] = result

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from prep.batch import BatchError, output_dir_requested, plan_jobs, prepare_output_dir, run_batch
+from prep.batch import BatchError, Job, JobResult, output_dir_requested, plan_jobs, prepare_output_dir, run_batch
 from prep.compare import diff_bundles
 from prep.pipeline import BuildOptions, build_bundle
 from prep.plots import check_plot_path, plot_bundle, require_matplotlib
@@ -51,7 +52,12 @@ def build(
                                help="Bundle to write (.h5); with several recordings (or a path ending in '/'), "
                                     "a folder that receives one <stem>.h5 per recording (created if missing)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing bundles."),
-    jobs: int = typer.Option(1, "-j", "--jobs", help="Recordings built in parallel (worker processes, one core each)."),
+    jobs: int | None = typer.Option(None, "-j", "--jobs", show_default=False,
+                                    help="Recordings built in parallel (worker processes, one core each). [default: 1]"),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", show_default=False,
+                                         help="Build on the workers of this Dask scheduler (tcp://host:8786; the "
+                                              "'cluster' extra) instead of this machine: the recordings are sent to them "
+                                              "and the bundles come back into the -o folder (a folder here; no --jobs)."),
     sr: int = typer.Option(AnalysisParams.sr, help="Analysis sample rate (Hz)."),
     n_fft: int = typer.Option(AnalysisParams.n_fft, help="Analysis window length (samples at --sr)."),
     fine_hop: int = typer.Option(AnalysisParams.fine_hop, help="Live analysis hop (samples at --sr), ~50 frames/s."),
@@ -65,15 +71,15 @@ def build(
     seed: int = typer.Option(0, help="Seed of the NMF initialisation."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or summary."),
 ) -> None:
-    """Analyse each RECORDING into a bundle the player loads (several at once: -o FOLDER/ --jobs N)."""
-    if not 1 <= jobs <= max_jobs():
-        raise fail(f"--jobs must be within 1..{max_jobs()} (this machine has {os.cpu_count() or 1} cores)")
+    """Analyse each RECORDING into a bundle the player loads (several at once: -o FOLDER/ --jobs N,
+    or on a Dask cluster: -o FOLDER/ --scheduler ADDRESS)."""
+    _check_where(jobs, scheduler, output_dir_requested(output, len(sources)))
     # (a setting out of range raises ConfigError: one line, from one_line_errors)
     params = AnalysisParams(sr=sr, n_fft=n_fft, fine_hop=fine_hop, coarse_hop=coarse_hop, fmin_hz=fmin,
                             fmax_hz=fmax, detune_cents=_detune_grid(detune_range, detune_steps))
     options = BuildOptions(params=params, n_components=components, nmf_iter=nmf_iter, seed=seed)
     if output_dir_requested(output, len(sources)):
-        _build_batch(sources, Path(output), options, force=force, jobs=jobs, quiet=quiet)
+        _build_batch(sources, Path(output), options, force=force, jobs=jobs or 1, scheduler=scheduler, quiet=quiet)
         return
     source, output_path = sources[0], Path(output)
     if output_path.is_dir():
@@ -104,26 +110,43 @@ def build(
         )
 
 
+def _check_where(jobs: int | None, scheduler: str | None, into_folder: bool) -> None:
+    """Refuse, in one line, what ``--jobs`` and ``--scheduler`` cannot do."""
+    if jobs is not None and not 1 <= jobs <= max_jobs():
+        raise fail(f"--jobs must be within 1..{max_jobs()} (this machine has {os.cpu_count() or 1} cores)")
+    if scheduler is None:
+        return
+    if jobs is not None:
+        raise fail("--jobs and --scheduler exclude each other: on a cluster, its workers' threads set how many "
+                   "recordings are built at once")
+    if not into_folder:
+        raise fail("--scheduler writes into a folder: give -o a folder path ending in '/' (the bundle is "
+                   "named after its recording)")
+
+
 def _build_batch(sources: list[Path], out_dir: Path, options: BuildOptions, *, force: bool, jobs: int,
-                 quiet: bool) -> None:
+                 scheduler: str | None, quiet: bool) -> None:
     """``prep build a.wav b.flac ... -o DIR/``: exit 0 if every bundle was built, 2 otherwise."""
     try:
         planned = plan_jobs(sources, out_dir)
-        prepare_output_dir(out_dir)
     except BatchError as exc:
         raise fail(str(exc)) from None
-    workers = min(jobs, len(planned))
     started = time.perf_counter()
-    if not quiet:
-        how = f"{workers} worker processes" if workers > 1 else "one at a time"
-        print(f"building {len(planned)} recording(s) into {out_dir} ({how})", flush=True)
     display = BatchDisplay(len(planned), quiet)
-    try:
-        with display:
-            results = run_batch(planned, options, force=force, workers=workers, observer=display)
-    except KeyboardInterrupt:
-        raise fail(f"interrupted ({display.done} of {len(planned)} recordings finished; no partial bundle left)",
-                   EXIT_INTERRUPTED) from None
+    with ExitStack() as stack:
+        how, run = _batch_runner(stack, planned, options, force, jobs, scheduler, display)
+        try:
+            prepare_output_dir(out_dir)  # (after connecting: a scheduler out of reach leaves no folder behind)
+        except BatchError as exc:
+            raise fail(str(exc)) from None
+        if not quiet:
+            print(f"building {len(planned)} recording(s) into {out_dir} ({how})", flush=True)
+        try:
+            with display:
+                results = run()
+        except KeyboardInterrupt:
+            raise fail(f"interrupted ({display.done} of {len(planned)} recordings finished; no partial bundle left)",
+                       EXIT_INTERRUPTED) from None
     failed = [r for r in results if not r.ok]
     if not quiet:
         print(f"{len(results) - len(failed)} of {len(results)} bundles built in {out_dir} "
@@ -132,6 +155,23 @@ def _build_batch(sources: list[Path], out_dir: Path, options: BuildOptions, *, f
         print(f"error: {result.job.source}: {result.message}", file=sys.stderr)
     if failed:
         raise typer.Exit(EXIT_ERROR)
+
+
+def _batch_runner(stack: ExitStack, planned: list[Job], options: BuildOptions, force: bool, jobs: int,
+                  scheduler: str | None, display: BatchDisplay) -> tuple[str, Callable[[], list[JobResult]]]:
+    """How the batch runs (for its header line) and the call that runs it: local worker
+    processes, or the cluster of ``scheduler`` (connected here, closed with ``stack``)."""
+    if scheduler is None:
+        workers = min(jobs, len(planned))
+        how = f"{workers} worker processes" if workers > 1 else "one at a time"
+        return how, lambda: run_batch(planned, options, force=force, workers=workers, observer=display)
+    from prep.cluster import cluster_threads, connect, quiet_client_logs, run_batch_on_cluster  # the 'cluster' extra
+
+    quiet_client_logs()
+    client = stack.enter_context(connect(scheduler))
+    n_workers, n_threads = cluster_threads(client)
+    how = f"on the Dask cluster at {scheduler}: {n_workers} workers, {n_threads} threads"
+    return how, lambda: run_batch_on_cluster(planned, options, client, force=force, observer=display)
 
 
 @app.command()
