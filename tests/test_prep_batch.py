@@ -52,10 +52,9 @@ def assert_only_bundles(folder: Path, names) -> None:
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.h5" for n in names)
 
 
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> Path:
-    """Three good 3 s recordings (different music, rates and formats) and a corrupt one."""
-    folder = tmp_path_factory.mktemp("sources")
+def write_sources(folder: Path) -> Path:
+    """Three good 3 s recordings in ``folder`` (different music, rates and formats) and a
+    corrupt one."""
     for i, name in enumerate(GOOD):
         case = make_case(n_notes=6, seed=20 + i)
         y = case.x[: 3 * case.sr]
@@ -65,6 +64,12 @@ def sources(tmp_path_factory) -> Path:
             sf.write(folder / f"{name}.wav", y, case.sr, subtype="PCM_16")
     (folder / "corrupt.wav").write_bytes(b"RIFF" + np.random.default_rng(0).bytes(4000))
     return folder
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    """See :func:`write_sources`."""
+    return write_sources(tmp_path_factory.mktemp("sources"))
 
 
 def good_files(folder: Path) -> list[Path]:

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
@@ -27,7 +26,16 @@ from prep.cluster import EVENT_TOPIC, KILLED, LOST, ClusterError, connect, run_b
 from prep.pipeline import BuildOptions
 from shared.bundle import load_bundle
 from shared.synth import make_case
-from tests.test_prep_batch import GOOD, QUICK, assert_only_bundles, error_lines, good_files, prep_exe, run
+from tests.test_prep_batch import (
+    GOOD,
+    QUICK,
+    assert_only_bundles,
+    error_lines,
+    good_files,
+    prep_exe,
+    run,
+    write_sources,
+)
 
 distributed = pytest.importorskip("distributed")
 
@@ -146,15 +154,7 @@ def cluster(tmp_path_factory):
 def sources(tmp_path_factory) -> Path:
     """Three good 3 s recordings (as tests/test_prep_batch.py's), a corrupt one, an empty
     one, and two 20 s recordings for slow builds."""
-    folder = tmp_path_factory.mktemp("sources")
-    for i, name in enumerate(GOOD):
-        case = make_case(n_notes=6, seed=20 + i)
-        y = case.x[: 3 * case.sr]
-        if name == "charlie":
-            sf.write(folder / f"{name}.flac", y.mean(axis=1), case.sr)
-        else:
-            sf.write(folder / f"{name}.wav", y, case.sr, subtype="PCM_16")
-    (folder / "corrupt.wav").write_bytes(b"RIFF" + np.random.default_rng(0).bytes(4000))
+    folder = write_sources(tmp_path_factory.mktemp("sources"))
     (folder / "empty.wav").write_bytes(b"")
     for i in range(2):
         case = make_case(n_notes=28, seed=40 + i)
