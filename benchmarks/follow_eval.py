@@ -42,16 +42,26 @@ def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score(path_csv: Path, gt_csv: Path) -> dict:
+    """:func:`score_path` of the path a run wrote against ``gt_csv`` (and the
+    ``gt_dense.csv`` beside it, if any)."""
     path = np.loadtxt(path_csv, delimiter=",", skiprows=1, ndmin=2)
-    gu, gx = read_map(gt_csv)
+    dense = gt_csv.with_name("gt_dense.csv")
+    return score_path(path, np.loadtxt(gt_csv, delimiter=",", skiprows=1, ndmin=2),
+                      np.loadtxt(dense, delimiter=",", skiprows=1, ndmin=2) if dense.exists() else None)
+
+
+def score_path(path: np.ndarray, gt: np.ndarray, gt_dense: np.ndarray | None = None) -> dict:
+    """The causal position's error at the solo onsets ``gt`` ``(k, 2)`` (u, x; seconds) of
+    the alignment ``path`` ``(n, 2)``: % within 50-1000 ms, median and mean signed error
+    (ms); with the dense truth ``gt_dense`` ``(m, 2)``, the seconds more than 1 s off."""
+    gu, gx = gt[:, 0], gt[:, 1]
     est = causal_positions(path, gu)
     err = np.abs(est - gx) * 1000
     out = {f"<={t}": float(100 * np.mean(err <= t)) for t in (50, 100, 250, 500, 1000)}
     out["median_ms"] = float(np.median(err))
     out["signed_ms"] = float(np.mean((est - gx) * 1000))
-    dense = gt_csv.with_name("gt_dense.csv")
-    if dense.exists():
-        du, dx = read_map(dense)
+    if gt_dense is not None:
+        du, dx = gt_dense[:, 0], gt_dense[:, 1]
         dest = causal_positions(path, du)
         out["lost_s"] = float(np.sum(np.abs(dest - dx) > 1.0) * np.median(np.diff(du)))
     return out

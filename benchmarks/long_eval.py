@@ -45,7 +45,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from benchmarks.follow_eval import case_bundle, read_map, score
+from benchmarks.follow_eval import case_bundle, read_map, score_path
 from benchmarks.jump_eval import relock_time, room_noise
 from shared.alignment import causal_positions
 from shared.audio import to_mono
@@ -348,9 +348,7 @@ def score_take(folder: Path, path_csv: Path) -> dict:
     sections_json = folder.parent / "sections.json"
     if sections_json.exists():
         path = equivalent_path(path, gt_dense, json.loads(sections_json.read_text()))
-        path_csv = path_csv.with_suffix(".same.csv")
-        np.savetxt(path_csv, path, delimiter=",", fmt="%.4f", header="u_time_s,x_time_s", comments="")
-    figures = score(path_csv, folder / "gt.csv")  # the onsets' errors and the lost seconds, as follow_eval
+    figures = score_path(path, gt, gt_dense)  # the onsets' errors and the lost seconds, as follow_eval
     out = {k: figures[k] for k in ("<=100", "<=250", "lost_s")}
     out["false_jumps"] = false_jumps(path, gt_dense, info["span_starts_s"])
     relocks = []
