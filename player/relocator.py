@@ -130,6 +130,8 @@ class Relocator:
         self.pace_per_frame = config.trial_pace * config.margin_nats / self.trial_frames  # nats
         self.shadow_spread_states = config.shadow_spread_s / search.params.coarse_period_s
         self.replay_per_frame = max(1, config.replay_per_frame)
+        # silent frames that end a run of playing (the prior's pause_s; never without a prior)
+        self.pause_frames = prior.config.pause_s / frame_s if prior is not None else np.inf
         n_obs = search.params.n_obs_bins
         # ring of recent frames: the replayed ones and all that can arrive during a screening
         # (every track replays them all at worst), so a screening never reads an overwritten slot
@@ -273,9 +275,9 @@ class Relocator:
         if self.prior is not None:
             # a jump costs less once the track is failing (the search's evidence grows during
             # a trial), never more (the track's tenure grows too, the player does not change)
-            now = self.config.margin_nats + np.array([self._cost(sh.position_states, sh.state.tempo)
-                                                      for sh in trial.shadows])
-            trial.required = np.minimum(trial.required, now)
+            costs_now = self.config.margin_nats + np.array([self._cost(sh.position_states, sh.state.tempo)
+                                                            for sh in trial.shadows])
+            trial.required = np.minimum(trial.required, costs_now)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
         best = int(np.argmax(leads - trial.required))
@@ -319,8 +321,7 @@ class Relocator:
     def _count_run(self, active: bool) -> None:
         """Count the frames since the player's present run of playing began (the first
         active frame after a pause of the prior's ``pause_s``)."""
-        pause = self.prior.config.pause_s / self.frame_s if self.prior is not None else np.inf
-        if active and self._silent >= pause:
+        if active and self._silent >= self.pause_frames:
             self._run = 0
         self._silent = 0 if active else self._silent + 1
         self._run += 1

@@ -265,7 +265,7 @@ class GlobalSearch:
         # the free places among the best few and the best free place, checked against the
         # filter's place when asked for; far places among the whole pool
         for rank, (score, state, tempo, at) in enumerate(extra + found):
-            there = state + (self._frame - at) * tempo / self.per_state  # moved on to now
+            there = self._moved_on(state, tempo, at)
             apart_s = abs(there - position_states) * self.params.coarse_period_s
             if apart_s < cfg.min_jump_s or there >= self._last_candidate:
                 continue
@@ -335,12 +335,16 @@ class GlobalSearch:
             self._latest_free = [f for f in self._latest_free if f[0] > bar]
         # the best free place, the far places that passed the long context, the other free ones
         for _, state, tempo, at in self._latest_free[:1] + self._latest_far + self._latest_free[1:]:
-            there = state + (self._frame - at) * tempo / self.per_state
+            there = self._moved_on(state, tempo, at)
             if abs(there - position_states) * self.params.coarse_period_s >= self.config.min_jump_s:
                 out.append(Candidate(float(min(max(there, 0.0), self.n_states - 1)), float(tempo)))
         if out:
             self._latest_free, self._latest_far = [], []
         return out
+
+    def _moved_on(self, state: float, tempo: float, at: int) -> float:
+        """Where a place found at ``state`` in frame ``at`` is now, at its ``tempo`` (states)."""
+        return state + (self._frame - at) * tempo / self.per_state
 
     def _keep_peaks(self, scores: np.ndarray, tempos: np.ndarray, ends: np.ndarray,
                     found: list[tuple[float, int, float, int]], k: int) -> None:
