@@ -11,7 +11,10 @@ accompaniment estimate keeps ``H'(i) = max(H(tutti, i) - alpha * H(solo, i), 0)`
     gain(f)  = mean of the last ``smooth_blocks`` ratios, to the power ``power``
 
 ``support`` is 1 in bins within ``support_db`` of U's loudest bin (widened by
-``support_bins`` bins for vibrato and detune errors). While the soloist is not sounding
+``support_bins`` bins for vibrato and detune errors). With speakers instead of headphones
+U also holds the accompaniment (delayed, quieter): it is taken out of U's row first, as a
+multiple of X's row estimated from the bins where U and X meet, or the removal would take
+the accompaniment out with the solo. While the soloist is not sounding
 (a rest, a breath) nothing is factorised: the last ratio computed from data fades out over
 ``hold_s`` (the decay of the notes last heard, in X's hall), then X plays unmasked.
 
@@ -56,6 +59,13 @@ class SeparationConfig:
             (heard as a hole before the first chord).
         support_db, support_bins: where removal may act (see the module docstring);
             ``support_db`` 0 removes wherever the factorisation says.
+        leak_quantile: the accompaniment leaking into the microphone (speakers, not
+            headphones) is taken out of U's row first: its level relative to X's row is
+            this quantile of the per-bin ratios ``U / X`` over the bins where X sounds
+            (most of them hold only the accompaniment, the solo only raises the others).
+            0 disables it.
+        leak_blocks: the leak's level is the median of the last this many blocks' ratios.
+        leak_keep: the least fraction of each bin of U's row kept by that subtraction.
     """
 
     alpha: float = 2.0
@@ -68,11 +78,16 @@ class SeparationConfig:
     ramp_db: float = 2.0
     support_db: float = 30.0
     support_bins: int = 12
+    leak_quantile: float = 0.5
+    leak_blocks: int = 100
+    leak_keep: float = 0.1
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("n_iter", "power", "smooth_blocks", "ramp_db"),
                      non_negative=("min_counts_per_bin", "hold_s", "support_db", "support_bins"),
-                     integers=("n_iter", "smooth_blocks", "support_bins"))
+                     integers=("n_iter", "smooth_blocks", "support_bins", "leak_blocks"), unit=("leak_quantile", "leak_keep"))
+        if self.leak_blocks < 1:
+            raise field_error(self, "leak_blocks", self.leak_blocks, ">= 1")
         if not 0.0 <= self.alpha <= 2.0:
             raise field_error(self, "alpha", self.alpha, "within [0, 2]")
 
@@ -131,6 +146,10 @@ class SoloRemover:
         self._history = np.ones((self.config.smooth_blocks, n_bins))
         self._last = np.ones(n_bins)  # the last ratio computed from data
         self._next = 0
+        self._leak_ratios = np.full(self.config.leak_blocks, np.nan)  # recent U/X leak levels
+        self._leak_next = 0
+        #: U's leak level relative to X's row (the median of the recent blocks'); 0: none
+        self.leak_level = 0.0
         self.gain = np.ones(n_bins)  # (F,) the current gain on the analysis axis
         self.freqs_hz = np.arange(n_bins) * params.sr / params.n_fft
 
@@ -145,6 +164,8 @@ class SoloRemover:
         self._state = self._initial
         self._history[:] = 1.0
         self._last[:] = 1.0
+        self._leak_ratios[:] = np.nan
+        self.leak_level = 0.0
         self.gain = np.ones_like(self.gain)
 
     def update(self, x_mag: np.ndarray | None, u_mag: np.ndarray | None, detune_cents: float,
@@ -177,6 +198,7 @@ class SoloRemover:
 
     def _ratio(self, x_mag: np.ndarray, u_mag: np.ndarray, detune_cents: float) -> np.ndarray:
         x_row = np.asarray(x_mag, dtype=np.float64) * self.data_scale
+        u_mag = self._without_leak(x_row, np.asarray(u_mag, dtype=np.float64))
         u_row = np.asarray(detune_spectrum(u_mag, -detune_cents, self.params), dtype=np.float64)
         x_total, u_total = x_row.sum(), u_row.sum()
         if x_total < self.config.min_counts_per_bin * x_row.size or u_total <= 0.0:
@@ -194,6 +216,22 @@ class SoloRemover:
         if self.config.support_db > 0:
             ratio = 1.0 - (1.0 - ratio) * self._support(u_row)
         return ratio
+
+    def _without_leak(self, x_row: np.ndarray, u_mag: np.ndarray) -> np.ndarray:
+        """U's magnitude ``(F,)`` without the accompaniment it picked up from the speakers:
+        ``max(u - level * x, leak_keep * u)``, the level tracked over the last blocks (see
+        ``SeparationConfig.leak_quantile``). In U's own tuning (the leak is X's, not
+        detuned), before U's row is scaled. Without a leak the level is the room's noise
+        against X, and next to nothing is taken."""
+        cfg = self.config
+        if cfg.leak_quantile <= 0.0:
+            return u_mag
+        sounding = x_row > 0.0316 * float(x_row.max())  # within 30 dB of X's loudest bin
+        if np.count_nonzero(sounding) >= 8:
+            self._leak_ratios[self._leak_next] = np.quantile(u_mag[sounding] / x_row[sounding], cfg.leak_quantile)
+            self._leak_next = (self._leak_next + 1) % self._leak_ratios.size
+            self.leak_level = float(np.nanmedian(self._leak_ratios))
+        return np.maximum(u_mag - self.leak_level * x_row, cfg.leak_keep * u_mag)
 
     def _support(self, u_row: np.ndarray) -> np.ndarray:
         """Where the soloist has energy: 1 within ``support_db`` of U's loudest bin (widened

@@ -27,15 +27,16 @@ def duet(tmp_path_factory):
         yield case, bundle
 
 
-def masked_energies(case, bundle, config: SeparationConfig, detune_cents: float = 20.0):
-    """Feed the remover U's frames and X's frames at the true position; return the energy
-    ratios (dB) of the masked solo stem and the masked accompaniment stem."""
+def masked_energies(case, bundle, config: SeparationConfig, detune_cents: float = 20.0, take=None):
+    """Feed the remover U's frames (``take``, default ``case.u``) and X's frames at the true
+    position; return the energy ratios (dB) of the masked solo stem and the masked
+    accompaniment stem."""
     p = bundle.params
     remover = SoloRemover(bundle.nmf, p, config)
     x_spec = PositionSpectrum(ArrayAudio(case.x, case.sr), p)
     solo_spec = PositionSpectrum(ArrayAudio(case.x_solo, case.sr), p)
     acc_spec = PositionSpectrum(ArrayAudio(case.x_acc, case.sr), p)
-    u = resample(case.u, case.sr, p.sr)
+    u = resample(case.u if take is None else take, case.sr, p.sr)
     online = OnlineSpectrum(p)
     solo_in = solo_out = acc_in = acc_out = 0.0
     for k in range(len(u) // p.fine_hop):
@@ -58,6 +59,29 @@ def test_solo_is_removed_and_accompaniment_kept(duet):
     solo_db, acc_db = masked_energies(case, bundle, SeparationConfig())
     assert solo_db < -9.0, solo_db
     assert acc_db > -3.0, acc_db
+
+
+def with_speaker_leak(case, level_db: float = -16.0, delay_s: float = 0.012):
+    """U as a microphone beside speakers hears it: the solo plus the accompaniment on U's
+    timeline, ``delay_s`` late, ``level_db`` under the solo's RMS."""
+    solo_rms = float(np.sqrt(np.mean(case.u**2)))
+    acc = case.u_acc * (solo_rms / float(np.sqrt(np.mean(case.u_acc**2)))) * 10 ** (level_db / 20)
+    delay = int(round(delay_s * case.sr))
+    take = case.u.copy()
+    take[delay:] += acc[: len(take) - delay]
+    return take
+
+
+def test_accompaniment_leaking_into_the_microphone_is_not_removed(duet):
+    """The leak is the accompaniment, not the solo: without accounting for it, the removal
+    takes the accompaniment out with the solo (measured here, so the test can fail)."""
+    case, bundle = duet
+    take = with_speaker_leak(case)
+    solo_db, acc_db = masked_energies(case, bundle, SeparationConfig(), take=take)
+    _, acc_db_blind = masked_energies(case, bundle, SeparationConfig(leak_quantile=0.0), take=take)
+    assert acc_db_blind < -5.0, acc_db_blind
+    assert acc_db > -3.0, acc_db
+    assert solo_db < -9.0, solo_db
 
 
 def test_strength_follows_alpha(duet):
