@@ -226,7 +226,7 @@ class SoloRemover:
         cfg = self.config
         if cfg.leak_quantile <= 0.0:
             return u_mag
-        sounding = x_row > 0.0316 * float(x_row.max())  # within 30 dB of X's loudest bin
+        sounding = x_row > 0.1 * float(x_row.max())  # within 20 dB of X's loudest bin
         if np.count_nonzero(sounding) >= 8:
             self._leak_ratios[self._leak_next] = np.quantile(u_mag[sounding] / x_row[sounding], cfg.leak_quantile)
             self._leak_next = (self._leak_next + 1) % self._leak_ratios.size
