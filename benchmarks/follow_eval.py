@@ -12,13 +12,16 @@ row with u_time_s <= onset.
 for the same take and DB on every run). ``--retune CENTS`` plays each take CENTS higher
 (resampled, so it is also that much faster; the ground truth follows): on top of the take's
 own tuning, or, with ``--specs`` (the render specs, whose ``perturb.detune_cents`` is each
-take's tuning against X), so that the take ends up CENTS away from X.
+take's tuning against X), so that the take ends up CENTS away from X. ``--group REGEX``
+also prints the mean of each group of cases whose names share REGEX's first match (e.g.
+``'slow|voice|chorale'`` for the conditions of ``specs_conditions_*.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +176,7 @@ def main() -> None:
     ap.add_argument("--retune", type=float, default=None, help="play each take this many cents higher")
     ap.add_argument("--specs", type=Path, default=None,
                     help="with --retune: render specs giving each take's own tuning against X")
+    ap.add_argument("--group", default=None, help="also the mean of each group of cases sharing this regex's match")
     args = ap.parse_args()
     own_cents = {}
     if args.specs is not None:
@@ -203,6 +207,13 @@ def main() -> None:
                                      np.asarray(scheduled)))
         rows.append(row)
         print_row(rows[-1])
+    if args.group:
+        groups: dict[str, list[dict]] = {}
+        for row in rows:
+            match = re.search(args.group, row["case"])
+            groups.setdefault(match.group(0) if match else "other", []).append(row)
+        for name, members in sorted(groups.items()):
+            print_mean(members, f"MEAN[{name}]")
     print_mean(rows)
 
 
@@ -226,9 +237,9 @@ def print_row(row: dict) -> None:
     print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
-def print_mean(rows: list[dict]) -> None:
+def print_mean(rows: list[dict], label: str = "MEAN") -> None:
     keys = [k for k in rows[0] if k != "case"]
-    print("MEAN " + " ".join(f"{k}={np.mean([r[k] for r in rows]):.2f}" for k in keys))
+    print(f"{label} " + " ".join(f"{k}={np.mean([r[k] for r in rows]):.2f}" for k in keys))
 
 
 if __name__ == "__main__":
