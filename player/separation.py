@@ -36,7 +36,7 @@ from shared.audio import to_mono
 from shared.bundle import NMFBases
 from shared.config import check_fields, field_error
 from shared.pgnmf import GammaPriors, PGNMFState, init_state, update
-from shared.spectral import AnalysisParams, analysis_window, detune_spectrum
+from shared.spectral import AnalysisParams, analysis_window, detune_spectrum, spectral_subtract
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,9 @@ class SeparationConfig:
     leak_keep: float = 0.1
 
     def __post_init__(self) -> None:
-        check_fields(self, positive=("n_iter", "power", "smooth_blocks", "ramp_db"),
+        check_fields(self, positive=("n_iter", "power", "smooth_blocks", "ramp_db", "leak_blocks"),
                      non_negative=("min_counts_per_bin", "hold_s", "support_db", "support_bins"),
                      integers=("n_iter", "smooth_blocks", "support_bins", "leak_blocks"), unit=("leak_quantile", "leak_keep"))
-        if self.leak_blocks < 1:
-            raise field_error(self, "leak_blocks", self.leak_blocks, ">= 1")
         if not 0.0 <= self.alpha <= 2.0:
             raise field_error(self, "alpha", self.alpha, "within [0, 2]")
 
@@ -221,8 +219,8 @@ class SoloRemover:
         """U's magnitude ``(F,)`` without the accompaniment it picked up from the speakers:
         ``max(u - level * x, leak_keep * u)``, the level tracked over the last blocks (see
         ``SeparationConfig.leak_quantile``). In U's own tuning (the leak is X's, not
-        detuned), before U's row is scaled. Without a leak the level is the room's noise
-        against X, and next to nothing is taken."""
+        detuned), before U's row is scaled. Without a leak the level is not zero (U's
+        solo and the room's noise next to X's partials): a little of the solo goes too."""
         cfg = self.config
         if cfg.leak_quantile <= 0.0:
             return u_mag
@@ -231,7 +229,7 @@ class SoloRemover:
             self._leak_ratios[self._leak_next] = np.quantile(u_mag[sounding] / x_row[sounding], cfg.leak_quantile)
             self._leak_next = (self._leak_next + 1) % self._leak_ratios.size
             self.leak_level = float(np.nanmedian(self._leak_ratios))
-        return np.maximum(u_mag - self.leak_level * x_row, cfg.leak_keep * u_mag)
+        return spectral_subtract(u_mag, self.leak_level * x_row, cfg.leak_keep)
 
     def _support(self, u_row: np.ndarray) -> np.ndarray:
         """Where the soloist has energy: 1 within ``support_db`` of U's loudest bin (widened
