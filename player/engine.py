@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.signal import find_peaks
 
 from player.activity import ActivityDetector
 from player.analysis import ObservationStage, SpectrumStage
@@ -50,6 +49,7 @@ from shared.audio import ResampledAudio, first_sound_s, to_mono
 from shared.bundle import Bundle
 from shared.bundle_schema import MAX_SAMPLE_RATE
 from shared.errors import BundleError, ConfigError
+from shared.spectral import peak_indices
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "check_supported"]
 
@@ -87,7 +87,7 @@ def onset_times_s(strength: np.ndarray, params) -> np.ndarray:
     ``k`` centred on ``k * fine_period_s``): the peaks of at least ``ONSET_PEAK_STRENGTH``,
     moved back by the ``onset_lag`` frames the strength compares over (it peaks when the
     window is into the note, that long after the onset)."""
-    peaks, _ = find_peaks(np.asarray(strength, dtype=np.float64), height=ONSET_PEAK_STRENGTH)
+    peaks = peak_indices(strength, height=ONSET_PEAK_STRENGTH)
     return np.maximum(0.0, (peaks - params.onset_lag) * params.fine_period_s)
 
 

@@ -557,3 +557,22 @@ def onset_strength_curve(y: np.ndarray, params: AnalysisParams, bank: np.ndarray
     y = np.asarray(y, dtype=np.float32).ravel()
     curve = OnsetCurve(params, y.size, bank)
     return np.concatenate([curve.push(y), curve.finish()])
+
+
+def peak_indices(x: np.ndarray, height: float = -np.inf) -> np.ndarray:
+    """Indices (int64, ascending) of the local maxima of ``x`` ``(n,)`` that reach ``height``:
+    the samples (or the middle of a flat run, rounded down) higher than both neighbours,
+    never the first or the last sample. The same peaks as ``scipy.signal.find_peaks(x,
+    height=height)``, whose import (scipy.signal pulls in scipy.stats) would cost the
+    player most of a second of start-up."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 3:
+        return np.zeros(0, dtype=np.int64)
+    # runs of equal values: a run higher than the runs on both sides is a peak
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(x) != 0) + 1])
+    ends = np.append(starts[1:] - 1, x.size - 1)
+    values = x[starts]
+    inner = np.arange(1, starts.size - 1)
+    is_peak = (values[inner - 1] < values[inner]) & (values[inner + 1] < values[inner]) & (values[inner] >= height)
+    k = inner[is_peak]
+    return ((starts[k] + ends[k]) // 2).astype(np.int64)

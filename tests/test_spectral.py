@@ -11,6 +11,7 @@ from shared.spectral import (
     log_templates,
     observation_features,
     onset_strength_curve,
+    peak_indices,
     stft_magnitude,
 )
 from shared.synth import VIOLIN, Note, TimeMap, render_notes
@@ -164,3 +165,17 @@ def test_onset_curve_is_the_live_analysis_centred_like_the_stft():
     np.testing.assert_allclose(curve[: len(live) - 1], live[1:], atol=1e-6)
     onsets.reset()
     assert onsets.push(spectrum.push(y[:256])) == 0.0  # no past: no onset
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_peak_indices_are_scipys_find_peaks(seed):
+    """Plateaus (quantised values), edges and the height threshold: the same peaks as scipy."""
+    from scipy.signal import find_peaks
+
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.random(500) * 6) / 6  # many flat runs, some at the ends
+    for height in (-np.inf, 0.3, 0.8):
+        expected, _ = find_peaks(x, height=height)
+        np.testing.assert_array_equal(peak_indices(x, height=height), expected)
+    assert peak_indices(np.array([0.0, 1.0])).size == 0
+    np.testing.assert_array_equal(peak_indices(np.array([0.0, 2.0, 2.0, 2.0, 2.0, 1.0])), [2])
