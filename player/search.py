@@ -125,6 +125,8 @@ class GlobalSearch:
         self._tempos = np.asarray(cfg.tempos, dtype=np.float64)
         self._lags = np.round(self._k[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
         self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
+        self._best = np.empty(self.slice)  # a slice's scores and the index of their tempos
+        self._which = np.empty(self.slice, dtype=np.int64)
         # the long context: X states a path may cover (tempo up to 1.6 on average), and the
         # weight of each observation by its age (newest first)
         self._long_rows = int(np.ceil(1.6 * self.n_long)) + 1
@@ -163,6 +165,16 @@ class GlobalSearch:
         self._waiting_free: list[tuple[float, float, float, int]] = []  # the same sweep's free places
         self._leads: deque[tuple[int, float]] = deque()  # (frame, lead) of each scored sweep
 
+    def warm_up(self) -> None:
+        """Load the compiled kernels now, not in the first audio callback that sweeps (see
+        :meth:`player.follower.Follower.warm_up`); the search's state is left as it was."""
+        sim = np.zeros((3, self.ctx), dtype=np.float32)
+        ends = np.arange(2, 3, dtype=np.int64)
+        _context_scores(sim, ends, self._lags, 0, np.ones(self.ctx, dtype=np.float32), 1.0, self._best, self._which)
+        index = np.zeros(2, dtype=np.int64)
+        _merge_peaks(np.zeros(1), index[:1], ends, np.zeros(2), index.copy(), index.copy(), 0, 1, self._apart)
+        _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
+
     # ------------------------------------------------------------------ scoring
     def _scores(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Best-over-tempo mean log-likelihood (nats per observation) of the U context
@@ -177,12 +189,9 @@ class GlobalSearch:
         np.copyto(rows, self.templates.q[self._detune, lo:hi], casting="unsafe")
         # log T = offset + step * q, and each observation sums to 1
         sim = self.templates.offset + self.templates.step * (rows @ self.u_obs[: self.ctx].T)  # (states, ctx)
-        idx = ends[:, None, None] - self._lags[None, :, :] - lo  # (m, T, ctx)
-        sims = sim[np.maximum(idx, 0), self._k[None, None, :]]
-        sims[idx < 0] = sim.min()  # before the piece: as bad as the worst place
-        per_tempo = (sims @ w) / total  # (m, T)
-        best = per_tempo.argmax(axis=1)
-        return per_tempo[np.arange(ends.size), best], self._tempos[best]
+        best, which = self._best, self._which
+        _context_scores(sim, ends, self._lags, lo, w, float(total), best[: ends.size], which[: ends.size])
+        return best[: ends.size].copy(), self._tempos[which[: ends.size]]
 
     def score_at(self, state: float) -> float:
         """The short context's score (nats per observation) at ``state``."""
@@ -350,20 +359,71 @@ class GlobalSearch:
                     found: list[tuple[float, int, float, int]], k: int) -> None:
         """Merge this slice's best places into ``found``, the sweep's top ``k`` (in place),
         at least ``min_jump_s`` apart from each other (one place per passage)."""
-        order = np.argsort(scores)[::-1][: 8 * k]  # enough to find k separated peaks
-        for i in order:
-            score = float(scores[i])
-            if len(found) == k and score <= found[-1][0]:
+        # enough to find k separated peaks (contiguous: one compiled kernel for every slice)
+        order = np.ascontiguousarray(np.argsort(scores)[::-1][: 8 * k])
+        kept = np.empty(k + 1)
+        kept_states = np.empty(k + 1, dtype=np.int64)
+        source = np.empty(k + 1, dtype=np.int64)  # -1 - an entry of ``found``, or an index of the slice
+        for j, f in enumerate(found):
+            kept[j], kept_states[j], source[j] = f[0], f[1], -1 - j
+        n = _merge_peaks(scores, order, ends, kept, kept_states, source, len(found), k, self._apart)
+        merged = [found[-1 - i] if i < 0 else (float(scores[i]), int(ends[i]), float(tempos[i]), self._frame)
+                  for i in source[:n]]
+        found[:] = merged
+
+
+@njit(cache=True)
+def _merge_peaks(scores, order, ends, kept, kept_states, source, n, k, apart):  # pragma: no cover (numba)
+    """Merge the places ``order`` (indices into ``scores``/``ends``, best first) into the
+    ``n`` kept ones (``kept`` scores, descending, ``kept_states``, ``source``; capacity ``k
+    + 1``): a place enters if it beats the worst of ``k`` kept ones and every kept place
+    within ``apart`` states (it replaces the first such); ties keep the earlier place
+    first. Returns the new count; ``source`` holds each kept place's origin."""
+    for i in order:
+        score = scores[i]
+        if n == k and score <= kept[n - 1]:
+            break
+        state = ends[i]
+        clash = -1
+        for j in range(n):
+            if abs(kept_states[j] - state) < apart:
+                clash = j
                 break
-            state = int(ends[i])
-            clash = [j for j, f in enumerate(found) if abs(f[1] - state) < self._apart]
-            if clash:
-                if score <= found[clash[0]][0]:
-                    continue
-                del found[clash[0]]
-            found.append((score, state, float(tempos[i]), self._frame))
-            found.sort(key=lambda f: -f[0])
-            del found[k:]
+        if clash >= 0:
+            if score <= kept[clash]:
+                continue
+            for j in range(clash, n - 1):
+                kept[j], kept_states[j], source[j] = kept[j + 1], kept_states[j + 1], source[j + 1]
+            n -= 1
+        at = n
+        while at > 0 and kept[at - 1] < score:
+            at -= 1
+        for j in range(n, at, -1):
+            kept[j], kept_states[j], source[j] = kept[j - 1], kept_states[j - 1], source[j - 1]
+        kept[at], kept_states[at], source[at] = score, state, i
+        n = min(n + 1, k)
+    return n
+
+
+@njit(cache=True)
+def _context_scores(sim, ends, lags, lo, weights, total, best, which):  # pragma: no cover (numba)
+    """For each end state ``ends[i]``: the best over tempos ``t`` of the weighted mean
+    ``sum_k weights[k] * sim[ends[i] - lags[t, k] - lo, k] / total`` (a row before the piece
+    counts as the worst of ``sim``), into ``best[i]``, and that ``t`` into ``which[i]`` (the
+    first of equal ones). ``sim``: ``(rows, ctx)`` similarities of the states from ``lo``
+    on to the context's observations (newest first); ``lags``: ``(T, ctx)`` states back."""
+    worst = sim.min()
+    n_tempos, ctx = lags.shape
+    for i in range(ends.size):
+        top, top_t = -np.inf, 0
+        for t in range(n_tempos):
+            acc = 0.0
+            for k in range(ctx):
+                row = ends[i] - lags[t, k] - lo
+                acc += weights[k] * (sim[row, k] if row >= 0 else worst)
+            if acc / total > top:
+                top, top_t = acc / total, t
+        best[i], which[i] = top, top_t
 
 
 #: Log-probability of each step of a path: the same state as the next observation's, one

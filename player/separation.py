@@ -27,6 +27,7 @@ so that its harmonics fall on X's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,8 +145,8 @@ class SoloRemover:
         self._history = np.ones((self.config.smooth_blocks, n_bins))
         self._last = np.ones(n_bins)  # the last ratio computed from data
         self._next = 0
-        self._leak_ratios = np.full(self.config.leak_blocks, np.nan)  # recent U/X leak levels
-        self._leak_next = 0
+        self._leak_ratios = np.zeros(self.config.leak_blocks)  # recent U/X leak levels (a ring)
+        self._leak_next = self._leak_count = 0
         #: U's leak level relative to X's row (the median of the recent blocks'); 0: none
         self.leak_level = 0.0
         self.gain = np.ones(n_bins)  # (F,) the current gain on the analysis axis
@@ -162,7 +163,7 @@ class SoloRemover:
         self._state = self._initial
         self._history[:] = 1.0
         self._last[:] = 1.0
-        self._leak_ratios[:] = np.nan
+        self._leak_next = self._leak_count = 0
         self.leak_level = 0.0
         self.gain = np.ones_like(self.gain)
 
@@ -226,9 +227,10 @@ class SoloRemover:
             return u_mag
         sounding = x_row > 0.1 * float(x_row.max())  # within 20 dB of X's loudest bin
         if np.count_nonzero(sounding) >= 8:
-            self._leak_ratios[self._leak_next] = np.quantile(u_mag[sounding] / x_row[sounding], cfg.leak_quantile)
+            self._leak_ratios[self._leak_next] = linear_quantile(u_mag[sounding] / x_row[sounding], cfg.leak_quantile)
             self._leak_next = (self._leak_next + 1) % self._leak_ratios.size
-            self.leak_level = float(np.nanmedian(self._leak_ratios))
+            self._leak_count = min(self._leak_count + 1, self._leak_ratios.size)
+            self.leak_level = linear_quantile(self._leak_ratios[: self._leak_count], 0.5)
         return spectral_subtract(u_mag, self.leak_level * x_row, cfg.leak_keep)
 
     def _support(self, u_row: np.ndarray) -> np.ndarray:
@@ -237,6 +239,20 @@ class SoloRemover:
         wide = running_max(u_row, self.config.support_bins)
         level = 20.0 * np.log10(np.maximum(wide, 1e-12) / max(float(wide.max()), 1e-12))
         return np.clip((level + self.config.support_db + 6.0) / 6.0, 0.0, 1.0)
+
+
+def linear_quantile(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (its default, linear interpolation between the two nearest
+    ranks) of a non-empty ``(n,)`` array by a partial sort: the same value, without the
+    generic function's overhead (a tenth of a millisecond per call, twice per block)."""
+    n = values.size
+    position = q * (n - 1)
+    lo = int(math.floor(position))
+    hi = min(lo + 1, n - 1)
+    part = np.partition(values, (lo, hi) if hi > lo else lo)
+    a, b, t = float(part[lo]), float(part[hi]), position - lo
+    # numpy's lerp: from the nearer end (so that t = 1 gives b exactly)
+    return a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t)
 
 
 def running_max(x: np.ndarray, k: int) -> np.ndarray:

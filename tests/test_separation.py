@@ -165,3 +165,12 @@ def test_near_silence_in_x_is_not_masked(duet):
     quiet_x = np.full(p.n_fft // 2 + 1, 1e-4)
     loud_u = np.abs(np.fft.rfft(case.u[44100:44100 + p.n_fft]))[: p.n_fft // 2 + 1]
     assert np.all(remover.update(quiet_x, loud_u, 0.0) == 1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 100, 517])
+def test_linear_quantile_is_numpys_quantile(n):
+    from player.separation import linear_quantile
+
+    x = np.random.default_rng(n).lognormal(size=n)
+    for q in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
+        assert linear_quantile(x, q) == np.quantile(x, q)

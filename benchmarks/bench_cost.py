@@ -1,0 +1,110 @@
+"""The player's CPU against Rubber Band's on the same audio (issue 23).
+
+Runs, in one run and alternating, ``player run X.h5 --input U --output ... --alignment ...``
+(file mode, the whole process: start-up included) and Rubber Band's R2 engine
+(``rubberband -2 -D <U's duration> X out.wav``: stretching the same recording to the same
+length, which is all Rubber Band does), each ``--runs`` times, and prints the median CPU
+seconds (user + system of the child process) of each and their ratio. Also printed: the
+player's start-up (CPU seconds of a run on the first half second of U), its run-loop
+real-time factor and its per-stage milliseconds per 20-ms block (from the timing file the
+player writes beside the alignment).
+
+With a case folder (``X.flac``/``X.wav`` and ``U.flac``/``U.wav``, e.g. a corpus case) that
+case is used; without one a 1-minute duet is synthesised and its bundle built. Rubber Band
+comes from Debian's ``rubberband-cli``.
+
+    .venv/bin/python -m benchmarks.bench_cost [CASE_DIR] [--runs 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import soundfile as sf
+
+from benchmarks.bench_player import solo_take
+from benchmarks.bench_prep import synthesise
+
+
+def child_cpu_s(cmd: list[str]) -> float:
+    """CPU seconds (user + system) that ``cmd`` spent, run to completion as a child."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def find_audio(case: Path, stem: str) -> Path:
+    for ext in (".flac", ".wav"):
+        if (case / f"{stem}{ext}").exists():
+            return case / f"{stem}{ext}"
+    raise SystemExit(f"bench_cost: no {stem}.flac or {stem}.wav in {case}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", type=Path, nargs="?", help="folder with X and U audio (default: a synthesised duet)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rubberband = shutil.which("rubberband")
+    if rubberband is None:
+        raise SystemExit("bench_cost: Rubber Band not found: install it with 'apt install rubberband-cli'")
+    bindir = Path(sys.executable).parent
+    prep, player = str(bindir / "prep"), str(bindir / "player")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if args.case is None:
+            x_path, u_path = tmp / "X.wav", tmp / "U.wav"
+            synthesise(x_path, 1.0)
+            sf.write(u_path, solo_take(60.0), 44100, subtype="PCM_16")
+        else:
+            x_path, u_path = find_audio(args.case, "X"), find_audio(args.case, "U")
+        bundle = tmp / "X.h5"
+        subprocess.run([prep, "build", str(x_path), "-o", str(bundle), "-q"], check=True)
+        u_info = sf.info(str(u_path))
+        u_s = u_info.frames / u_info.samplerate
+        short = tmp / "first.wav"
+        u, sr = sf.read(str(u_path), frames=int(0.5 * u_info.samplerate), dtype="float32")
+        sf.write(short, u, sr)
+        alignment = tmp / "path.csv"
+        play = [player, "run", str(bundle), "--input", str(u_path), "--output", str(tmp / "out.wav"),
+                "--alignment", str(alignment), "--force", "-q"]
+        start = [player, "run", str(bundle), "--input", str(short), "--output", str(tmp / "first_out.wav"),
+                 "--force", "-q"]
+        stretch = [rubberband, "-2", "-q", "-D", f"{u_s:.6f}", str(x_path), str(tmp / "rb.wav")]
+        player_s, rb_s, start_s, loop_rtf, per_stage = [], [], [], [], []
+        for _ in range(max(1, args.runs)):  # alternating, so that a noisy spell hits both
+            player_s.append(child_cpu_s(play))
+            timing = json.loads(alignment.with_name(alignment.name + ".timing.json").read_text())
+            loop_rtf.append(timing["rtf"])
+            per_stage.append(timing["per_frame_ms"])
+            rb_s.append(child_cpu_s(stretch))
+            start_s.append(child_cpu_s(start))
+    result = {
+        "case": str(args.case) if args.case else "synthesised 1-minute duet",
+        "u_seconds": round(u_s, 2),
+        "runs": len(player_s),
+        "player_cpu_s": round(statistics.median(player_s), 3),
+        "rubberband_r2_cpu_s": round(statistics.median(rb_s), 3),
+        "ratio": round(statistics.median(player_s) / statistics.median(rb_s), 2),
+        "player_startup_cpu_s": round(statistics.median(start_s), 3),
+        "run_loop_rtf": round(statistics.median(loop_rtf), 4),
+        "rtf_including_startup": round(statistics.median(player_s) / u_s, 4),
+        "per_block_ms": {k: round(statistics.median(p[k] for p in per_stage), 3) for k in per_stage[0]},
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
