@@ -183,6 +183,7 @@ class Engine:
         self.follower.reset(self._waiting_place(start), wait=not cfg.intro)
         self.follower.warm_up()
         self.remover.warm_up()
+        self.vocoder.warm_up()
         if self.relocator is not None:
             self.relocator.search.warm_up()
 

@@ -67,6 +67,7 @@ import math
 from collections import deque
 
 import numpy as np
+from numba import njit
 
 from shared.audio import AudioSource, to_mono
 from shared.spectral import analysis_window
@@ -147,6 +148,7 @@ class StreamingVocoder:
         self._fifo_len = 0
         self._gain = np.ones(self.n_bins)
         self._rot = np.ones(self.n_bins, dtype=np.complex128)
+        self._unlocked = np.ones(self.n_bins, dtype=np.complex128)  # the rotation before locking
 
         # phase-vocoder state of the last frame
         self._u = np.ones(self.n_bins, dtype=np.complex128)       # rotation (unit phasors)
@@ -176,6 +178,13 @@ class StreamingVocoder:
         self._points: deque[tuple[int, float]] = deque()
         self._seek_pending = False
         self.seek(0.0)
+
+    def warm_up(self) -> None:
+        """Load the compiled kernels now, not in the first audio callback that stretches
+        (see :meth:`player.follower.Follower.warm_up`); the vocoder's state is unchanged."""
+        unlocked = np.ones(self.n_bins, dtype=np.complex128)
+        _advanced_rotation(unlocked, unlocked, unlocked, unlocked)
+        _lock_to_peaks(unlocked, np.zeros(self.n_bins), unlocked)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -223,8 +232,8 @@ class StreamingVocoder:
             if garr.shape != (self.n_bins,):
                 raise ValueError(f"gain must have shape ({self.n_bins},) (got {garr.shape})")
             np.copyto(self._gain, garr, casting="unsafe")
-            np.nan_to_num(self._gain, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-            np.clip(self._gain, 0.0, 1.0, out=self._gain)
+            np.clip(self._gain, 0.0, 1.0, out=self._gain)  # (infinities too)
+            np.copyto(self._gain, 0.0, where=np.isnan(self._gain))
             g = self._gain
         out = np.empty((n, self.channels), dtype=np.float32)
         filled = 0
@@ -370,12 +379,9 @@ class StreamingVocoder:
         to_mono(buf[:self.n_fft], out=self._mid_frame)
         self._mid_frame *= self._win
         prev = np.fft.rfft(self._mid_frame)
-        prev += 1e-30
-        prev /= np.abs(prev)
-        unlocked = self._u * self._phasor * np.conj(prev)
-        unlocked /= np.abs(unlocked)
+        _advanced_rotation(self._u, self._phasor, prev, self._unlocked)
         self._u_is_one = False
-        return unlocked
+        return self._unlocked
 
     def _set_identity(self) -> None:
         self._u.fill(1.0)
@@ -432,17 +438,43 @@ class StreamingVocoder:
 
     def _lock(self, unlocked: np.ndarray, mag: np.ndarray, out: np.ndarray) -> None:
         """Identity phase locking: each bin takes the rotation of its closest peak."""
-        m = mag
-        centre = m[2:-2]
-        is_peak = (centre > m[1:-3]) & (centre > m[:-4]) & (centre > m[3:-1]) & (centre > m[4:])
-        peaks = np.flatnonzero(is_peak)
-        if peaks.size == 0:
-            np.copyto(out, unlocked)
-            return
-        peaks += 2
-        if peaks.size == 1:
-            out.fill(unlocked[peaks[0]])
-            return
-        bounds = 0.5 * (peaks[:-1] + peaks[1:])
-        region = peaks[np.searchsorted(bounds, self._bins, side="left")]
-        np.take(unlocked, region, out=out)
+        _lock_to_peaks(unlocked, mag, out)
+
+
+@njit(cache=True)
+def _advanced_rotation(u, phasor, prev, out):  # pragma: no cover (numba)
+    """``out = U * P(last) * conj(P(prev))`` as unit phasors (complex ``(n_bins,)``):
+    ``prev``, the spectrum one hop before the frame, is normalised on the way."""
+    for k in range(u.size):
+        re, im = prev[k].real + 1e-30, prev[k].imag
+        scale = 1.0 / math.sqrt(re * re + im * im)
+        r = u[k] * phasor[k] * complex(re * scale, -im * scale)
+        out[k] = r * (1.0 / math.sqrt(r.real * r.real + r.imag * r.imag))
+
+
+@njit(cache=True)
+def _lock_to_peaks(unlocked, mag, out):  # pragma: no cover (numba)
+    """Identity phase locking: ``out[b] = unlocked[peak nearest b]`` (a tie half-way goes to
+    the lower peak), the peaks being the bins of ``mag`` above their two neighbours on each
+    side; no peak: ``out = unlocked``."""
+    n = mag.size
+    last = -1  # the last peak found
+    filled = 0  # bins of out assigned so far
+    for b in range(2, n - 2):
+        m = mag[b]
+        if m > mag[b - 1] and m > mag[b - 2] and m > mag[b + 1] and m > mag[b + 2]:
+            if last < 0:
+                for j in range(0, b):  # below the first peak: all its
+                    out[j] = unlocked[b]
+            else:
+                half = 0.5 * (last + b)
+                for j in range(filled, b):
+                    out[j] = unlocked[last] if j <= half else unlocked[b]
+            filled = b
+            last = b
+    if last < 0:
+        for j in range(n):
+            out[j] = unlocked[j]
+        return
+    for j in range(filled, n):
+        out[j] = unlocked[last]

@@ -1,0 +1,72 @@
+"""What the player's cost depends on that a test can check without timing anything (timings
+belong in benchmarks/bench_cost.py): the start-up does not import the analysis side's heavy
+modules, and no compiled kernel is compiled or loaded while audio flows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_player_starts_without_scipy_signal_stats_or_librosa():
+    """scipy.signal alone (it pulls in scipy.stats) cost the player most of a second of start-up."""
+    code = ("import sys, json; import player.cli, player.engine, player.live, player.filemode; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'librosa' "
+            "or m.startswith(('scipy.signal', 'scipy.stats', 'scipy.optimize')))))")
+    assert json.loads(run_python(code)) == []
+
+
+KERNELS = """
+import json, sys
+import numpy as np, soundfile as sf
+from numba.core.registry import CPUDispatcher
+import player.search, player.follower, player.vocoder, shared.pgnmf
+from player.config import EngineConfig
+from player.engine import Engine
+from shared.bundle import load_bundle
+
+def signatures():
+    return {f"{m.__name__}.{n}": len(f.signatures) for m in (player.search, player.follower, player.vocoder, shared.pgnmf)
+            for n, f in vars(m).items() if isinstance(f, CPUDispatcher)}
+
+u, sr = sf.read(sys.argv[2], dtype="float32")
+with load_bundle(sys.argv[1]) as bundle:
+    engine = Engine(bundle, sr, EngineConfig())
+    before = signatures()
+    block = int(round(bundle.params.fine_period_s * sr))
+    for i in range(0, len(u) - block + 1, block):
+        engine.process(u[i:i + block])
+    engine.relocator.search.long_score(5.0)  # (a 12-s piece has no far places to score on the long context)
+    after = signatures()
+    print(json.dumps({"new": {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)},
+                      "kernels": len(after), "relocations": engine.stats.jumps}))
+"""
+
+
+def test_no_kernel_is_compiled_or_loaded_once_audio_flows(case, bundle_path, tmp_path):
+    """Every numba kernel the engine runs is loaded when it is built (the live stream starts
+    after that): loading one in an audio callback takes tenths of a second (a dropout). The
+    take plays the duet's second half, then its first half again (the search and the relocator
+    move the player), so that every stage runs: follower, search, relocator, separation,
+    vocoder at changing rates; then the search scores a place on its long context. In a
+    fresh interpreter."""
+    half = case.u.size // 2
+    take = np.concatenate([case.u[half:], case.u[:half], case.u[half:]])
+    path = tmp_path / "take.wav"
+    sf.write(path, take, case.sr, subtype="FLOAT")
+    result = json.loads(run_python(KERNELS, str(bundle_path), str(path)))
+    assert result["kernels"] >= 5
+    assert result["new"] == {}
