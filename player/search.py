@@ -139,6 +139,8 @@ class GlobalSearch:
         self._last_candidate = n - 1 - room_s / params.coarse_period_s
         self._apart = cfg.min_jump_s / params.coarse_period_s  # states between two proposed places
         self._lead_keep = int(round(30.0 / params.fine_period_s))  # frames of lead history kept at most
+        # which states are a section's start, for the prior's free places (looked up per slice)
+        self._at_section_start = prior.at_section_start(np.arange(n)) if prior is not None else None
         self.reset()
 
     def reset(self) -> None:
@@ -250,7 +252,7 @@ class GlobalSearch:
         scores, tempos = self._scores(ends)
         self._keep_peaks(scores, tempos, ends, self._found, self.config.pool)
         if self.prior is not None:
-            free = self.prior.free(position_states, ends)
+            free = self.prior.near(position_states, ends) | self._at_section_start[lo:hi]  # = prior.free
             if free.any():
                 self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, 1)
         self._cursor = 0 if hi >= self.n_states else hi

@@ -153,6 +153,9 @@ class StreamingVocoder:
         # phase-vocoder state of the last frame
         self._u = np.ones(self.n_bins, dtype=np.complex128)       # rotation (unit phasors)
         self._phasor = np.ones(self.n_bins, dtype=np.complex128)  # unit phasor of mid(p_last)
+        self._mid = np.zeros(self.n_bins, dtype=np.complex128)  # the last frame's mid spectrum
+        self._mag = np.zeros(self.n_bins)  # and its magnitude
+        self._diff = np.zeros(n_fft + hop)  # the mid's first difference, for the onset detector
         self._last_start = 0
         self._u_is_one = True
         # onsets: detector scan position and history (X samples), pending reset, unlocked bins
@@ -185,6 +188,11 @@ class StreamingVocoder:
         unlocked = np.ones(self.n_bins, dtype=np.complex128)
         _advanced_rotation(unlocked, unlocked, unlocked, unlocked)
         _lock_to_peaks(unlocked, np.zeros(self.n_bins), unlocked)
+        _mid_spectrum(np.zeros((self.n_bins, self.channels), dtype=np.complex128), self._mid.copy(), self._mag.copy())
+        _unit_phasor(unlocked, unlocked.copy())
+        _overlap_add(np.zeros_like(self._ola), self._win, self._ola.copy(), self._ola_missing.copy(), self._norm, self.hop,
+                     self._fifo.copy())
+        _diff_energy(self._read_buf[: 1 + self._block], self._block, self._diff.copy(), np.empty(1))
 
     # ------------------------------------------------------------------ public API
     @property
@@ -328,27 +336,16 @@ class StreamingVocoder:
             np.multiply(u, gain, out=rot)
         spec *= rot[:, None]
         frames = np.fft.irfft(spec, n=n_fft, axis=0)
-        frames *= self._win_c
-        ola = self._ola
-        ola += frames
         missing = self._ola_missing
         if cut_weight is not None:
             missing[cut_weight:] += self._win2[cut_weight:]
             lo = max(0, cut_weight - self._fade.size)
             missing[lo:cut_weight] += self._win2[lo:cut_weight] * (1.0 - self._fade[self._fade.size - (cut_weight - lo):])
-        denom = self._denom
-        np.subtract(self._norm, missing[:hop], out=denom)
-        np.maximum(denom, self._norm / 3.0, out=denom)  # compensate a cut by at most +9.5 dB
-        np.divide(ola[:hop], denom[:, None], out=self._fifo, casting="same_kind")
-        ola[:-hop] = ola[hop:].copy()
-        ola[-hop:] = 0.0
-        missing[:-hop] = missing[hop:].copy()
-        missing[-hop:] = 0.0
+        _overlap_add(frames, self._win, self._ola, missing, self._norm, hop, self._fifo)
         self._fifo_pos, self._fifo_len = 0, hop
         self._ola_origin += hop
 
-        tmp = mid + 1e-30
-        self._phasor = tmp / np.abs(tmp)  # unit phasor of the mid at this frame
+        _unit_phasor(mid, self._phasor)  # of the mid at this frame
         self._last_start = start
         self._p_last = p
         self._points.append((centre, p))
@@ -364,12 +361,8 @@ class StreamingVocoder:
         buf = self.audio.read(start - hop, self.n_fft + hop, out=self._read_buf)
         np.multiply(buf[hop:], self._win_c, out=self._frames)
         spec = np.fft.rfft(self._frames, axis=0)
-        mid = spec[:, 0].copy()
-        for ch in range(1, self.channels):  # the mean of the channels (cheaper than .mean(axis=1))
-            mid += spec[:, ch]
-        if self.channels > 1:
-            mid *= 1.0 / self.channels
-        return buf, spec, mid, np.abs(mid)
+        _mid_spectrum(spec, self._mid, self._mag)
+        return buf, spec, self._mid, self._mag
 
     def _advance(self, buf: np.ndarray, start: int) -> np.ndarray:
         """The rotation before locking: ``U_{k-1} * P(last frame) * conj(P(mid one hop before
@@ -398,10 +391,9 @@ class StreamingVocoder:
         if count <= 0:
             return
         lo = self._scan_pos - (start - self.hop)
-        seg = buf[lo - 1:lo + count * b]
-        mid = to_mono(seg, out=np.empty(seg.shape[0]))
-        d = np.diff(mid)
-        energy = (d * d).reshape(count, b).sum(axis=1)
+        d = self._diff[: count * b]
+        energy = np.empty(count)
+        _diff_energy(buf[lo - 1:lo + count * b], b, d, energy)
         ratio = 10.0 ** (self.transient_threshold / 10.0) if math.isfinite(self.transient_threshold) else math.inf
         floor = 1e-10 * b
         hist = self._history
@@ -478,3 +470,72 @@ def _lock_to_peaks(unlocked, mag, out):  # pragma: no cover (numba)
         return
     for j in range(filled, n):
         out[j] = unlocked[last]
+
+
+@njit(cache=True)
+def _mid_spectrum(spec, mid, mag):  # pragma: no cover (numba)
+    """The mean of the channels' spectra ``spec`` ``(n_bins, channels)`` into ``mid`` and
+    its magnitude into ``mag``."""
+    n, channels = spec.shape
+    for k in range(n):
+        z = spec[k, 0]
+        for c in range(1, channels):
+            z += spec[k, c]
+        if channels > 1:
+            z *= 1.0 / channels
+        mid[k] = z
+        mag[k] = math.sqrt(z.real * z.real + z.imag * z.imag)  # (hypot: 3x slower)
+
+
+@njit(cache=True)
+def _unit_phasor(z, out):  # pragma: no cover (numba)
+    """``out = (z + tiny) / |z + tiny|``: unit phasors (1 where ``z`` is 0)."""
+    for k in range(z.size):
+        re, im = z[k].real + 1e-30, z[k].imag
+        scale = 1.0 / math.sqrt(re * re + im * im)
+        out[k] = complex(re * scale, im * scale)
+
+
+@njit(cache=True)
+def _overlap_add(frames, window, ola, missing, norm, hop, fifo):  # pragma: no cover (numba)
+    """Add the windowed synthesis ``frames`` ``(n_fft, channels)`` into ``ola``; move its
+    first ``hop`` samples, normalised by the overlap-add weight (``norm - missing``, at
+    least ``norm / 3``), into ``fifo``; shift ``ola`` and ``missing`` by ``hop``."""
+    n, channels = frames.shape
+    for j in range(n):
+        for c in range(channels):
+            ola[j, c] += frames[j, c] * window[j]
+    for j in range(hop):
+        weight = max(norm[j] - missing[j], norm[j] / 3.0)  # compensate a cut by at most +9.5 dB
+        for c in range(channels):
+            fifo[j, c] = ola[j, c] / weight
+    for j in range(n - hop):
+        missing[j] = missing[j + hop]
+        for c in range(channels):
+            ola[j, c] = ola[j + hop, c]
+    for j in range(n - hop, n):
+        missing[j] = 0.0
+        for c in range(channels):
+            ola[j, c] = 0.0
+
+
+@njit(cache=True)
+def _diff_energy(samples, block, diff, energy):  # pragma: no cover (numba)
+    """The first difference of the mono mix of ``samples`` ``(1 + len(energy) * block,
+    channels)`` into ``diff``, and its energy per ``block`` samples into ``energy``."""
+    channels = samples.shape[1]
+    prev = 0.0
+    for j in range(samples.shape[0]):
+        m = float(samples[j, 0])
+        for c in range(1, channels):
+            m += samples[j, c]
+        if channels > 1:
+            m *= 1.0 / channels
+        if j > 0:
+            diff[j - 1] = m - prev
+        prev = m
+    for i in range(energy.size):
+        e = 0.0
+        for j in range(i * block, (i + 1) * block):
+            e += diff[j] * diff[j]
+        energy[i] = e
