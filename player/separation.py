@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from player.stages import Frame
 from shared.audio import to_mono
@@ -155,6 +156,7 @@ class SoloRemover:
     def warm_up(self) -> None:
         """Load the compiled NMF kernels now rather than at the first note (see
         :meth:`player.follower.Follower.warm_up`)."""
+        _support_weights(np.ones(4), 1, 30.0, np.empty(4))
         update(np.ones((2, self._W.shape[1])), self._initial, self.priors, n_iter=1,
                fixed_components=self._fixed, update_w=False)
 
@@ -236,9 +238,25 @@ class SoloRemover:
     def _support(self, u_row: np.ndarray) -> np.ndarray:
         """Where the soloist has energy: 1 within ``support_db`` of U's loudest bin (widened
         by ``support_bins`` for vibrato and detune errors), fading to 0 over 6 dB below."""
-        wide = running_max(u_row, self.config.support_bins)
-        level = 20.0 * np.log10(np.maximum(wide, 1e-12) / max(float(wide.max()), 1e-12))
-        return np.clip((level + self.config.support_db + 6.0) / 6.0, 0.0, 1.0)
+        out = np.empty(u_row.size)
+        _support_weights(u_row, self.config.support_bins, self.config.support_db, out)
+        return out
+
+
+@njit(cache=True)
+def _support_weights(u_row, k, support_db, out):  # pragma: no cover (numba)
+    """``out[i]``: 1 where the loudest of ``u_row[i-k : i+k+1]`` is within ``support_db`` of
+    ``u_row``'s loudest bin, fading to 0 over the next 6 dB down."""
+    n = u_row.size
+    top = 1e-12
+    for i in range(n):
+        top = max(top, u_row[i])
+    for i in range(n):
+        wide = -np.inf
+        for j in range(max(0, i - k), min(n, i + k + 1)):
+            wide = max(wide, u_row[j])
+        level = 20.0 * np.log10(max(wide, 1e-12) / top)
+        out[i] = min(max((level + support_db + 6.0) / 6.0, 0.0), 1.0)
 
 
 def linear_quantile(values: np.ndarray, q: float) -> float:
@@ -253,20 +271,6 @@ def linear_quantile(values: np.ndarray, q: float) -> float:
     a, b, t = float(part[lo]), float(part[hi]), position - lo
     # numpy's lerp: from the nearer end (so that t = 1 gives b exactly)
     return a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t)
-
-
-def running_max(x: np.ndarray, k: int) -> np.ndarray:
-    """``out[i] = max(x[i-k : i+k+1])`` (edges: the part inside), by doubling windows:
-    O(n log k) vectorised steps instead of n windows."""
-    n, width = x.size, 2 * k + 1
-    padded = np.concatenate([np.full(k, -np.inf), x, np.full(k, -np.inf)])
-    span, acc = 1, padded  # acc[i] = max(padded[i : i + span])
-    while 2 * span <= width:
-        acc = np.maximum(acc[:-span], acc[span:])
-        span *= 2
-    if span < width:  # cover the rest with one more overlapping window
-        acc = np.maximum(acc[: acc.size - (width - span)], acc[width - span:])
-    return acc[:n]
 
 
 def gain_on_bins(gain: np.ndarray, gain_freqs_hz: np.ndarray, bin_freqs_hz: np.ndarray,

@@ -148,12 +148,16 @@ def test_alpha_outside_range_is_refused(alpha):
 
 
 @pytest.mark.parametrize("n,k", [(1025, 12), (50, 3), (7, 5), (9, 0)])
-def test_running_max_matches_the_windowed_max(n, k):
-    from player.separation import running_max
+def test_support_weights_are_one_near_the_soloists_loud_bins_and_fade_over_6_db(n, k):
+    from player.separation import _support_weights
 
-    x = np.random.default_rng(n + k).random(n)
-    expected = np.array([x[max(0, i - k):i + k + 1].max() for i in range(n)])
-    np.testing.assert_array_equal(running_max(x, k), expected)
+    x = np.random.default_rng(n + k).lognormal(sigma=2.0, size=n)
+    wide = np.array([x[max(0, i - k):i + k + 1].max() for i in range(n)])
+    level = 20.0 * np.log10(wide / x.max())
+    expected = np.clip((level + 30.0 + 6.0) / 6.0, 0.0, 1.0)
+    out = np.empty(n)
+    _support_weights(x, k, 30.0, out)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
 
 
 def test_near_silence_in_x_is_not_masked(duet):
