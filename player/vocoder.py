@@ -133,7 +133,6 @@ class StreamingVocoder:
             seg = self._win2[start:start + hop]
             norm[:seg.size] += seg
         self._norm = norm  # overlap-add weight of every output sample, periodic in hop
-        self._bins = np.arange(self.n_bins)
 
         # preallocated buffers
         self._read_buf = np.zeros((n_fft + hop, channels), dtype=np.float32)
@@ -142,7 +141,6 @@ class StreamingVocoder:
         self._mid_frame = np.zeros(n_fft)
         self._ola = np.zeros((n_fft, channels))
         self._ola_missing = np.zeros(n_fft)  # overlap-add weight removed by pre-onset cuts
-        self._denom = np.zeros(hop)
         self._fifo = np.zeros((hop, channels), dtype=np.float32)
         self._fifo_pos = 0
         self._fifo_len = 0
@@ -438,9 +436,7 @@ def _advanced_rotation(u, phasor, prev, out):  # pragma: no cover (numba)
     """``out = U * P(last) * conj(P(prev))`` as unit phasors (complex ``(n_bins,)``):
     ``prev``, the spectrum one hop before the frame, is normalised on the way."""
     for k in range(u.size):
-        re, im = prev[k].real + 1e-30, prev[k].imag
-        scale = 1.0 / math.sqrt(re * re + im * im)
-        r = u[k] * phasor[k] * complex(re * scale, -im * scale)
+        r = u[k] * phasor[k] * _unit(prev[k]).conjugate()
         out[k] = r * (1.0 / math.sqrt(r.real * r.real + r.imag * r.imag))
 
 
@@ -488,12 +484,18 @@ def _mid_spectrum(spec, mid, mag):  # pragma: no cover (numba)
 
 
 @njit(cache=True)
+def _unit(z):  # pragma: no cover (numba)
+    """``(z + tiny) / |z + tiny|``: the unit phasor of ``z`` (1 where ``z`` is 0)."""
+    re, im = z.real + 1e-30, z.imag
+    scale = 1.0 / math.sqrt(re * re + im * im)  # (hypot: three times slower)
+    return complex(re * scale, im * scale)
+
+
+@njit(cache=True)
 def _unit_phasor(z, out):  # pragma: no cover (numba)
-    """``out = (z + tiny) / |z + tiny|``: unit phasors (1 where ``z`` is 0)."""
+    """``out[k] = _unit(z[k])`` for the spectrum ``z`` ``(n_bins,)``."""
     for k in range(z.size):
-        re, im = z[k].real + 1e-30, z[k].imag
-        scale = 1.0 / math.sqrt(re * re + im * im)
-        out[k] = complex(re * scale, im * scale)
+        out[k] = _unit(z[k])
 
 
 @njit(cache=True)
