@@ -121,9 +121,8 @@ class GlobalSearch:
         # the context gains one observation per state period: sweeping faster would score
         # the same context again (a 30-s piece would be swept 5 times over per new observation)
         self.slice = min(cfg.slice_states, -(-n // self.per_state))
-        self._k = np.arange(self.ctx)
         self._tempos = np.asarray(cfg.tempos, dtype=np.float64)
-        self._lags = np.round(self._k[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
+        self._lags = np.round(np.arange(self.ctx)[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
         self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
         self._best = np.empty(self.slice)  # a slice's scores and the index of their tempos
         self._which = np.empty(self.slice, dtype=np.int64)
