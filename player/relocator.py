@@ -4,7 +4,7 @@ The relocator keeps the last ``replay_windows * confirm_s`` seconds of frames (a
 the main track's evidence over them. For each place the search proposes, a *shadow*
 follower starts where the place says the player was at the start of that window and
 replays the kept frames (a *screening*, spread over a few blocks): a shadow passes if its
-evidence ``sum log p(u_t | u_<t)`` beats the reference's over the replay and trails it in
+evidence ``sum log p(u_t | u_<t)`` beats the main track's over the replay and trails it in
 no window of ``confirm_s`` by more than ``screen_tolerance_nats``. The passing shadows then
 follow new frames side by side with the main track (a *trial*, a sequential test), and
 the best replaces the main track once it leads the reference by ``margin_nats`` (a log
@@ -14,10 +14,13 @@ place), each note of U adding at most ``note_lead_cap_nats`` to its lead. A lite
 far away explains the playing exactly as well as the place the player is at: it never pays
 its cost, and the player stays (continuity).
 
-The reference is the better of the main track and a *home* shadow restarted where the
-main track was at the start of the replay, with a wide spread: the hypothesis "the player
-is still about here". A held note in a fermata is then never a reason to jump to another
-long note elsewhere (the home track holds it too). If the home track ends a trial ahead
+The trial's reference is the better of the main track and a *home* shadow restarted where
+the main track was at the start of the replay, with a wide spread: the hypothesis "the
+player is still about here". A held note in a fermata is then never a reason to jump to
+another long note elsewhere (the home track holds it too). The screening only filters:
+it compares with the main track alone, since the home track, free to realign within a
+second, often explains a replay that straddles a restart as well as the right place does
+(a look-alike a few seconds on), and the right place would wait for the next sweep. If the home track ends a trial ahead
 of the main track by the margin (the main track ran off within its band), it takes over;
 it does so at once when its uncapped lead passes ``home_takeover_nats`` after a note
 change, and the candidates' trial then goes on against the new main track.
@@ -386,10 +389,11 @@ class Relocator:
         main = np.append(self._evidence[slots], follower.log_evidence)
         main_end = follower.log_evidence
         reference = main[self.window::self.window] - main[:-1:self.window]  # per window
+        # the home track is brought up to now for the trial (it is not a screening's reference)
         self.home.adopt(follower)
         self.home.relocate(self._position[slots[0]], spread_states=self.shadow_spread_states,
                            tempo=follower.state.tempo)
-        reference = np.maximum(reference, (yield from self._replay(self.home, frames)))
+        yield from self._replay(self.home, frames)
         frames_per_state = self.search.per_state
         passed, required = [], []
         for shadow, cand in zip(self.shadows, candidates, strict=False):
