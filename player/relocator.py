@@ -17,13 +17,14 @@ its cost, and the player stays (continuity).
 The trial's reference is the better of the main track and a *home* shadow restarted where
 the main track was at the start of the replay, with a wide spread: the hypothesis "the
 player is still about here". A held note in a fermata is then never a reason to jump to
-another long note elsewhere (the home track holds it too). The screening only filters:
-it compares with the main track alone, since the home track, free to realign within a
-second, often explains a replay that straddles a restart as well as the right place does
-(a look-alike a few seconds on), and the right place would wait for the next sweep. If the home track ends a trial ahead
-of the main track by the margin (the main track ran off within its band), it takes over;
-it does so at once when its uncapped lead passes ``home_takeover_nats`` after a note
-change, and the candidates' trial then goes on against the new main track.
+another long note elsewhere (the home track holds it too). If the home track ends a
+trial ahead of the main track by the margin (the main track ran off within its band), it
+takes over; it does so at once when its uncapped lead passes ``home_takeover_nats`` after
+a note change, and the candidates' trial then goes on against the new main track. The
+screening only filters: it compares with the main track alone, since the home track,
+free to realign within a second, often explains a replay that straddles a restart as
+well as the right place does (a look-alike a few seconds on), and the right place would
+wait for the next sweep.
 
 docs/DECISIONS.md has the measurements behind each of these rules.
 """

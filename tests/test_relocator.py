@@ -207,24 +207,29 @@ def test_a_home_takeover_does_not_end_the_trial_of_a_far_place_that_keeps_gainin
     assert adopted[0][0] < adopted[1][0]
 
 
-def screen(window_gains, config=RelocatorConfig(), home_rate=lambda n: 0.0, relocator_out=None) -> bool:
+def screened(window_gains, config=RelocatorConfig(), home_rate=lambda n: 0.0):
     """Screen one far place whose replay gains ``window_gains[w]`` nats over window ``w``
-    on a player's place (the main track) that gains nothing, the home track gaining
-    ``home_rate(n)`` on its n-th frame; True if it passed (``relocator_out``: a list that
-    receives the relocator and its tracks)."""
+    (and the last window's rate from then on) on a player's place (the main track) that
+    gains nothing, the home track gaining ``home_rate(n)`` on its n-th frame; returns
+    ``(relocator, main, home, shadow)`` after the screening."""
     probe = make_relocator(ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 0.0), [], config)
     window = probe.window
+    last = len(window_gains) * window - 1
     assert len(window_gains) == probe.n_replay // window
-    shadow = ScriptedTrack(lambda n: window_gains[min(n - 1, len(window_gains) * window - 1) // window] / window)
+    shadow = ScriptedTrack(lambda n: window_gains[min(n - 1, last) // window] / window)
     main = ScriptedTrack(lambda n: 0.0, started=False)
     home = ScriptedTrack(home_rate)
     relocator = make_relocator(main, home, [shadow], config)
     for _ in range(relocator.n_replay):  # the kept frames: all active, the main track gained 0
         play(relocator, main, np.zeros(8))
     relocator.screen([Candidate(state=500.0, tempo=1.0)])
-    if relocator_out is not None:
-        relocator_out.extend([relocator, main, home, shadow])
-    return relocator.on_trial
+    return relocator, main, home, shadow
+
+
+def screen(window_gains, config=RelocatorConfig()) -> bool:
+    """Whether a place with these ``window_gains`` passes the screening (see
+    :func:`screened`; the home track gains nothing)."""
+    return screened(window_gains, config)[0].on_trial
 
 
 def test_a_place_that_wins_every_window_passes_the_screening():
@@ -260,12 +265,10 @@ def test_the_screening_judges_a_place_against_the_main_track_and_the_trial_again
     leads the home track, so it does not win."""
     window = make_relocator(ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 0.0), [], RelocatorConfig()).window
     same = 6.0 / window  # nats per frame for both the place and the home track
-    parts = []
-    assert screen([6.0, 6.0], home_rate=lambda n: same, relocator_out=parts)
-    relocator, main, home, shadow = parts
+    relocator, main, home, shadow = screened([6.0, 6.0], home_rate=lambda n: same)
     assert relocator.on_trial
+    main.started = True
     for frame in range(1, 400):
-        main.started = True
         moved = play(relocator, main, np.zeros(8), note_began=frame % 12 == 0)
         assert not (moved and main.adopted is shadow), "a place no better than the home track won"
         if not relocator.on_trial:
