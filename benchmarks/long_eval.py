@@ -16,8 +16,9 @@ so that its peak memory is its own. Figures per take: % of solo onsets within 10
 off), *false jumps* (the path more than 3 s off for at least 0.5 s, starting more than
 8 s after the take began or restarted: a place the player never went to), the re-lock
 time after each restart or skip counted from the soloist's first note after it (seconds
-until the error stays under 0.5 s for 1 s), the run's CPU per second of take and its
-peak memory. A literal repeat (the exposition played twice, a da capo) sounds the same
+until the error stays under 0.5 s for 1 s), where that time went (from the same note: the
+first screening of the right place, and its adoption, from the relocator's history), the
+run's CPU per second of take and its peak memory. A literal repeat (the exposition played twice, a da capo) sounds the same
 in both places, and no follower can tell them apart before the music parts: a position in
 either counts as right. ``--cost`` also runs the first take's first minute against the whole
 recording's bundle and against a bundle of its first minute: the CPU ratio says whether
@@ -53,6 +54,7 @@ from shared.audio import to_mono
 RECIPE = Path(__file__).with_name("long_pieces.json")
 SR = 44100  # the renders' X rate; takes at another rate are resampled to it
 FADE_S = 0.02  # fades at every cut (no clicks)
+RIGHT_S = 1.5  # a place the relocator screens or adopts this close to the truth is the right one
 FALSE_JUMP_S = 3.0  # the path this far off ...
 FALSE_JUMP_MIN_S = 0.5  # ... for this long is a false jump (or a loss) ...
 SETTLE_S = 8.0  # ... unless it starts within this long after the take begins or restarts
@@ -362,7 +364,45 @@ def score_take(folder: Path, path_csv: Path) -> dict:
         lost = relock_time(path, t0, lambda t, du=du, dx=dx: np.interp(t, du, dx), t1)
         relocks.append(max(0.0, lost - (note - t0)))
     out["relock_s"] = relocks
+    events_json = relocations_path(path_csv)
+    if events_json.exists():
+        events = np.array(json.loads(events_json.read_text()), dtype=object).reshape(-1, 3)
+        out["screened_s"], out["adopted_s"] = relock_steps(events, gt, gt_dense, info, sections_json)
     return out
+
+
+def relocations_path(path_csv: Path) -> Path:
+    """Where the run beside ``path_csv`` keeps the relocator's events."""
+    return path_csv.with_name(path_csv.name.removesuffix(".csv") + ".relocations.json")
+
+
+def relock_steps(events: np.ndarray, gt: np.ndarray, gt_dense: np.ndarray, info: dict,
+                 sections_json: Path) -> tuple[list[float], list[float]]:
+    """Per measured jump (as ``relock_s``), the seconds from the soloist's first note after
+    it to the relocator's first screening of the right place and to its first adoption of it
+    (``inf``: never). ``events``: ``(n, 3)`` rows ``(u_s, x_s, kind)`` of the places screened
+    (``"screen"``) and adopted (``"won"``, ``"home"``); a place within :data:`RIGHT_S` of the
+    truth, or of the same music elsewhere, is the right one."""
+    if events.size:
+        ux = events[:, :2].astype(np.float64)
+        if sections_json.exists():
+            ux = equivalent_path(ux, gt_dense, json.loads(sections_json.read_text()))
+        kinds = events[:, 2]
+    else:
+        ux, kinds = np.zeros((0, 2)), np.zeros(0, dtype=object)
+    measured = info["span_starts_s"][1:] if info["start_given"] else info["span_starts_s"]
+    screened, adopted = [], []
+    for t0, t1, du, dx in segments_truth(gt_dense, info["span_starts_s"], info["duration_s"]):
+        if t0 not in measured or du.size < 2:
+            continue
+        first_note = gt[(gt[:, 0] >= t0) & (gt[:, 0] < t1), 0]
+        note = float(first_note[0]) if first_note.size else t0
+        inside = (ux[:, 0] >= t0) & (ux[:, 0] < t1)
+        right = inside & (np.abs(ux[:, 1] - np.interp(ux[:, 0], du, dx)) < RIGHT_S)
+        for out, which in ((screened, kinds == "screen"), (adopted, (kinds == "won") | (kinds == "home"))):
+            hits = ux[right & which, 0]
+            out.append(max(0.0, float(hits.min()) - note) if hits.size else float("inf"))
+    return screened, adopted
 
 
 def run_one(take: Path, bundle: Path, overrides: list[str], no_search: bool, out_csv: Path) -> dict:
@@ -394,8 +434,26 @@ def _one(argv: list[str]) -> None:
     config = engine_config(args.overrides, search=not args.no_search)
     config = EngineConfig.from_overrides({"start_s": info.get("start_s", 0.0), "intro": info.get("intro", False)},
                                          base=config)
+    events: list[tuple[float, float, str]] = []  # the relocator's screenings and adoptions
+    last = [None]
+
+    def keep_events(engine) -> None:
+        # the history is a bounded deque: take the entries after the last one kept
+        history = list(engine.relocator.history) if engine.relocator is not None else []
+        new = history
+        for i in range(len(history) - 1, -1, -1):
+            if history[i] is last[0]:
+                new = history[i + 1:]
+                break
+        if new:
+            last[0] = new[-1]
+            period = engine.bundle.params.coarse_period_s
+            events.extend((u_s, to * period, kind) for u_s, _, to, _, kind in new if kind != "lost")
+
     with load_bundle(args.bundle) as bundle:
-        res = run_file(bundle, args.take / "U.flac", alignment_path=args.out_csv, config=config, force=True)
+        res = run_file(bundle, args.take / "U.flac", alignment_path=args.out_csv, config=config, force=True,
+                       on_block=keep_events)
+    relocations_path(args.out_csv).write_text(json.dumps(events))
     # the bundle is parsed in a sandboxed child: the peak is the larger of the two
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     print(json.dumps({"rtf": res.rtf, "jumps": res.counters["jumps"], "peak_mb": peak / 1024}))
@@ -438,11 +496,27 @@ def run(piece: Path, takes: list[str] | None, overrides: list[str], no_search: b
     print(f"{'mean':<14} <=100 {np.mean([r['<=100'] for r in rows]):5.1f}  <=250 {np.mean([r['<=250'] for r in rows]):5.1f}"
           f"  lost {sum(r['lost_s'] for r in rows):6.1f} s (total)  false jumps {n_false}"
           f"  relock mean {np.mean(relocks) if relocks else float('nan'):.2f} s (n={len(relocks)})"
-          f"  peak {max(r['peak_mb'] for r in rows):.0f} MB")
+          f"{steps_summary(rows)}  peak {max(r['peak_mb'] for r in rows):.0f} MB")
+
+
+def steps_summary(rows: list[dict]) -> str:
+    """The mean seconds to the right place's first screening and adoption over the jumps
+    that reached them (and how many did not)."""
+    parts = []
+    for key, name in (("screened_s", "screened"), ("adopted_s", "adopted")):
+        values = np.array([v for row in rows for v in row.get(key, [])])
+        if values.size:
+            finite = values[np.isfinite(values)]
+            never = f" ({values.size - finite.size} never)" if finite.size < values.size else ""
+            parts.append(f"{name} {np.mean(finite) if finite.size else float('nan'):.2f} s{never}")
+    return f" (right place {', '.join(parts)})" if parts else ""
 
 
 def print_row(row: dict) -> None:
     relocks = " ".join(f"{r:.1f}" for r in row["relock_s"])
+    if row.get("relock_s"):
+        relocks += "; right place screened " + " ".join(f"{r:.1f}" for r in row.get("screened_s", []))
+        relocks += ", adopted " + " ".join(f"{r:.1f}" for r in row.get("adopted_s", []))
     jumps = " ".join(f"{t:.0f}s/{d:.1f}" for t, d in row["false_jumps"])
     cost = f"  cost x{row['cost_ratio']:.2f} (1 min rtf {row['rtf_1min']:.3f})" if "cost_ratio" in row else ""
     print(f"{row['take']:<14} <=100 {row['<=100']:5.1f}  <=250 {row['<=250']:5.1f}  lost {row['lost_s']:6.1f} s"
