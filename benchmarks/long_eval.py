@@ -354,13 +354,7 @@ def score_take(folder: Path, path_csv: Path) -> dict:
     out = {k: figures[k] for k in ("<=100", "<=250", "lost_s")}
     out["false_jumps"] = false_jumps(path, gt_dense, info["span_starts_s"])
     relocks = []
-    # a start without --start is a relocation too
-    measured = info["span_starts_s"][1:] if info["start_given"] else info["span_starts_s"]
-    for t0, t1, du, dx in segments_truth(gt_dense, info["span_starts_s"], info["duration_s"]):
-        if t0 not in measured or du.size < 2:
-            continue
-        first_note = gt[(gt[:, 0] >= t0) & (gt[:, 0] < t1), 0]
-        note = float(first_note[0]) if first_note.size else t0
+    for t0, t1, du, dx, note in measured_jumps(gt, gt_dense, info):
         lost = relock_time(path, t0, lambda t, du=du, dx=dx: np.interp(t, du, dx), t1)
         relocks.append(max(0.0, lost - (note - t0)))
     out["relock_s"] = relocks
@@ -369,6 +363,18 @@ def score_take(folder: Path, path_csv: Path) -> dict:
         events = np.array(json.loads(events_json.read_text()), dtype=object).reshape(-1, 3)
         out["screened_s"], out["adopted_s"] = relock_steps(events, gt, gt_dense, info, sections_json)
     return out
+
+
+def measured_jumps(gt: np.ndarray, gt_dense: np.ndarray, info: dict):
+    """The spans of the take that begin with a jump (a restart, a skip, or the take's start
+    without ``--start``): ``(t0, t1, du, dx, note)``, the span's truth and the soloist's
+    first note in it (U seconds)."""
+    measured = info["span_starts_s"][1:] if info["start_given"] else info["span_starts_s"]
+    for t0, t1, du, dx in segments_truth(gt_dense, info["span_starts_s"], info["duration_s"]):
+        if t0 not in measured or du.size < 2:
+            continue
+        first_note = gt[(gt[:, 0] >= t0) & (gt[:, 0] < t1), 0]
+        yield t0, t1, du, dx, float(first_note[0]) if first_note.size else t0
 
 
 def relocations_path(path_csv: Path) -> Path:
@@ -390,13 +396,8 @@ def relock_steps(events: np.ndarray, gt: np.ndarray, gt_dense: np.ndarray, info:
         kinds = events[:, 2]
     else:
         ux, kinds = np.zeros((0, 2)), np.zeros(0, dtype=object)
-    measured = info["span_starts_s"][1:] if info["start_given"] else info["span_starts_s"]
     screened, adopted = [], []
-    for t0, t1, du, dx in segments_truth(gt_dense, info["span_starts_s"], info["duration_s"]):
-        if t0 not in measured or du.size < 2:
-            continue
-        first_note = gt[(gt[:, 0] >= t0) & (gt[:, 0] < t1), 0]
-        note = float(first_note[0]) if first_note.size else t0
+    for t0, t1, du, dx, note in measured_jumps(gt, gt_dense, info):
         inside = (ux[:, 0] >= t0) & (ux[:, 0] < t1)
         right = inside & (np.abs(ux[:, 1] - np.interp(ux[:, 0], du, dx)) < RIGHT_S)
         for out, which in ((screened, kinds == "screen"), (adopted, (kinds == "won") | (kinds == "home"))):
