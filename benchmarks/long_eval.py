@@ -18,8 +18,8 @@ off), *false jumps* (the path more than 3 s off for at least 0.5 s, starting mor
 time after each restart or skip counted from the soloist's first note after it (seconds
 until the error stays under 0.5 s for 1 s), where that time went (from the same note: the
 first screening of the right place, and its adoption, from the relocator's history), the
-run's CPU per second of take and its peak memory. A literal repeat (the exposition played twice, a da capo) sounds the same
-in both places, and no follower can tell them apart before the music parts: a position in
+run's CPU per second of take and its peak memory. A literal repeat (the exposition played
+twice, a da capo) sounds the same in both places, and no follower can tell them apart before the music parts: a position in
 either counts as right. ``--cost`` also runs the first take's first minute against the whole
 recording's bundle and against a bundle of its first minute: the CPU ratio says whether
 the cost per frame is flat in the piece's length.
@@ -348,8 +348,9 @@ def score_take(folder: Path, path_csv: Path) -> dict:
     gt = np.loadtxt(folder / "gt.csv", delimiter=",", skiprows=1, ndmin=2)
     gt_dense = np.loadtxt(folder / "gt_dense.csv", delimiter=",", skiprows=1, ndmin=2)
     sections_json = folder.parent / "sections.json"
-    if sections_json.exists():
-        path = equivalent_path(path, gt_dense, json.loads(sections_json.read_text()))
+    sections = json.loads(sections_json.read_text()) if sections_json.exists() else None
+    if sections is not None:
+        path = equivalent_path(path, gt_dense, sections)
     figures = score_path(path, gt, gt_dense)  # the onsets' errors and the lost seconds, as follow_eval
     out = {k: figures[k] for k in ("<=100", "<=250", "lost_s")}
     out["false_jumps"] = false_jumps(path, gt_dense, info["span_starts_s"])
@@ -361,7 +362,7 @@ def score_take(folder: Path, path_csv: Path) -> dict:
     events_json = relocations_path(path_csv)
     if events_json.exists():
         events = np.array(json.loads(events_json.read_text()), dtype=object).reshape(-1, 3)
-        out["screened_s"], out["adopted_s"] = relock_steps(events, gt, gt_dense, info, sections_json)
+        out["screened_s"], out["adopted_s"] = relock_steps(events, gt, gt_dense, info, sections)
     return out
 
 
@@ -383,16 +384,17 @@ def relocations_path(path_csv: Path) -> Path:
 
 
 def relock_steps(events: np.ndarray, gt: np.ndarray, gt_dense: np.ndarray, info: dict,
-                 sections_json: Path) -> tuple[list[float], list[float]]:
+                 sections: list[dict] | None) -> tuple[list[float], list[float]]:
     """Per measured jump (as ``relock_s``), the seconds from the soloist's first note after
     it to the relocator's first screening of the right place and to its first adoption of it
     (``inf``: never). ``events``: ``(n, 3)`` rows ``(u_s, x_s, kind)`` of the places screened
     (``"screen"``) and adopted (``"won"``, ``"home"``); a place within :data:`RIGHT_S` of the
-    truth, or of the same music elsewhere, is the right one."""
+    truth, or of the same music elsewhere (``sections``, the piece's ``sections.json``; None:
+    no repeats), is the right one."""
     if events.size:
         ux = events[:, :2].astype(np.float64)
-        if sections_json.exists():
-            ux = equivalent_path(ux, gt_dense, json.loads(sections_json.read_text()))
+        if sections is not None:
+            ux = equivalent_path(ux, gt_dense, sections)
         kinds = events[:, 2]
     else:
         ux, kinds = np.zeros((0, 2)), np.zeros(0, dtype=object)
@@ -436,20 +438,23 @@ def _one(argv: list[str]) -> None:
     config = EngineConfig.from_overrides({"start_s": info.get("start_s", 0.0), "intro": info.get("intro", False)},
                                          base=config)
     events: list[tuple[float, float, str]] = []  # the relocator's screenings and adoptions
-    last = [None]
+    last = None  # the last history entry kept
 
     def keep_events(engine) -> None:
+        nonlocal last
+        history = engine.relocator.history if engine.relocator is not None else ()
+        if not history or history[-1] is last:  # most blocks: nothing new
+            return
         # the history is a bounded deque: take the entries after the last one kept
-        history = list(engine.relocator.history) if engine.relocator is not None else []
-        new = history
-        for i in range(len(history) - 1, -1, -1):
-            if history[i] is last[0]:
-                new = history[i + 1:]
+        entries = list(history)
+        new = entries
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i] is last:
+                new = entries[i + 1:]
                 break
-        if new:
-            last[0] = new[-1]
-            period = engine.bundle.params.coarse_period_s
-            events.extend((u_s, to * period, kind) for u_s, _, to, _, kind in new if kind != "lost")
+        last = entries[-1]
+        period = engine.bundle.params.coarse_period_s
+        events.extend((u_s, to * period, kind) for u_s, _, to, _, kind in new if kind != "lost")
 
     with load_bundle(args.bundle) as bundle:
         res = run_file(bundle, args.take / "U.flac", alignment_path=args.out_csv, config=config, force=True,

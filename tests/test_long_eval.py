@@ -4,8 +4,6 @@ when it adopted it, a literal repeat of the same music counting as right."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from benchmarks.long_eval import relock_steps
@@ -27,31 +25,29 @@ def events(*rows):
     return np.array(rows, dtype=object).reshape(-1, 3)
 
 
-def test_the_right_places_first_screening_and_adoption_are_timed_from_the_next_note(tmp_path):
+def test_the_right_places_first_screening_and_adoption_are_timed_from_the_next_note():
     gt, gt_dense, info = skip_take()
     found = events((10.6, 50.0, "screen"), (11.0, 101.0, "screen"), (11.5, 60.0, "won"), (11.8, 101.6, "screen"),
                    (12.4, 102.4, "won"), (13.0, 103.0, "home"))
-    screened, adopted = relock_steps(found, gt, gt_dense, info, tmp_path / "none.json")
+    screened, adopted = relock_steps(found, gt, gt_dense, info, None)
     assert np.allclose(screened, [0.6]) and np.allclose(adopted, [2.0])
 
 
-def test_a_jump_whose_right_place_was_never_adopted_says_so(tmp_path):
+def test_a_jump_whose_right_place_was_never_adopted_says_so():
     gt, gt_dense, info = skip_take()
     screened, adopted = relock_steps(events((11.0, 101.0, "screen"), (11.5, 60.0, "won")), gt, gt_dense, info,
-                                     tmp_path / "none.json")
+                                     None)
     assert np.allclose(screened, [0.6]) and adopted == [float("inf")]
-    screened, adopted = relock_steps(events(), gt, gt_dense, info, tmp_path / "none.json")
+    screened, adopted = relock_steps(events(), gt, gt_dense, info, None)
     assert screened == adopted == [float("inf")]
 
 
-def test_the_same_music_elsewhere_counts_as_the_right_place(tmp_path):
+def test_the_same_music_elsewhere_counts_as_the_right_place():
     """X 200-210 s repeats X 100-110 s note for note (the same render): a place there is as
     right as the truth."""
     gt, gt_dense, info = skip_take()
     source = {"case": "a", "stem": "mix", "cents": 0.0, "x0": 0.0}
-    sections = tmp_path / "sections.json"
-    sections.write_text(json.dumps([{"x0": 100.0, "x1": 110.0, "source": source},
-                                    {"x0": 200.0, "x1": 210.0, "source": source}]))
+    sections = [{"x0": 100.0, "x1": 110.0, "source": source}, {"x0": 200.0, "x1": 210.0, "source": source}]
     found = events((11.0, 201.0, "screen"), (12.0, 202.0, "won"))
     assert np.allclose(relock_steps(found, gt, gt_dense, info, sections), [[0.6], [1.6]])
-    assert relock_steps(found, gt, gt_dense, info, tmp_path / "none.json") == ([float("inf")], [float("inf")])
+    assert relock_steps(found, gt, gt_dense, info, None) == ([float("inf")], [float("inf")])
