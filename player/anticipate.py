@@ -37,8 +37,10 @@ class AnticipateConfig:
             soloist starting a note. 0 disables the anchoring (the belief is used as is).
         anchor_delay_frames: frames after the onset's peak at which the belief is taken as
             the anchor (it needs a frame or two to move onto the new note).
-        hold_s: longest dead reckoning (seconds of U) without a new onset; then the anchor
-            follows the belief again.
+        hold_s: longest dead reckoning (seconds of U the soloist plays) without a new
+            onset; then the anchor follows the belief again. A rest does not count: the
+            belief has nothing but the tempo to go by there either, and a note's release
+            (its tail matched to the music after it) can move it without cause.
         max_lead_s: the belief may run ahead of the dead reckoning by this much (seconds of
             X) before it is taken as right.
     """
@@ -46,7 +48,7 @@ class AnticipateConfig:
     onset_threshold: float = 0.4
     anchor_delay_frames: int = 2
     hold_s: float = 1.0
-    max_lead_s: float = 0.3
+    max_lead_s: float = 0.5
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("hold_s", "max_lead_s"), non_negative=("anchor_delay_frames",),
@@ -67,7 +69,9 @@ class Anticipator:
     def reset(self) -> None:
         """Forget the anchor and the onset history (a restart, a relocation)."""
         self.x_s = math.nan
-        self._anchor: tuple[float, float, float] | None = None  # (u_s, x_s, tempo)
+        self._reckoned = math.nan  # the anchor carried on at the tempo (seconds of X); NaN: no anchor
+        self._last_s = math.nan  # U time of the previous frame
+        self._playing_s = 0.0  # seconds of playing since the anchor
         self._prev = (0.0, 0.0)  # onset strength of the last two frames (older first)
         self._countdown = -1  # frames until the anchor is taken; -1: none pending
 
@@ -80,14 +84,18 @@ class Anticipator:
             self._countdown = max(0, cfg.anchor_delay_frames - 1)  # the peak was the last frame
         self._prev = (last, onset)
         now = frame.now_s
-        anchor = self._anchor
-        if self._countdown == 0 or anchor is None or now - anchor[0] > cfg.hold_s:
-            anchor = self._anchor = (now, belief_x_s, tempo)
+        step_s = now - self._last_s if math.isfinite(self._last_s) else 0.0
+        self._last_s = now
+        # carried on at the tempo of each frame: through a rest the follower's own (fading
+        # to the recording's in a tutti), with nothing else to time by
+        self._reckoned += tempo * step_s
+        if frame.active:
+            self._playing_s += step_s
+        if self._countdown == 0 or not math.isfinite(self._reckoned) or self._playing_s > cfg.hold_s:
+            self._reckoned, self._playing_s = belief_x_s, 0.0
         if self._countdown >= 0:
             self._countdown -= 1
-        reckoned = anchor[1] + anchor[2] * (now - anchor[0])
-        if belief_x_s - reckoned > cfg.max_lead_s:  # the belief moved for a reason of its own
-            self._anchor = (now, belief_x_s, tempo)
-            reckoned = belief_x_s
-        self.x_s = min(belief_x_s, reckoned)
+        if belief_x_s - self._reckoned > cfg.max_lead_s:  # the belief moved for a reason of its own
+            self._reckoned, self._playing_s = belief_x_s, 0.0
+        self.x_s = min(belief_x_s, self._reckoned)
         return self.x_s

@@ -76,18 +76,12 @@ MUSIC_START_SEARCH_S = 30.0
 SUPPORTED_FRAME_PERIOD_S = (0.005, 0.05)
 
 
-#: X's onset strength (in [0, 1]) a peak must reach to count as a note's onset for the
-#: controller's seeks (docs/DECISIONS.md: about half of the corpus's notes, half the peaks
-#: at the notes).
-ONSET_PEAK_STRENGTH = 0.3
-
-
-def onset_times_s(strength: np.ndarray, params) -> np.ndarray:
+def onset_times_s(strength: np.ndarray, params, height: float) -> np.ndarray:
     """X's note onsets (seconds, ascending) from its onset strength ``(n_frames,)`` (frame
-    ``k`` centred on ``k * fine_period_s``): the peaks of at least ``ONSET_PEAK_STRENGTH``,
+    ``k`` centred on ``k * fine_period_s``): the peaks of at least ``height`` (in [0, 1]),
     moved back by the ``onset_lag`` frames the strength compares over (it peaks when the
     window is into the note, that long after the onset)."""
-    peaks = peak_indices(strength, height=ONSET_PEAK_STRENGTH)
+    peaks = peak_indices(strength, height=height)
     return np.maximum(0.0, (peaks - params.onset_lag) * params.fine_period_s)
 
 
@@ -155,7 +149,7 @@ class Engine:
         self._frame = Frame()
         self.anticipator = Anticipator(cfg.anticipate)
         # once per block
-        self.controller = PlaybackController(cfg.playback, onset_times_s(bundle.onsets, p))
+        self.controller = PlaybackController(cfg.playback, onset_times_s(bundle.onsets, p, cfg.playback.onset_strength))
         played = bundle.audio if self.output_sr == bundle.audio.sr else ResampledAudio(bundle.audio, self.output_sr)
         self.vocoder = StreamingVocoder(played)
         self.remover = SoloRemover(bundle.nmf, p, cfg.separation)

@@ -46,6 +46,9 @@ class PlaybackConfig:
             0 disables the onset seeks.
         seek_lead_s: how far ahead of an onset (seconds of X) the seek may happen: the
             vocoder's crossfade should be over when the onset plays.
+        onset_strength: X's onset strength (in [0, 1]) a peak must reach to count as an
+            onset the controller may seek at (0.15: most of the accompaniment's notes,
+            docs/DECISIONS.md).
         jump_s: position errors beyond this (seconds of X) are a jump, wherever they fall.
         min_rate, max_rate: bounds of the playback rate (X seconds per output second).
     """
@@ -55,15 +58,17 @@ class PlaybackConfig:
     deadband_s: float = 0.01
     integral_s: float = 2.0
     max_slew: float = 1.0
-    seek_s: float = 0.03
-    seek_lead_s: float = 0.06
+    seek_s: float = 0.015
+    seek_lead_s: float = 0.1
+    onset_strength: float = 0.15
     jump_s: float = 1.0
     min_rate: float = 0.5
     max_rate: float = 2.0
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("catch_up_s", "max_slew", "jump_s", "min_rate"),
-                     non_negative=("max_correction", "deadband_s", "integral_s", "seek_s", "seek_lead_s"))
+                     non_negative=("max_correction", "deadband_s", "integral_s", "seek_s", "seek_lead_s"),
+                     unit=("onset_strength",))
         if self.max_rate < self.min_rate:
             raise field_error(self, "max_rate", self.max_rate, f">= min_rate ({self.min_rate:g})")
 

@@ -75,3 +75,27 @@ def test_reset_forgets_the_anchor():
     assert np.isnan(anticipator.x_s)
     frame = Frame(active=True, now_s=10.0)
     assert anticipator.process_frame(frame, 42.0, 1.0) == 42.0
+
+
+def test_through_a_rest_the_schedule_carries_on_at_the_tempo():
+    """A note's release can move the belief on without cause (its tail matches the music
+    after it, docs/DECISIONS.md: the corpus's chorale); through the rest that follows the
+    belief has nothing but the tempo to go by, so the schedule keeps the anchor carried on
+    at the tempo for the whole rest, however long, and takes the belief again at the
+    soloist's next onset."""
+    t, _, onset = notes_of(8.0, 0.6)
+    truth = 0.9 * t
+    belief = truth.copy()
+    resting = (t >= 2.0) & (t < 5.6)
+    belief[t >= 2.0] += 0.4  # the release: 0.4 s ahead, and so through the rest
+    onset[resting] = 0.0
+    frame, scheduled = Frame(), []
+    anticipator = Anticipator(AnticipateConfig(hold_s=1.0, max_lead_s=0.5))
+    for k in range(t.size):
+        frame.now_s, frame.onset, frame.active = t[k], float(onset[k]), not resting[k]
+        scheduled.append(anticipator.process_frame(frame, float(belief[k]), 0.9))
+    scheduled = np.array(scheduled)
+    assert np.max(np.abs(scheduled[resting] - truth[resting])) < 0.02  # 3.6 s of rest, on time
+    # from two frames after the re-entry's onset (6 s) on: the belief's place again
+    anchored = (t > 5.9) & (np.mod(t, 0.6) > 0.03) & (np.mod(t, 0.6) < 0.1)
+    np.testing.assert_allclose(scheduled[anchored], belief[anchored], atol=1e-9)
