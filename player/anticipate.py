@@ -10,11 +10,18 @@ in the first 50 ms after an onset and 30-120 ms ahead 0.4 s into a note (docs/DE
 
 So the position the output is scheduled by is the belief *anchored* at each detected onset
 of the soloist (a peak of U's onset strength, ``anchor_delay_frames`` later, when the belief
-has moved onto the new note) and carried on at the tempo from there, until the next onset
-or ``hold_s`` (dead reckoning). The belief can still hold it back (the soloist is slower: the
-next note's spectrum has not come, the belief waits at the end of the note) but not push it
-ahead, except by more than ``max_lead_s``: then the belief moved for a reason the onsets did
-not show (a relocation, a restart, a player far ahead) and it is followed at once.
+has moved onto the new note) and carried on from there until the next onset or ``hold_s``
+of playing (dead reckoning; through a rest, until the soloist plays again). While the
+soloist plays it goes at a tempo of its own: a regression of the belief on the last
+``tempo_memory_s`` of playing, shrunk towards the recording's tempo (``tempo_prior_weight``).
+The follower's tempo, a regression over six seconds that keeps its motion prior steady,
+lags a tempo that changes (a slow movement's *a tempo* after a deep ritardando left the
+reckoning 15-20 % slow and the accompaniment late at every note); through a rest the
+reckoning goes at the follower's (which fades to the recording's in a tutti). The belief
+can still hold the schedule back (the soloist is slower: the next note's spectrum has not
+come, the belief waits at the end of the note) but not push it ahead, except by more than
+``max_lead_s``: then the belief moved for a reason the onsets did not show (a relocation,
+a restart, a player far ahead) and it is followed at once.
 
 Units: positions in seconds of X; times in seconds of U; tempo in X seconds per U second.
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from player.follower import TempoTracker
 from player.stages import Frame
 from shared.config import check_fields
 
@@ -43,15 +51,23 @@ class AnticipateConfig:
             (its tail matched to the music after it) can move it without cause.
         max_lead_s: the belief may run ahead of the dead reckoning by this much (seconds of
             X) before it is taken as right.
+        tempo_memory_s: time constant (seconds of playing) of the regression of the
+            belief on time that gives the tempo the reckoning goes at while the soloist
+            plays (through a rest it goes at the follower's).
+        tempo_prior_weight: pull of that tempo towards the recording's (seconds of
+            regression data, as :class:`player.follower.TempoTracker`).
     """
 
     onset_threshold: float = 0.4
     anchor_delay_frames: int = 2
     hold_s: float = 1.0
     max_lead_s: float = 0.5
+    tempo_memory_s: float = 1.5
+    tempo_prior_weight: float = 10.0
 
     def __post_init__(self) -> None:
-        check_fields(self, positive=("hold_s", "max_lead_s"), non_negative=("anchor_delay_frames",),
+        check_fields(self, positive=("hold_s", "max_lead_s", "tempo_memory_s"),
+                     non_negative=("anchor_delay_frames", "tempo_prior_weight"),
                      unit=("onset_threshold",), integers=("anchor_delay_frames",))
 
 
@@ -60,15 +76,24 @@ class Anticipator:
     is scheduled by (:attr:`x_s`), from the follower's belief and U's onset strength.
 
     Call :meth:`process_frame` after the follower with the frame (reads ``onset``,
-    ``active``, ``now_s``) and the follower's state (``x_s``, ``tempo``)."""
+    ``active``, ``now_s``) and the follower's state (``x_s``, ``tempo``).
 
-    def __init__(self, config: AnticipateConfig | None = None) -> None:
-        self.config = config or AnticipateConfig()
+    Args:
+        config: tuning.
+        frame_s: the analysis frame period (seconds; the tempo regression's step).
+        min_tempo, max_tempo: bounds of the reckoning's tempo (X seconds per U second).
+    """
+
+    def __init__(self, config: AnticipateConfig | None = None, frame_s: float = 0.02,
+                 min_tempo: float = 0.5, max_tempo: float = 2.0) -> None:
+        self.config = cfg = config or AnticipateConfig()
+        self._tempo = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight, min_tempo, max_tempo, frame_s)
         self.reset()
 
     def reset(self) -> None:
-        """Forget the anchor and the onset history (a restart, a relocation)."""
+        """Forget the anchor, the onset history and the tempo (a restart, a relocation)."""
         self.x_s = math.nan
+        self._tempo.reset(1.0)
         self._reckoned = math.nan  # the anchor carried on at the tempo (seconds of X); NaN: no anchor
         self._last_s = math.nan  # U time of the previous frame
         self._playing_s = 0.0  # seconds of playing since the anchor
@@ -86,11 +111,12 @@ class Anticipator:
         now = frame.now_s
         step_s = now - self._last_s if math.isfinite(self._last_s) else 0.0
         self._last_s = now
-        # carried on at the tempo of each frame: through a rest the follower's own (fading
-        # to the recording's in a tutti), with nothing else to time by
-        self._reckoned += tempo * step_s
+        # carried on at the soloist's recent tempo while they play; through a rest at the
+        # follower's (fading to the recording's in a tutti), with nothing else to time by
         if frame.active:
+            tempo = self._tempo.add(now, belief_x_s)
             self._playing_s += step_s
+        self._reckoned += tempo * step_s
         if self._countdown == 0 or not math.isfinite(self._reckoned) or self._playing_s > cfg.hold_s:
             self._reckoned, self._playing_s = belief_x_s, 0.0
         if self._countdown >= 0:

@@ -147,7 +147,7 @@ class Engine:
         self._analysis: tuple[FrameStage, ...] = (self.spectrum, self.leak, self.activity, self.denoise,
                                                    self.observation)
         self._frame = Frame()
-        self.anticipator = Anticipator(cfg.anticipate)
+        self.anticipator = Anticipator(cfg.anticipate, p.fine_period_s, cfg.follower.min_tempo, cfg.follower.max_tempo)
         # once per block
         self.controller = PlaybackController(cfg.playback, onset_times_s(bundle.onsets, p, cfg.playback.onset_strength))
         played = bundle.audio if self.output_sr == bundle.audio.sr else ResampledAudio(bundle.audio, self.output_sr)

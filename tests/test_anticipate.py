@@ -99,3 +99,27 @@ def test_through_a_rest_the_schedule_carries_on_at_the_tempo():
     # from two frames after the re-entry's onset (6 s) on: the belief's place again
     anchored = (t > 5.9) & (np.mod(t, 0.6) > 0.03) & (np.mod(t, 0.6) < 0.1)
     np.testing.assert_allclose(scheduled[anchored], belief[anchored], atol=1e-9)
+
+
+def test_an_a_tempo_is_reckoned_at_the_soloists_new_tempo():
+    """After a ritardando the soloist is back at tempo at once, and the follower's tempo (a
+    regression over six seconds) lags: reckoned at it (0.6 here), the schedule would fall
+    0.2 s behind the belief over each 0.5-s note. The reckoning goes at a tempo of its own
+    (the belief over the last 1.5 s, shrunk towards the recording's) and stays within 35 ms
+    of the soloist (here the belief is exactly right, onsets every 0.5 s); at half tempo,
+    before, the belief holds it back."""
+    t = np.arange(int(8.0 / FRAME_S)) * FRAME_S
+    truth = np.where(t < 4.0, 0.5 * t, 2.0 + (t - 4.0))  # half tempo, then a tempo at 4 s
+    onset = np.zeros_like(t)
+    first = np.flatnonzero(np.mod(t + FRAME_S / 2, 0.5) < FRAME_S)
+    onset[first], onset[np.clip(first + 1, 0, t.size - 1)] = 0.9, 0.5
+    frame, scheduled = Frame(active=True), []
+    anticipator = Anticipator()
+    for k in range(t.size):
+        frame.now_s, frame.onset = t[k], float(onset[k])
+        lagging = 0.6 if t[k] >= 4.0 else 0.5  # the follower's tempo, slow to follow
+        scheduled.append(anticipator.process_frame(frame, float(truth[k]), lagging))
+    behind = truth - np.array(scheduled)
+    assert np.all(behind >= -1e-12)  # never ahead of the belief
+    assert np.max(behind[t < 4.0]) < 1e-9  # at half tempo: the belief itself
+    assert np.max(behind[t > 4.0]) < 0.035, np.max(behind[t > 4.0])
