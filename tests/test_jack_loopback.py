@@ -104,7 +104,10 @@ def test_a_restart_typed_during_the_run_is_followed(loop_case, tmp_path):
     rec_take, _ = sf.read(recorded_take(tmp_path / "rec"), dtype="float32")
     from .jack_harness import lag_of
 
-    d_in = (lag_of(rec_take, take[SR: 4 * SR], rec_take.size - 4 * SR)[0] - SR) / SR  # stream -> take seconds
+    # stream -> take seconds, found by the 2 s around the cut: everything after 1.5 s of
+    # the take is played twice, and a reference from there can match its replay instead
+    junction = take[int((cut - 1.0) * SR): int((cut + 1.0) * SR)]
+    d_in = (lag_of(rec_take, junction, rec_take.size - junction.size)[0] - (cut - 1.0) * SR) / SR
     t = path[:, 0] - d_in
     after = (t > cut + 2.0) & (t < len(take) / SR - 0.5)
     truth = case.x_of_u(t[after] - cut + back)
