@@ -19,10 +19,10 @@ time after each restart or skip counted from the soloist's first note after it (
 until the error stays under 0.5 s for 1 s), where that time went (from the same note: the
 first screening of the right place, and its adoption, from the relocator's history), the
 run's CPU per second of take and its peak memory. A literal repeat (the exposition played
-twice, a da capo) sounds the same in both places, and no follower can tell them apart before the music parts: a position in
-either counts as right. ``--cost`` also runs the first take's first minute against the whole
-recording's bundle and against a bundle of its first minute: the CPU ratio says whether
-the cost per frame is flat in the piece's length.
+twice, a da capo) sounds the same in both places, and no follower can tell them apart
+before the music parts: a position in either counts as right. ``--cost`` also runs the
+first take's first minute against the whole recording's bundle and against a bundle of its
+first minute: the CPU ratio says whether the cost per frame is flat in the piece's length.
 
     python -m benchmarks.long_eval assemble --piece long_tune --cases /tmp/long/tune --out /tmp/long/pieces
     python -m benchmarks.long_eval run /tmp/long/pieces/long_tune [--take through] [--set relocator.margin_nats=30]
