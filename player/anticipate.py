@@ -76,7 +76,8 @@ class Anticipator:
     is scheduled by (:attr:`x_s`), from the follower's belief and U's onset strength.
 
     Call :meth:`process_frame` after the follower with the frame (reads ``onset``,
-    ``active``, ``now_s``) and the follower's state (``x_s``, ``tempo``).
+    ``active``, ``now_s``) and the follower's state (``x_s``; ``tempo``, which the reckoning
+    goes at through a rest).
 
     Args:
         config: tuning.
