@@ -63,6 +63,30 @@ class RunResult:
         }
 
 
+#: Blocks read from the input file (and written to the output file) per call: one call per
+#: block cost as much as a stage of the engine (soundfile's per-call overhead).
+READ_CHUNK_BLOCKS = 32
+
+
+def read_blocks(path: Path, block: int):
+    """The float32 ``(n, channels)`` blocks of ``block`` samples of an audio file, the last
+    one shorter (as ``soundfile.blocks``), read ``READ_CHUNK_BLOCKS`` blocks at a time."""
+    with sf.SoundFile(str(path)) as f:
+        while True:
+            chunk = f.read(block * READ_CHUNK_BLOCKS, dtype="float32", always_2d=True)
+            for start in range(0, chunk.shape[0], block):
+                yield chunk[start:start + block]
+            if chunk.shape[0] < block * READ_CHUNK_BLOCKS:
+                return
+
+
+def write_clipped(out_file: sf.SoundFile, blocks: list[np.ndarray]) -> None:
+    """Write ``blocks`` (then empty the list) clipped to [-1, 1] in one call."""
+    if blocks:
+        out_file.write(np.clip(np.concatenate(blocks), -1.0, 1.0))
+        blocks.clear()
+
+
 def timing_path_of(alignment_path: str | Path) -> Path:
     """Where a run's timing report goes: ``<alignment>.timing.json``."""
     return Path(str(alignment_path) + ".timing.json")
@@ -127,7 +151,8 @@ def run_file(
         # speakers would play on U's timeline.
         out_total = int(round(info.n_samples * out_sr / info.sr))
         written = 0
-        for u_block in sf.blocks(str(input_path), blocksize=block, dtype="float32", always_2d=True):
+        pending: list[np.ndarray] = []  # output blocks not yet written (written a chunk at a time)
+        for u_block in read_blocks(input_path, block):
             out = engine.process(u_block)
             if on_block is not None:
                 on_block(engine)
@@ -140,10 +165,13 @@ def run_file(
                     out_file.write(lead)
                     written += lead.shape[0]
                 out = out[: max(0, out_total - written)]
-                out_file.write(np.clip(out, -1.0, 1.0))
+                pending.append(out)
                 written += out.shape[0]
+                if len(pending) >= READ_CHUNK_BLOCKS:
+                    write_clipped(out_file, pending)
                 io_s += time.perf_counter() - t
         if out_file is not None:
+            write_clipped(out_file, pending)
             out_file.close()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         result = RunResult(u_duration_s=info.n_samples / info.sr, cpu_s=cpu, wall_s=wall,
