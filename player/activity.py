@@ -117,7 +117,7 @@ class ActivityDetector:
             self._levels[slot] = level
             # geometric over arithmetic mean of the band's power: ~0.3 for room noise,
             # ~0.001 for a note
-            self.flatness = float(np.exp(2.0 * np.mean(np.log(band + 1e-12))) * band.size / (power + 1e-30))
+            self.flatness = float(np.exp(2.0 * (np.log(band + 1e-12).sum() / band.size)) * band.size / (power + 1e-30))
             self._flatness[slot] = self.flatness
             self._count += 1
             if self._count % self._every == 1:

@@ -242,7 +242,7 @@ class GlobalSearch:
             self._acc_n = self._acc_active = 0
         if self._queue:
             self._rescore()
-        if self.u_active[: self.ctx].mean() < self.config.min_active:
+        if self.u_active[: self.ctx].sum() / self.ctx < self.config.min_active:  # (.mean()'s wrapper: 5 us a frame)
             self._latest_free, self._latest_far = [], []  # found on a context of mostly silence: proves nothing
             return
         lo = self._cursor

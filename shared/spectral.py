@@ -469,7 +469,7 @@ class OnsetStrength:
             np.maximum(spread[:-1], past[1:], out=spread[:-1])
             np.subtract(band, spread, out=spread)
             np.maximum(spread, 0.0, out=spread)
-            flux = float(spread.mean())
+            flux = float(spread.sum() / spread.size)  # (.mean()'s wrapper: 5 us a frame)
         self._levels[slot] = band
         self._frames += 1
         excess = max(0.0, flux - self._baseline)
