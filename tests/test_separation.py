@@ -147,7 +147,7 @@ def test_alpha_outside_range_is_refused(alpha):
         SeparationConfig(alpha=alpha)
 
 
-@pytest.mark.parametrize("n,k", [(1025, 12), (50, 3), (7, 5), (9, 0)])
+@pytest.mark.parametrize("n,k", [(1025, 12), (50, 3), (7, 5), (9, 0), (24, 12), (25, 12), (26, 12), (1, 3)])
 def test_support_weights_are_one_near_the_soloists_loud_bins_and_fade_over_6_db(n, k):
     from player.separation import _support_weights
 
