@@ -13,13 +13,19 @@ With a case folder (``X.flac``/``X.wav`` and ``U.flac``/``U.wav``, e.g. a corpus
 case is used; without one a 1-minute duet is synthesised and its bundle built. Rubber Band
 comes from Debian's ``rubberband-cli``.
 
-    .venv/bin/python -m benchmarks.bench_cost [CASE_DIR] [--runs 5] [--json out.json]
+    .venv/bin/python -m benchmarks.bench_cost [CASE_DIR] [--runs 5] [--json out.json] [--baseline DIR]
+
+With ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add DIR REV``)
+that tree's player runs the same take too, alternating with this one (this host's speed
+drifts by tens of percent between minutes: only interleaved runs compare), and the result
+adds its CPU seconds, its run-loop real-time factor and this tree's ratio to each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -34,10 +40,10 @@ from benchmarks.bench_player import solo_take
 from benchmarks.bench_prep import synthesise
 
 
-def child_cpu_s(cmd: list[str]) -> float:
+def child_cpu_s(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> float:
     """CPU seconds (user + system) that ``cmd`` spent, run to completion as a child."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -54,7 +60,10 @@ def main() -> None:
     ap.add_argument("case", type=Path, nargs="?", help="folder with X and U audio (default: a synthesised duet)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--baseline", type=Path, help="a checkout of another revision whose player runs alternately")
     args = ap.parse_args()
+    if args.baseline is not None and not (args.baseline / "player" / "cli.py").is_file():
+        raise SystemExit(f"bench_cost: {args.baseline} is not a checkout of this project (no player/cli.py)")
     rubberband = shutil.which("rubberband")
     if rubberband is None:
         raise SystemExit("bench_cost: Rubber Band not found: install it with 'apt install rubberband-cli'")
@@ -81,14 +90,22 @@ def main() -> None:
         start = [player, "run", str(bundle), "--input", str(short), "--output", str(tmp / "first_out.wav"),
                  "--force", "-q"]
         stretch = [rubberband, "-2", "-q", "-D", f"{u_s:.6f}", str(x_path), str(tmp / "rb.wav")]
-        player_s, rb_s, start_s, loop_rtf, per_stage = [], [], [], [], []
+        # the baseline's player from its own tree (its modules first on the path)
+        base_play = [sys.executable, "-c", "import sys; from player.cli import main; sys.argv[0] = 'player'; main()",
+                     *play[1:]]
+        player_s, rb_s, start_s, loop_rtf, per_stage, base_s, base_rtf = [], [], [], [], [], [], []
+        timing_path = alignment.with_name(alignment.name + ".timing.json")
         for _ in range(max(1, args.runs)):  # alternating, so that a noisy spell hits both
             player_s.append(child_cpu_s(play))
-            timing = json.loads(alignment.with_name(alignment.name + ".timing.json").read_text())
+            timing = json.loads(timing_path.read_text())
             loop_rtf.append(timing["rtf"])
             per_stage.append(timing["per_frame_ms"])
             rb_s.append(child_cpu_s(stretch))
             start_s.append(child_cpu_s(start))
+            if args.baseline is not None:
+                base_s.append(child_cpu_s(base_play, cwd=args.baseline,
+                                          env={**os.environ, "PYTHONPATH": str(args.baseline.resolve())}))
+                base_rtf.append(json.loads(timing_path.read_text())["rtf"])
     result = {
         "case": str(args.case) if args.case else "synthesised 1-minute duet",
         "u_seconds": round(u_s, 2),
@@ -101,6 +118,12 @@ def main() -> None:
         "rtf_including_startup": round(statistics.median(player_s) / u_s, 4),
         "per_block_ms": {k: round(statistics.median(p[k] for p in per_stage), 3) for k in per_stage[0]},
     }
+    if base_s:
+        result["baseline"] = str(args.baseline)
+        result["baseline_cpu_s"] = round(statistics.median(base_s), 3)
+        result["baseline_run_loop_rtf"] = round(statistics.median(base_rtf), 4)
+        result["cpu_vs_baseline"] = round(statistics.median(player_s) / statistics.median(base_s), 3)
+        result["run_loop_vs_baseline"] = round(statistics.median(loop_rtf) / statistics.median(base_rtf), 3)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
