@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +68,7 @@ class RunResult:
 READ_CHUNK_BLOCKS = 32
 
 
-def read_blocks(path: Path, block: int):
+def read_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
     """The float32 ``(n, channels)`` blocks of ``block`` samples of an audio file, the last
     one shorter (as ``soundfile.blocks``), read ``READ_CHUNK_BLOCKS`` blocks at a time."""
     with sf.SoundFile(str(path)) as f:
@@ -165,7 +165,7 @@ def run_file(
                     out_file.write(lead)
                     written += lead.shape[0]
                 out = out[: max(0, out_total - written)]
-                pending.append(out)
+                pending.append(out.copy())  # written later: not a view of a buffer the engine may reuse
                 written += out.shape[0]
                 if len(pending) >= READ_CHUNK_BLOCKS:
                     write_clipped(out_file, pending)
