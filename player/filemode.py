@@ -80,10 +80,10 @@ def read_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
                 return
 
 
-def write_clipped(out_file: sf.SoundFile, blocks: list[np.ndarray]) -> None:
-    """Write ``blocks`` (then empty the list) clipped to [-1, 1] in one call."""
+def write_blocks(out_file: sf.SoundFile, blocks: list[np.ndarray]) -> None:
+    """Write ``blocks`` in one call, then empty the list."""
     if blocks:
-        out_file.write(np.clip(np.concatenate(blocks), -1.0, 1.0))
+        out_file.write(np.concatenate(blocks))
         blocks.clear()
 
 
@@ -151,7 +151,7 @@ def run_file(
         # speakers would play on U's timeline.
         out_total = int(round(info.n_samples * out_sr / info.sr))
         written = 0
-        pending: list[np.ndarray] = []  # output blocks not yet written (written a chunk at a time)
+        pending: list[np.ndarray] = []  # clipped output blocks not yet written (written a chunk at a time)
         for u_block in read_blocks(input_path, block):
             out = engine.process(u_block)
             if on_block is not None:
@@ -165,13 +165,13 @@ def run_file(
                     out_file.write(lead)
                     written += lead.shape[0]
                 out = out[: max(0, out_total - written)]
-                pending.append(out.copy())  # written later: not a view of a buffer the engine may reuse
+                pending.append(np.clip(out, -1.0, 1.0))  # a new array: the engine may reuse its own
                 written += out.shape[0]
                 if len(pending) >= READ_CHUNK_BLOCKS:
-                    write_clipped(out_file, pending)
+                    write_blocks(out_file, pending)
                 io_s += time.perf_counter() - t
         if out_file is not None:
-            write_clipped(out_file, pending)
+            write_blocks(out_file, pending)
             out_file.close()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         result = RunResult(u_duration_s=info.n_samples / info.sr, cpu_s=cpu, wall_s=wall,
