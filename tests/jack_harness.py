@@ -63,25 +63,68 @@ def stop(proc: subprocess.Popen, grace_s: float) -> None:
         proc.wait()
 
 
-@contextmanager
-def jack_server(rate: int = 48000, period: int = 256, timeout_s: float = 15.0) -> Iterator[JackServer]:
-    """Start ``jackd`` with the dummy driver (no real-time scheduling: no privileges needed)
-    under a name of its own; stop it on exit."""
+#: JACK's shared registry (``/dev/shm/jack-shm-registry``) holds 8 servers. A server that is
+#: killed (the dying-server test does it on purpose) stays in it until a server *of the same
+#: name* starts; names that differ run to run (a pid in them) would fill it for good.
+REGISTRY = Path("/dev/shm/jack-shm-registry")
+
+
+def _start_jackd(name: str, rate: int, period: int) -> subprocess.Popen:
+    return subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_until_up(proc: subprocess.Popen, name: str, timeout_s: float) -> str | None:
+    """None once a client can open server ``name``; else why jackd ended (or timed out)."""
     import jack
 
-    name = f"karaoke-test-{os.getpid()}-{rate}-{period}"
-    proc = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            jack.Client("probe", servername=name, no_start_server=True).close()
+            return None
+        except jack.JackOpenError:
+            if proc.poll() is not None:
+                return proc.stderr.read()[-500:]
+            if time.monotonic() > deadline:
+                stop(proc, 5.0)
+                return f"no client could connect within {timeout_s:.0f} s"
+            time.sleep(0.1)
+
+
+def reclaim_stale_registry() -> bool:
+    """Remove JACK's server registry when no ``jackd`` runs on this machine: every entry in it
+    is then a server that was killed, and the next server makes a new one. True if removed."""
+    if not REGISTRY.exists() or subprocess.run(["pgrep", "-x", "jackd"], capture_output=True).returncode == 0:
+        return False
+    REGISTRY.unlink(missing_ok=True)
+    return True
+
+
+@contextmanager
+def jack_server(rate: int = 48000, period: int = 256, timeout_s: float = 15.0) -> Iterator[JackServer]:
+    """Start ``jackd`` with the dummy driver (no real-time scheduling: no privileges needed);
+    stop it on exit.
+
+    The name is the same from run to run (``karaoke-test-<rate>-<period>``), so a server left
+    dead in JACK's registry is reclaimed by the next one; a second test run on the machine at
+    the same time gets a name with its pid. A registry full of killed servers is removed
+    when no server runs.
+    """
+    names = [f"karaoke-test-{rate}-{period}", f"karaoke-test-{rate}-{period}-{os.getpid()}"]
+    failures = []
+    for name in names:
+        proc = _start_jackd(name, rate, period)
+        failure = _wait_until_up(proc, name, timeout_s)
+        if failure is not None and "Too many servers" in failure and reclaim_stale_registry():
+            proc = _start_jackd(name, rate, period)
+            failure = _wait_until_up(proc, name, timeout_s)
+        if failure is None:
+            break
+        failures.append(" / ".join(dict.fromkeys(line for line in failure.splitlines() if line.strip())))
+    else:
+        raise RuntimeError(f"jackd did not start: {'; '.join(failures)}")
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                jack.Client("probe", servername=name, no_start_server=True).close()
-                break
-            except jack.JackOpenError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"jackd did not start: {proc.stderr.read()[-500:]}") from None
-                time.sleep(0.1)
         yield JackServer(name, rate, period, proc)
     finally:
         stop(proc, 5.0)
