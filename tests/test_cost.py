@@ -52,7 +52,8 @@ with load_bundle(sys.argv[1]) as bundle:
     engine.relocator.search.long_score(5.0)  # (a 12-s piece has no far places to score on the long context)
     after = signatures()
     print(json.dumps({"new": {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)},
-                      "kernels": len(after), "relocations": engine.stats.jumps}))
+                      "kernels": len(after), "relocations": engine.stats.jumps,
+                      "scipy_linalg": "scipy.linalg" in sys.modules}))
 """
 
 
@@ -70,3 +71,42 @@ def test_no_kernel_is_compiled_or_loaded_once_audio_flows(case, bundle_path, tmp
     result = json.loads(run_python(KERNELS, str(bundle_path), str(path)))
     assert result["kernels"] >= 5
     assert result["new"] == {}
+    assert not result["scipy_linalg"]  # numba's BLAS probe was deferred (shared.jit_startup)
+
+
+DEFERRED_PROBE = """
+import sys
+import numpy as np
+from numba import njit
+from shared.jit_startup import defer_blas_probe
+
+assert defer_blas_probe() and not defer_blas_probe()  # once per process
+
+@njit
+def total(a):
+    s = 0.0
+    for v in a:
+        s += v
+    return s
+
+assert total(np.arange(5.0)) == 10.0
+loaded = "scipy.linalg" in sys.modules
+
+@njit
+def inner(a, b):
+    return np.dot(a, b)
+
+@njit
+def convolve(a, b):
+    return np.convolve(a, b)
+
+a = np.arange(4.0)
+assert inner(a, a) == 14.0 and np.array_equal(convolve(a, a), np.convolve(a, a))
+print(loaded)
+"""
+
+
+def test_the_deferred_blas_probe_leaves_dot_and_convolve_working():
+    """Kernels compile without scipy.linalg; one with np.dot (which needs the BLAS) still
+    compiles, and np.convolve (which then uses numba's own inner product) is right."""
+    assert run_python(DEFERRED_PROBE) == "False"
