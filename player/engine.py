@@ -38,7 +38,7 @@ from player.denoise import NoiseProfile
 from player.echo import LeakCanceller
 from player.follower import Follower, FollowerState, OnsetTerms
 from player.hops import HopStream
-from player.jump_prior import JumpPrior, section_starts
+from player.jump_prior import JumpPrior, section_starts, silent_states
 from player.playback import PlaybackController
 from player.relocator import Relocator
 from player.search import GlobalSearch
@@ -135,15 +135,19 @@ class Engine:
         self.denoise = NoiseProfile(p.n_bins, p.fine_period_s, cfg.denoise)
         self.observation = ObservationStage(p, bundle.onset_bank)
         onset_terms = OnsetTerms.from_strength(bundle.onsets, p, cfg.follower, bundle.n_states)
-        self.follower = Follower(bundle.templates, p, cfg.follower, onset_terms)
+        silent = silent_states(bundle.state_mag, cfg.jumps.section_db)
+        templates = bundle.templates
+        if cfg.follower.silence_penalty > 0 and silent.any():
+            templates = templates.with_penalty(np.where(silent, cfg.follower.silence_penalty, 0.0))
+        self.follower = Follower(templates, p, cfg.follower, onset_terms)
         self.presence = SoloPresence(cfg.separation, p.fine_period_s)
         self.relocator = None
         if cfg.global_search:
-            sections = section_starts(bundle.state_mag, p.coarse_period_s, cfg.jumps.section_gap_s, cfg.jumps.section_db)
-            prior = JumpPrior(sections, p.coarse_period_s, cfg.jumps)
-            search = GlobalSearch(bundle.templates, p, cfg.search, room_s=cfg.relocator.trial_s * max(cfg.search.tempos),
+            prior = JumpPrior(section_starts(silent, p.coarse_period_s, cfg.jumps.section_gap_s), p.coarse_period_s,
+                              cfg.jumps)
+            search = GlobalSearch(templates, p, cfg.search, room_s=cfg.relocator.trial_s * max(cfg.search.tempos),
                                   prior=prior)
-            tracks = [Follower(bundle.templates, p, cfg.follower, onset_terms) for _ in range(cfg.search.candidates + 1)]
+            tracks = [Follower(templates, p, cfg.follower, onset_terms) for _ in range(cfg.search.candidates + 1)]
             self.relocator = Relocator(search, self.follower, tracks, cfg.relocator, p.fine_period_s, prior)
         self._analysis: tuple[FrameStage, ...] = (self.spectrum, self.leak, self.activity, self.denoise,
                                                    self.observation)

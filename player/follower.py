@@ -95,6 +95,11 @@ class FollowerConfig:
         onset_hit: chance that U shows an onset where X has a full-strength one.
         onset_false: chance that U shows an onset where X has none.
         onset_tolerance_s: timing slack (seconds of X) between X's onsets and U's.
+        silence_penalty: how much less likely an active frame of U is at a state where X is
+            silent (``JumpPriorConfig.section_db`` under its loud level) than that state's
+            template (uniform, for digital silence) says, in log units per unit of
+            observation (``kappa`` times this per frame; the search's score per observation
+            takes it too): nobody plays where the recording is silent. 0 disables.
     """
 
     kappa: float = 3.0
@@ -124,6 +129,7 @@ class FollowerConfig:
     onset_hit: float = 0.6
     onset_false: float = 0.1
     onset_tolerance_s: float = 0.02
+    silence_penalty: float = 2.0
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("kappa", "substeps", "band_states", "step_std", "silent_step_std",
@@ -131,7 +137,7 @@ class FollowerConfig:
                                      "tutti_fade_s"),
                      non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s",
                                    "tutti_after_s", "detune_rate", "tempo_prior_weight", "lead_s", "mean_halfwidth", "floor",
-                                   "onset_weight", "onset_tolerance_s"),
+                                   "onset_weight", "onset_tolerance_s", "silence_penalty"),
                      unit=("band_lead", "novelty_min"), integers=("substeps", "band_states", "mean_halfwidth"))
         if self.max_tempo < self.min_tempo:
             raise field_error(self, "max_tempo", self.max_tempo, f">= min_tempo ({self.min_tempo:g})")

@@ -101,12 +101,11 @@ class JumpPriorConfig:
             raise field_error(self, "lost_at", self.lost_at, f"> lost_from ({self.lost_from:g})")
 
 
-def section_starts(state_mag: np.ndarray, period_s: float, gap_s: float, below_db: float,
-                   chunk: int = 1024) -> np.ndarray:
-    """States (int64 ``(k,)``, ascending, always starting with 0) where X's music starts
-    again after at least ``gap_s`` seconds of silence (frames ``below_db`` under the loud
-    level). ``state_mag``: X's magnitude spectra ``(n_states, n_bins)`` (float16, read in
-    chunks of ``chunk`` states so a long piece is never converted whole)."""
+def silent_states(state_mag: np.ndarray, below_db: float, chunk: int = 1024) -> np.ndarray:
+    """Which states of X are silent: bool ``(n_states,)``, True where the state's power is
+    ``below_db`` or more under X's loud level (the 95th percentile of the states' power, dB).
+    ``state_mag``: X's magnitude spectra ``(n_states, n_bins)`` (float16, read in chunks of
+    ``chunk`` states so a long piece is never converted whole)."""
     n = state_mag.shape[0]
     power = np.empty(n)
     for a in range(0, n, chunk):
@@ -114,7 +113,14 @@ def section_starts(state_mag: np.ndarray, period_s: float, gap_s: float, below_d
         power[a:a + chunk] = np.einsum("ij,ij->i", block, block)
     level = 10.0 * np.log10(power + 1e-20)
     loud = np.percentile(level, 95) if n else 0.0
-    silent = level < loud - below_db
+    return level < loud - below_db
+
+
+def section_starts(silent: np.ndarray, period_s: float, gap_s: float) -> np.ndarray:
+    """States (int64 ``(k,)``, ascending, always starting with 0) where X's music starts
+    again after at least ``gap_s`` seconds of silence (``silent``: bool ``(n_states,)``,
+    from :func:`silent_states`)."""
+    n = silent.shape[0]
     need = max(1, int(round(gap_s / period_s)))
     # runs of silence: their ends are where sound resumes
     edges = np.diff(np.concatenate([[0], silent.astype(np.int8), [0]]))

@@ -186,8 +186,7 @@ class GlobalSearch:
             return np.full(ends.shape, -np.inf), np.ones(ends.shape)
         lo = max(0, int(ends[0]) - self.max_lag)
         hi = int(ends[-1]) + 1
-        rows = self._rows[: hi - lo]
-        np.copyto(rows, self.templates.q[self._detune, lo:hi], casting="unsafe")
+        rows = self.templates.codes_into(self._rows[: hi - lo], self._detune, lo, hi)
         # log T = offset + step * q, and each observation sums to 1
         sim = self.templates.offset + self.templates.step * (rows @ self.u_obs[: self.ctx].T)  # (states, ctx)
         best, which = self._best, self._which
@@ -206,8 +205,8 @@ class GlobalSearch:
         one or two states before it."""
         end = int(min(max(round(state), 0), self.n_states - 1))
         lo = max(0, end - self._long_rows + 1)
-        rows = self._long_buf[: end + 1 - lo]
-        np.copyto(rows, self.templates.q[self._snap_detune, lo:end + 1][::-1], casting="unsafe")  # row j: end - j
+        rows = self.templates.codes_into(self._long_buf[: end + 1 - lo], self._snap_detune, lo, end + 1,
+                                         reverse=True)  # row j: end - j
         sim = self._sim[: end + 1 - lo]
         np.matmul(rows, self._snap_u.T, out=sim)
         sim *= self.templates.step  # log T = offset + step * q, and each observation sums to 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -339,15 +340,23 @@ class QuantizedTemplates:
     while it makes templates 4x smaller than float32 (bundle size and the player's memory:
     a 40-minute piece with 5 detune steps keeps 55 MB instead of 220 MB).
 
+    A player may lower whole states' templates (``penalty``, see :meth:`with_penalty`):
+    ``log T[d, s] = offset + step * q[d, s] - penalty[s]``. A lowered template is no longer
+    a distribution: an observation there is ``exp(-penalty)`` times less likely than its
+    shape alone says (X's silences, where nobody plays: their templates are uniform, and a
+    uniform template would otherwise explain any playing that fits the right place badly).
+
     Attributes:
         q: uint8 ``(n_detune, n_states, n_obs_bins)`` codes.
         offset: log value of code 0.
         step: log increment per code.
+        penalty: float32 ``(n_states,)`` log units subtracted per state, or None (none).
     """
 
     q: np.ndarray
     offset: float
     step: float
+    penalty: np.ndarray | None = None
 
     @classmethod
     def from_log(cls, log_t: np.ndarray) -> QuantizedTemplates:
@@ -369,7 +378,35 @@ class QuantizedTemplates:
 
     def dequantize(self, detune: slice | int = slice(None), states: slice = slice(None)) -> np.ndarray:
         """float32 log templates for the given detune variant(s) and state range."""
-        return (self.offset + self.step * self.q[detune, states].astype(np.float32)).astype(np.float32)
+        out = (self.offset + self.step * self.q[detune, states].astype(np.float32)).astype(np.float32)
+        if self.penalty is not None:
+            out -= self.penalty[states][:, None]
+        return out
+
+    def codes_into(self, out: np.ndarray, detune: int, lo: int, hi: int, reverse: bool = False) -> np.ndarray:
+        """The codes of states ``[lo, hi)`` of variant ``detune`` into float32 ``out``
+        ``(hi - lo, n_obs_bins)`` (in reverse state order if ``reverse``), each state's
+        penalty taken off in codes: ``offset + step * out`` is then its log template."""
+        codes = self.q[detune, lo:hi]
+        np.copyto(out, codes[::-1] if reverse else codes, casting="unsafe")
+        if self.penalty is not None and self._penalised[hi] > self._penalised[lo]:  # (most slices: none)
+            shift = self.penalty[lo:hi] / np.float32(self.step)
+            out -= (shift[::-1] if reverse else shift)[:, None]
+        return out
+
+    def with_penalty(self, penalty: np.ndarray) -> QuantizedTemplates:
+        """The same codes (not copied) with each state's log template lowered by
+        ``penalty`` (float ``(n_states,)``, log units, >= 0)."""
+        penalty = np.asarray(penalty, dtype=np.float32)
+        if penalty.shape != (self.n_states,) or not np.all(np.isfinite(penalty)) or np.any(penalty < 0):
+            raise ValueError(f"penalty must be finite, >= 0 and of shape ({self.n_states},)")
+        return QuantizedTemplates(q=self.q, offset=self.offset, step=self.step, penalty=penalty)
+
+    @cached_property
+    def _penalised(self) -> np.ndarray:
+        """Running count of penalised states, int64 ``(n_states + 1,)``: whether a slice has any."""
+        flags = (self.penalty > 0) if self.penalty is not None else np.zeros(self.n_states, dtype=bool)
+        return np.concatenate([[0], np.cumsum(flags)])
 
     @property
     def n_states(self) -> int:

@@ -337,3 +337,35 @@ def test_through_a_tutti_the_recording_plays_at_its_own_tempo():
     assert rate(late) == pytest.approx(1.0, abs=0.01)  # a tutti: the recording's
     assert np.allclose(tempo[late], 1.0, atol=0.01)
     assert x[-1] - x[0] < 60.0 * 1.0 + 0.2 * 6.5  # not 72 s on: the soloist's tempo lasted ~6 s at most
+
+
+def _position_near_a_silence(penalty: float) -> float:
+    """Where the filter is after 1 s of playing that fits no state of X well (noise-like
+    frames), started at 13 s at tempo 1, when X falls digitally silent at 15 s (uniform
+    templates from there on) and the silence's templates are lowered by ``penalty``."""
+    params = AnalysisParams()
+    rng = np.random.default_rng(0)
+    n_states, n_obs = 300, params.n_obs_bins
+    templates = rng.gamma(0.3, size=(n_states, n_obs)) + 1e-3
+    templates /= templates.sum(axis=1, keepdims=True)
+    silent = np.arange(n_states) * params.coarse_period_s >= 15.0
+    templates[silent] = 1.0 / n_obs
+    log_t = np.log(np.repeat(templates[None], len(params.detune_cents), axis=0)).astype(np.float32)
+    quantized = QuantizedTemplates.from_log(log_t)
+    if penalty > 0:
+        quantized = quantized.with_penalty(np.where(silent, penalty, 0.0))
+    follower = Follower(quantized, params, FollowerConfig(silence_penalty=penalty))
+    follower.reset(13.0, wait=False)
+    for i in range(int(round(1.0 / params.fine_period_s))):
+        u = rng.gamma(0.3, size=n_obs) + 1e-3
+        end_s = (i + 1) * params.fine_period_s
+        follower.process_frame(Frame(obs=(u / u.sum()).astype(np.float32), active=True, end_s=end_s, now_s=end_s))
+    return follower.state.x_s
+
+
+def test_nobody_plays_where_the_recording_is_silent():
+    """A uniform template (X's digital silence) explains any playing that fits the right
+    place badly better than the right place does: without the penalty the filter runs into
+    the silence; with it, it goes on at its tempo through the music."""
+    assert _position_near_a_silence(FollowerConfig().silence_penalty) == pytest.approx(14.0, abs=0.3)
+    assert _position_near_a_silence(0.0) > 15.0

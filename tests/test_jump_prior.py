@@ -6,7 +6,7 @@ track, but does take one that has no record yet (a start in the middle of the pi
 import numpy as np
 import pytest
 
-from player.jump_prior import JumpPrior, JumpPriorConfig, section_starts
+from player.jump_prior import JumpPrior, JumpPriorConfig, section_starts, silent_states
 from player.relocator import RelocatorConfig
 from player.search import Candidate
 
@@ -28,12 +28,12 @@ def sound_and_silence(pattern):
 
 def test_sections_start_after_long_silences_only():
     mag = sound_and_silence([(10, True), (3, False), (10, True), (1, False), (5, True), (2.5, False), (4, True)])
-    starts = section_starts(mag, PERIOD_S, gap_s=2.0, below_db=45.0, chunk=7)  # chunked like a long piece
+    starts = section_starts(silent_states(mag, below_db=45.0, chunk=7), PERIOD_S, gap_s=2.0)  # chunked like a long piece
     assert starts.tolist() == [0, 130, 315]
 
 
 def test_a_piece_without_silences_has_one_section():
-    assert section_starts(sound_and_silence([(30, True)]), PERIOD_S, 2.0, 45.0).tolist() == [0]
+    assert section_starts(silent_states(sound_and_silence([(30, True)]), 45.0), PERIOD_S, 2.0).tolist() == [0]
 
 
 def prior(**kw):

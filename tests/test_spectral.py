@@ -7,6 +7,7 @@ from shared.spectral import (
     AnalysisParams,
     OnlineSpectrum,
     OnsetStrength,
+    QuantizedTemplates,
     detune_spectrum,
     log_templates,
     observation_features,
@@ -179,3 +180,25 @@ def test_peak_indices_are_scipys_find_peaks(seed):
         np.testing.assert_array_equal(peak_indices(x, height=height), expected)
     assert peak_indices(np.array([0.0, 1.0])).size == 0
     np.testing.assert_array_equal(peak_indices(np.array([0.0, 2.0, 2.0, 2.0, 2.0, 1.0])), [2])
+
+
+def test_a_penalty_lowers_whole_states_of_the_quantized_templates():
+    rng = np.random.default_rng(3)
+    log_t = np.log(rng.dirichlet(np.ones(12), size=(2, 40))).astype(np.float32)
+    base = QuantizedTemplates.from_log(log_t)
+    penalty = np.zeros(40)
+    penalty[25:30] = 2.0
+    lowered = base.with_penalty(penalty)
+    assert lowered.q is base.q  # the codes are shared, not copied
+    np.testing.assert_allclose(lowered.dequantize(1, slice(20, 35)),
+                               base.dequantize(1, slice(20, 35)) - penalty[20:35, None], atol=1e-5)
+    for lo, hi, reverse in ((0, 20, False), (20, 35, False), (20, 35, True), (0, 40, True)):
+        codes = lowered.codes_into(np.empty((hi - lo, 12), np.float32), 1, lo, hi, reverse=reverse)
+        want = lowered.dequantize(1, slice(lo, hi))
+        np.testing.assert_allclose(lowered.offset + lowered.step * codes, want[::-1] if reverse else want, atol=1e-4)
+    # a slice without penalised states is the codes themselves
+    np.testing.assert_array_equal(lowered.codes_into(np.empty((20, 12), np.float32), 0, 0, 20), base.q[0, :20])
+    with pytest.raises(ValueError):
+        base.with_penalty(-penalty)
+    with pytest.raises(ValueError):
+        base.with_penalty(penalty[:10])
