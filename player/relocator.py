@@ -339,16 +339,19 @@ class Relocator:
 
     def _cost(self, state: float, tempo: float = 1.0) -> float:
         """The prior's cost (nats) of moving the main track to ``state`` (where a player
-        at ``tempo`` would be now): nothing back to where the last far jump left, for
-        ``undo_s``."""
+        at ``tempo`` would be now): nothing back to where the track the last far jump left
+        would be now (within the prior's ``free_s``: a restart's reach), for ``undo_s``.
+        (Not anywhere near it: a look-alike a few seconds from the right place would then
+        be free too, right after a right jump.)"""
         if self.prior is None:
             return 0.0
         if self._left is not None:
-            left, tempo, at = self._left
+            left, left_tempo, at = self._left
             elapsed = self._count - at
             if elapsed * self.frame_s <= self.prior.config.undo_s:
-                there = left + elapsed * tempo * self.frame_s / self.search.params.coarse_period_s
-                if self.prior.near(there, np.array([state]))[0]:
+                period = self.search.params.coarse_period_s
+                there = left + elapsed * left_tempo * self.frame_s / period
+                if abs(state - there) * period <= self.prior.config.free_s:
                     return 0.0
         lead = self.search.sustained_lead(self.prior.config.lost_window_s)
         began = state - self._run * self.frame_s * tempo / self.search.params.coarse_period_s

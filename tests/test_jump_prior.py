@@ -184,12 +184,14 @@ def test_a_far_place_that_keeps_explaining_the_playing_wins_in_the_end():
 
 def test_a_far_jump_is_undone_at_once_but_not_followed_by_another():
     """Right after a far jump, the place the player was believed to be costs nothing to go
-    back to; another far place still costs its distance."""
+    back to (within a restart's reach of where that track would be now); a place near it
+    but not it, or another far place, still costs its distance."""
     def back_to(offset_s):
         def then(relocator, main, shadow, lead):
             lead[0] = 40.0
             return verify(relocator, main, s(600) + s(offset_s))
         return then
 
-    assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(8.0))
+    assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(3.0))
+    assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(12.0))
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(300.0))
