@@ -18,7 +18,7 @@ comes from Debian's ``rubberband-cli``.
 With ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add DIR REV``)
 that tree's player runs the same take too, alternating with this one (this host's speed
 drifts by tens of percent between minutes: only interleaved runs compare), and the result
-adds its CPU seconds, its run-loop real-time factor and this tree's ratio to each.
+adds its CPU seconds, its start-up, its run-loop real-time factor and this tree's ratio to each.
 """
 
 from __future__ import annotations
@@ -93,7 +93,10 @@ def main() -> None:
         # the baseline's player from its own tree (its modules first on the path)
         base_play = [sys.executable, "-c", "import sys; from player.cli import main; sys.argv[0] = 'player'; main()",
                      *play[1:]]
+        base_start = [*base_play[:3], *start[1:]]
+        base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())} if args.baseline is not None else None
         player_s, rb_s, start_s, loop_rtf, per_stage, base_s, base_rtf = [], [], [], [], [], [], []
+        base_start_s = []
         timing_path = alignment.with_name(alignment.name + ".timing.json")
         for _ in range(max(1, args.runs)):  # alternating, so that a noisy spell hits both
             player_s.append(child_cpu_s(play))
@@ -103,9 +106,9 @@ def main() -> None:
             rb_s.append(child_cpu_s(stretch))
             start_s.append(child_cpu_s(start))
             if args.baseline is not None:
-                base_s.append(child_cpu_s(base_play, cwd=args.baseline,
-                                          env={**os.environ, "PYTHONPATH": str(args.baseline.resolve())}))
+                base_s.append(child_cpu_s(base_play, cwd=args.baseline, env=base_env))
                 base_rtf.append(json.loads(timing_path.read_text())["rtf"])
+                base_start_s.append(child_cpu_s(base_start, cwd=args.baseline, env=base_env))
     result = {
         "case": str(args.case) if args.case else "synthesised 1-minute duet",
         "u_seconds": round(u_s, 2),
@@ -122,7 +125,9 @@ def main() -> None:
         result["baseline"] = str(args.baseline)
         result["baseline_cpu_s"] = round(statistics.median(base_s), 3)
         result["baseline_run_loop_rtf"] = round(statistics.median(base_rtf), 4)
+        result["baseline_startup_cpu_s"] = round(statistics.median(base_start_s), 3)
         result["cpu_vs_baseline"] = round(statistics.median(player_s) / statistics.median(base_s), 3)
+        result["startup_vs_baseline"] = round(statistics.median(start_s) / statistics.median(base_start_s), 3)
         result["run_loop_vs_baseline"] = round(statistics.median(loop_rtf) / statistics.median(base_rtf), 3)
     print(json.dumps(result, indent=2))
     if args.json:
