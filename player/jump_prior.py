@@ -38,11 +38,13 @@ flat in the piece's length.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from shared.config import check_fields, field_error
+from shared.spectral import QuantizedTemplates
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class JumpPriorConfig:
             after it starts one.
         section_db: X counts as silent this far (dB) under its loud level (the 95th
             percentile of its frames' power).
+        noise_db: X counts as silent too this far (dB) under its loud level where its
+            spectrum has no shape: within ``noise_flat_nats`` of a uniform template's
+            entropy (a noise floor; 0 nats: level only).
+        noise_flat_nats: see ``noise_db``.
         section_reach_s: a place this close (seconds of X) to a section's start counts as
             that start.
         section_nats: the most a jump to a section's start costs (nats).
@@ -82,6 +88,8 @@ class JumpPriorConfig:
     near_ahead_s: float = 20.0
     section_gap_s: float = 2.0
     section_db: float = 45.0
+    noise_db: float = 30.0
+    noise_flat_nats: float = 0.14
     section_reach_s: float = 3.0
     section_nats: float = 15.0
     far_nats: float = 15.0
@@ -95,17 +103,23 @@ class JumpPriorConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("near_back_s", "near_ahead_s", "section_gap_s", "section_db", "lost_window_s"),
-                     non_negative=("free_s", "section_reach_s", "section_nats", "far_nats", "max_nats", "tenure_s",
+                     non_negative=("free_s", "section_reach_s", "noise_db", "noise_flat_nats", "section_nats", "far_nats",
+                                   "max_nats", "tenure_s",
                                    "undo_s", "lost_from", "pause_s"))
         if self.lost_at <= self.lost_from:
             raise field_error(self, "lost_at", self.lost_at, f"> lost_from ({self.lost_from:g})")
 
 
-def silent_states(state_mag: np.ndarray, below_db: float, chunk: int = 1024) -> np.ndarray:
+def silent_states(state_mag: np.ndarray, below_db: float, templates: QuantizedTemplates | None = None,
+                  noise_db: float = 0.0, noise_flat_nats: float = 0.0, chunk: int = 1024) -> np.ndarray:
     """Which states of X are silent: bool ``(n_states,)``, True where the state's power is
-    ``below_db`` or more under X's loud level (the 95th percentile of the states' power, dB).
-    ``state_mag``: X's magnitude spectra ``(n_states, n_bins)`` (float16, read in chunks of
-    ``chunk`` states so a long piece is never converted whole)."""
+    ``below_db`` or more under X's loud level (the 95th percentile of the states' power, dB),
+    or ``noise_db`` or more under it with a template (``templates``' middle detune variant)
+    within ``noise_flat_nats`` of the uniform distribution's entropy: a recording's noise
+    floor between movements (a spectrum with no shape; music's templates stay 0.18 nats or
+    more under uniform). ``state_mag``: X's magnitude spectra ``(n_states, n_bins)``
+    (float16); both are read in chunks of ``chunk`` states (a long piece is never converted
+    whole)."""
     n = state_mag.shape[0]
     power = np.empty(n)
     for a in range(0, n, chunk):
@@ -113,7 +127,18 @@ def silent_states(state_mag: np.ndarray, below_db: float, chunk: int = 1024) -> 
         power[a:a + chunk] = np.einsum("ij,ij->i", block, block)
     level = 10.0 * np.log10(power + 1e-20)
     loud = np.percentile(level, 95) if n else 0.0
-    return level < loud - below_db
+    silent = level < loud - below_db
+    if templates is not None and noise_flat_nats > 0:
+        quiet = np.flatnonzero(~silent & (level < loud - noise_db))
+        uniform = math.log(templates.q.shape[2])
+        middle = templates.q.shape[0] // 2
+        for a in range(0, quiet.size, chunk):
+            rows = quiet[a:a + chunk]
+            log_t = templates.dequantize(middle, rows)
+            p = np.exp(log_t)
+            entropy = -(p * log_t).sum(axis=1) / p.sum(axis=1)
+            silent[rows] = entropy > uniform - noise_flat_nats
+    return silent
 
 
 def section_starts(silent: np.ndarray, period_s: float, gap_s: float) -> np.ndarray:

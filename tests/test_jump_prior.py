@@ -32,6 +32,35 @@ def test_sections_start_after_long_silences_only():
     assert starts.tolist() == [0, 130, 315]
 
 
+def test_a_noise_floor_between_movements_is_silence_a_quiet_passage_is_not():
+    """A recording with a noise floor 40 dB under its music: the gaps are not 45 dB under
+    the loud level, but their spectrum has no shape (white noise: nearly uniform
+    templates); a passage as quiet as the noise but with partials is music."""
+    from shared.spectral import AnalysisParams, QuantizedTemplates, log_templates
+
+    params = AnalysisParams()
+    rng = np.random.default_rng(4)
+    freqs = np.arange(params.n_bins) * params.sr / params.n_fft
+
+    def tones(f0, gain, n):  # a harmonic tone's magnitudes, with a little noise
+        mag = np.zeros(params.n_bins)
+        for h in range(1, 9):
+            mag += np.exp(-0.5 * ((freqs - h * f0) / 6.0) ** 2) / h
+        return gain * (mag + 1e-3 * rng.uniform(0.5, 1.0, size=(n, params.n_bins)))
+
+    music = [tones(220.0 * 2 ** (k / 12), 1.0, 30) for k in range(6)]
+    gap = 4e-4 * rng.uniform(0.5, 1.0, size=(30, params.n_bins))  # 42 dB under the music's power
+    quiet = tones(330.0, 1e-2, 30)  # as quiet (40 dB under), with partials
+    mag = np.concatenate([*music[:3], gap, *music[3:], quiet, music[0]]).astype(np.float16)
+    templates = QuantizedTemplates.from_log(log_templates(mag.astype(np.float32), params))
+    by_level = silent_states(mag, below_db=45.0)
+    assert not by_level.any()
+    silent = silent_states(mag, 45.0, templates, noise_db=30.0, noise_flat_nats=0.14)
+    assert silent[90:120].all()  # the gap
+    assert not silent[:90].any() and not silent[120:].any()  # music, the quiet passage too
+    assert section_starts(silent, PERIOD_S, gap_s=2.0).tolist() == [0, 120]
+
+
 def test_a_piece_without_silences_has_one_section():
     assert section_starts(silent_states(sound_and_silence([(30, True)]), 45.0), PERIOD_S, 2.0).tolist() == [0]
 
