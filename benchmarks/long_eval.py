@@ -27,6 +27,7 @@ first minute: the CPU ratio says whether the cost per frame is flat in the piece
     python -m benchmarks.long_eval assemble --piece long_tune --cases /tmp/long/tune --out /tmp/long/pieces
     python -m benchmarks.long_eval run /tmp/long/pieces/long_tune [--take through] [--set relocator.margin_nats=30]
         [--no-search] [--cost]
+    python -m benchmarks.long_eval noisy /tmp/long/pieces/long_tune --snr-db 37   # -> long_tune_noisy37
 
 The recipe marks each piece ``tuning`` or ``checking``: tune on the first only.
 """
@@ -46,7 +47,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from benchmarks.follow_eval import case_bundle, read_map, score_path
+from benchmarks.follow_eval import add_pink_noise, case_bundle, read_map, score_path
 from benchmarks.jump_eval import relock_time, room_noise
 from shared.alignment import causal_positions
 from shared.audio import to_mono
@@ -465,6 +466,20 @@ def _one(argv: list[str]) -> None:
     print(json.dumps({"rtf": res.rtf, "jumps": res.counters["jumps"], "peak_mb": peak / 1024}))
 
 
+def make_noisy(piece: Path, snr_db: float, seed: int = 0) -> Path:
+    """A copy of ``piece`` beside it whose recording has pink noise ``snr_db`` under its RMS
+    (a recording with a noise floor: a noisy room, tape); the takes, sections and truth are
+    the piece's own (linked). Returns the copy's folder."""
+    out = piece.with_name(f"{piece.name}_noisy{snr_db:g}")
+    out.mkdir(exist_ok=True)
+    for item in piece.iterdir():
+        if item.name != "X.flac" and not (out / item.name).exists():
+            (out / item.name).symlink_to(item.resolve())
+    x, sr = sf.read(piece / "X.flac", dtype="float32")
+    sf.write(out / "X.flac", add_pink_noise(x, snr_db, seed), sr, subtype="PCM_24")
+    return out
+
+
 def first_minute(piece: Path, take: Path, work: Path) -> tuple[Path, Path]:
     """A 1-minute case beside the piece (its X's first minute, and the take's first
     minute) for the cost ratio."""
@@ -542,6 +557,10 @@ def main() -> None:
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--recipe", type=Path, default=RECIPE)
     a.add_argument("--take", nargs="*", default=None, help="write only these takes (the piece is already there)")
+    n = sub.add_parser("noisy", help="a copy of an assembled piece whose recording has a noise floor")
+    n.add_argument("piece", type=Path)
+    n.add_argument("--snr-db", type=float, required=True, help="pink noise this far under the recording's RMS")
+    n.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("run", help="follow the takes of an assembled piece")
     r.add_argument("piece", type=Path)
     r.add_argument("--take", nargs="*", default=None)
@@ -553,6 +572,8 @@ def main() -> None:
     if args.command == "assemble":
         recipe = json.loads(args.recipe.read_text())[args.piece]
         assemble(recipe, args.cases, args.out / args.piece, args.take)
+    elif args.command == "noisy":
+        print(make_noisy(args.piece, args.snr_db, args.seed))
     else:
         run(args.piece, args.take, args.overrides, args.no_search, args.cost, args.work)
 
