@@ -96,8 +96,8 @@ class FollowerConfig:
         onset_false: chance that U shows an onset where X has none.
         onset_tolerance_s: timing slack (seconds of X) between X's onsets and U's.
         silence_penalty: how much less likely an active frame of U is at a state where X is
-            silent (``JumpPriorConfig.section_db`` under its loud level) than that state's
-            template (uniform, for digital silence) says, in log units per unit of
+            silent (:func:`player.jump_prior.silent_states`: far under its loud level, or
+            a noise floor) than that state's template (uniform, or nearly) says, in log units per unit of
             observation (``kappa`` times this per frame; the search's score per observation
             takes it too): nobody plays where the recording is silent. 0 disables.
     """

@@ -345,16 +345,16 @@ class Relocator:
         be free too, right after a right jump.)"""
         if self.prior is None:
             return 0.0
+        period = self.search.params.coarse_period_s
         if self._left is not None:
             left, left_tempo, at = self._left
             elapsed = self._count - at
             if elapsed * self.frame_s <= self.prior.config.undo_s:
-                period = self.search.params.coarse_period_s
                 there = left + elapsed * left_tempo * self.frame_s / period
                 if abs(state - there) * period <= self.prior.config.free_s:
                     return 0.0
         lead = self.search.sustained_lead(self.prior.config.lost_window_s)
-        began = state - self._run * self.frame_s * tempo / self.search.params.coarse_period_s
+        began = state - self._run * self.frame_s * tempo / period
         return self.prior.cost(self.main.position_states, state, self._tenure * self.frame_s, lead, began)
 
     # ------------------------------------------------------------------ screenings
