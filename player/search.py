@@ -124,6 +124,13 @@ class GlobalSearch:
         self._tempos = np.asarray(cfg.tempos, dtype=np.float64)
         self._lags = np.round(np.arange(self.ctx)[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
         self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
+        # each state's similarity to each observation of the short context is computed once
+        # (a state is scored again at every sweep, and a short piece is swept once per new
+        # observation): column ``id % ctx`` holds the observation numbered ``id``, and
+        # ``_filled[s]`` is the newest observation state ``s``'s columns hold
+        self._sim = np.empty((n, self.ctx), dtype=np.float32)
+        self._filled = np.empty(n, dtype=np.int64)
+        self._columns = np.empty(self.ctx, dtype=np.int64)  # the column of each age (newest first)
         self._best = np.empty(self.slice)  # a slice's scores and the index of their tempos
         self._which = np.empty(self.slice, dtype=np.int64)
         # the long context: X states a path may cover (tempo up to 1.6 on average), and the
@@ -131,7 +138,7 @@ class GlobalSearch:
         self._long_rows = int(np.ceil(1.6 * self.n_long)) + 1
         self._recency = np.exp(-np.arange(self.n_long) * params.coarse_period_s / cfg.recency_s)
         self._long_buf = np.empty((self._long_rows, params.n_obs_bins), dtype=np.float32)
-        self._sim = np.empty((self._long_rows, self.n_long), dtype=np.float32)
+        self._long_sim = np.empty((self._long_rows, self.n_long), dtype=np.float32)
         self._dp = np.empty((2, self._long_rows))
         # the last state holds any long note for ever (a track there cannot move on), so a
         # candidate needs room to be tested: ``room_s`` seconds of X after it
@@ -157,6 +164,10 @@ class GlobalSearch:
         self._latest_far: list[tuple[float, float, float, int]] = []
         self._frame = 0
         self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
+        self._n_obs = 0  # observations pushed so far (the newest is numbered this)
+        self._sim_detune = self._detune  # the variant the similarity cache was computed with
+        self._filled[:] = -self.ctx  # nothing cached
+        self._columns[:] = -np.arange(self.ctx) % self.ctx
         # the long context's scoring of a sweep's places, spread over frames
         self._snap_u = np.zeros_like(self.u_obs)
         self._snap_w = np.zeros(self.n_long)
@@ -171,7 +182,8 @@ class GlobalSearch:
         :meth:`player.follower.Follower.warm_up`); the search's state is left as it was."""
         sim = np.zeros((3, self.ctx), dtype=np.float32)
         ends = np.arange(2, 3, dtype=np.int64)
-        _context_scores(sim, ends, self._lags, 0, np.ones(self.ctx, dtype=np.float32), 1.0, self._best, self._which)
+        _context_scores(sim, ends, self._lags, np.arange(self.ctx), 0, np.ones(self.ctx, dtype=np.float32), 1.0,
+                        self._best, self._which)
         index = np.zeros(2, dtype=np.int64)
         _merge_peaks(np.zeros(1), index[:1], ends, np.zeros(2), index.copy(), index.copy(), 0, 1, self._apart)
         _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
@@ -186,12 +198,29 @@ class GlobalSearch:
             return np.full(ends.shape, -np.inf), np.ones(ends.shape)
         lo = max(0, int(ends[0]) - self.max_lag)
         hi = int(ends[-1]) + 1
+        self._fill_similarities(lo, hi)
+        best, which = self._best, self._which
+        _context_scores(self._sim, ends, self._lags, self._columns, lo, w, float(total), best[: ends.size],
+                        which[: ends.size])
+        return best[: ends.size].copy(), self._tempos[which[: ends.size]]
+
+    def _fill_similarities(self, lo: int, hi: int) -> None:
+        """Bring the cached similarities of states ``[lo, hi)`` to the newest observation:
+        ``log T[s] . u`` for the observations each state lacks (all of them after a change
+        of the template variant)."""
+        if self._detune != self._sim_detune:
+            self._filled[:] = -self.ctx
+            self._sim_detune = self._detune
+        missing = min(self.ctx, self._n_obs - int(self._filled[lo:hi].min()))
+        if missing <= 0:
+            return
         rows = self.templates.codes_into(self._rows[: hi - lo], self._detune, lo, hi)
         # log T = offset + step * q, and each observation sums to 1
-        sim = self.templates.offset + self.templates.step * (rows @ self.u_obs[: self.ctx].T)  # (states, ctx)
-        best, which = self._best, self._which
-        _context_scores(sim, ends, self._lags, lo, w, float(total), best[: ends.size], which[: ends.size])
-        return best[: ends.size].copy(), self._tempos[which[: ends.size]]
+        block = rows @ self.u_obs[:missing].T  # (states, missing), newest first
+        block *= self.templates.step
+        block += self.templates.offset
+        self._sim[lo:hi, self._columns[:missing]] = block
+        self._filled[lo:hi] = self._n_obs
 
     def score_at(self, state: float) -> float:
         """The short context's score (nats per observation) at ``state``."""
@@ -207,7 +236,7 @@ class GlobalSearch:
         lo = max(0, end - self._long_rows + 1)
         rows = self.templates.codes_into(self._long_buf[: end + 1 - lo], self._snap_detune, lo, end + 1,
                                          reverse=True)  # row j: end - j
-        sim = self._sim[: end + 1 - lo]
+        sim = self._long_sim[: end + 1 - lo]
         np.matmul(rows, self._snap_u.T, out=sim)
         sim *= self.templates.step  # log T = offset + step * q, and each observation sums to 1
         path = _best_path(sim, self._snap_w, self._recency, self._dp)
@@ -237,6 +266,9 @@ class GlobalSearch:
             mean = self._acc / max(float(self._acc.sum()), 1e-12)
             self.u_obs[0] = mean
             self.u_active[0] = 1.0 if self._acc_active * 2 > self._acc_n else 0.0
+            self._n_obs += 1
+            self._columns[1:] = self._columns[:-1]
+            self._columns[0] = self._n_obs % self.ctx
             self._acc[:] = 0.0
             self._acc_n = self._acc_active = 0
         if self._queue:
@@ -406,21 +438,26 @@ def _merge_peaks(scores, order, ends, kept, kept_states, source, n, k, apart):  
 
 
 @njit(cache=True)
-def _context_scores(sim, ends, lags, lo, weights, total, best, which):  # pragma: no cover (numba)
+def _context_scores(sim, ends, lags, columns, lo, weights, total, best, which):  # pragma: no cover (numba)
     """For each end state ``ends[i]``: the best over tempos ``t`` of the weighted mean
-    ``sum_k weights[k] * sim[ends[i] - lags[t, k] - lo, k] / total`` (a row before the piece
-    counts as the worst of ``sim``), into ``best[i]``, and that ``t`` into ``which[i]`` (the
-    first of equal ones). ``sim``: ``(rows, ctx)`` similarities of the states from ``lo``
-    on to the context's observations (newest first); ``lags``: ``(T, ctx)`` states back."""
-    worst = sim.min()
+    ``sum_k weights[k] * sim[ends[i] - lags[t, k], columns[k]] / total`` (a row before the
+    piece counts as the worst of ``sim``'s rows ``lo`` to ``ends[-1]``), into ``best[i]``,
+    and that ``t`` into ``which[i]`` (the first of equal ones). ``sim``: ``(n_states, ctx)``
+    similarities of the states to the context's observations; ``columns``: ``(ctx,)`` the
+    column of the ``k``-th newest observation; ``lags``: ``(T, ctx)`` states back."""
     n_tempos, ctx = lags.shape
+    worst = np.inf
+    for row in range(lo, ends[-1] + 1):
+        for k in range(ctx):
+            if sim[row, k] < worst:
+                worst = sim[row, k]
     for i in range(ends.size):
         top, top_t = -np.inf, 0
         for t in range(n_tempos):
             acc = 0.0
             for k in range(ctx):
-                row = ends[i] - lags[t, k] - lo
-                acc += weights[k] * (sim[row, k] if row >= 0 else worst)
+                row = ends[i] - lags[t, k]
+                acc += weights[k] * (sim[row, columns[k]] if row >= 0 else worst)
             if acc / total > top:
                 top, top_t = acc / total, t
         best[i], which[i] = top, top_t

@@ -1,0 +1,88 @@
+"""The global search: its short-context scores equal a direct computation from the
+templates and U's context (its per-state similarity cache is never stale: across sweeps,
+a piece longer than one slice, the ring of context columns wrapping round, a change of
+template variant, silenced states), and it finds a player who jumped far."""
+
+import numpy as np
+import pytest
+
+from player.search import GlobalSearch, SearchConfig
+from shared.spectral import AnalysisParams, QuantizedTemplates
+
+PARAMS = AnalysisParams()
+
+
+def random_templates(n_states: int, seed: int = 0) -> tuple[QuantizedTemplates, np.ndarray]:
+    """Quantised random log templates ``(n_detune, n_states, n_obs)`` (each variant its own)
+    and the normalised spectra ``(n_states, n_obs)`` of variant 0's states."""
+    rng = np.random.default_rng(seed)
+    n_obs = PARAMS.n_obs_bins
+    spectra = rng.gamma(0.3, size=(len(PARAMS.detune_cents), n_states, n_obs)) + 1e-3
+    spectra /= spectra.sum(axis=2, keepdims=True)
+    centre = PARAMS.detune_cents.index(0.0)
+    return QuantizedTemplates.from_log(np.log(spectra).astype(np.float32)), spectra[centre]
+
+
+def direct_scores(search: GlobalSearch, ends: np.ndarray) -> np.ndarray:
+    """The short context's best-over-tempo weighted mean log-likelihood at each end state,
+    from the dequantised templates of the search's present variant (no cache)."""
+    log_t = search.templates.dequantize(search._detune).astype(np.float64)  # (n_states, n_obs)
+    offset = search.templates.offset
+    # an observation sums to 1 (the context's unfilled ones are 0: then the lowest code's value)
+    sim = offset + (log_t - offset) @ search.u_obs[: search.ctx].astype(np.float64).T  # (n_states, ctx)
+    w = search.u_active[: search.ctx].astype(np.float64)
+    out = np.empty(ends.size)
+    for i, end in enumerate(ends):
+        rows = end - search._lags  # (T, ctx)
+        lo = max(0, int(ends[0]) - search.max_lag)  # rows before the piece: the worst of the slice
+        worst = sim[lo: int(ends[-1]) + 1].min()
+        vals = np.where(rows >= 0, sim[np.maximum(rows, 0), np.arange(search.ctx)], worst)
+        out[i] = (vals @ w / w.sum()).max()
+    return out
+
+
+@pytest.mark.parametrize("penalised", [False, True])
+def test_cached_scores_equal_the_direct_computation(penalised):
+    n_states = 900  # longer than one slice: each sweep takes several frames
+    templates, spectra = random_templates(n_states)
+    if penalised:
+        penalty = np.zeros(n_states, dtype=np.float32)
+        penalty[300:340] = 2.0  # a silence of X
+        templates = templates.with_penalty(penalty)
+    search = GlobalSearch(templates, PARAMS, SearchConfig(slice_states=250))
+    rng = np.random.default_rng(1)
+    checks = 0
+    for frame in range(int(12.0 / PARAMS.fine_period_s)):  # the context's ring wraps round many times
+        state = 100 + frame // PARAMS.fine_per_coarse
+        u = spectra[state] * rng.gamma(4.0, size=spectra.shape[1])
+        cents = 0.0 if frame < 300 else 25.0  # the tuning estimate moves: another variant
+        search.step((u / u.sum()).astype(np.float32), active=frame % 37 != 0, detune_cents=cents,
+                    position_states=float(state))
+        if frame % 23 == 0 and search.u_active[: search.ctx].sum() > 0:
+            for lo in (0, 10, 420, n_states - 40):  # the piece's start (rows before it) and its end
+                ends = np.arange(lo, lo + 40)
+                got, _ = search._scores(ends)
+                np.testing.assert_allclose(got, direct_scores(search, ends), rtol=0, atol=2e-4)
+                checks += 1
+    assert checks > 30
+
+
+def test_the_search_finds_a_player_who_jumped_far():
+    """U plays states 100-160 of X, then from state 700 on: within 3 s of the jump the search
+    proposes a place within half a second of where the player is."""
+    templates, spectra = random_templates(900, seed=2)
+    search = GlobalSearch(templates, PARAMS)
+    rng = np.random.default_rng(3)
+    per_state = PARAMS.fine_per_coarse
+    found_after = None
+    for frame in range(int(9.0 / PARAMS.fine_period_s)):
+        jumped = frame >= 6.0 / PARAMS.fine_period_s
+        state = (700 + (frame - 300) // per_state) if jumped else 100 + frame // per_state
+        u = spectra[state] * rng.gamma(4.0, size=spectra.shape[1])
+        filter_place = 100.0 + frame / per_state  # the filter carries on where it was
+        search.step((u / u.sum()).astype(np.float32), active=True, detune_cents=0.0, position_states=filter_place)
+        if jumped and found_after is None:
+            now = 700 + (frame - 300 + 1) / per_state
+            if any(abs(c.state - now) * PARAMS.coarse_period_s < 0.5 for c in search.candidates(filter_place)):
+                found_after = (frame - 300) * PARAMS.fine_period_s
+    assert found_after is not None and found_after < 3.0
