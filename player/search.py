@@ -144,7 +144,7 @@ class GlobalSearch:
         # candidate needs room to be tested: ``room_s`` seconds of X after it
         self._last_candidate = n - 1 - room_s / params.coarse_period_s
         self._apart = cfg.min_jump_s / params.coarse_period_s  # states between two proposed places
-        self._lead_keep = int(round(30.0 / params.fine_period_s))  # frames of lead history kept at most
+        self._lead_keep = int(round(30.0 / params.fine_period_s))  # frames of playing of lead history kept at most
         # which states are a section's start, for the prior's free places (looked up per slice)
         self._at_section_start = prior.at_section_start(np.arange(n)) if prior is not None else None
         self.reset()
@@ -163,6 +163,7 @@ class GlobalSearch:
         self._latest_free: list[tuple[float, float, float, int]] = []
         self._latest_far: list[tuple[float, float, float, int]] = []
         self._frame = 0
+        self._played = 0  # active frames so far (the clock the leads are kept on)
         self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
         self._n_obs = 0  # observations pushed so far (the newest is numbered this)
         self._sim_detune = self._detune  # the variant the similarity cache was computed with
@@ -175,7 +176,7 @@ class GlobalSearch:
         self._queue: list[tuple[float, float, float, int]] = []  # far places (short score, state, tempo, frame) to score
         self._scored: list[float] = []  # their long scores so far (the filter's place first)
         self._waiting_free: list[tuple[float, float, float, int]] = []  # the same sweep's free places
-        self._leads: deque[tuple[int, float]] = deque()  # (frame, lead) of each scored sweep
+        self._leads: deque[tuple[int, float]] = deque()  # (frames of playing then, lead) of each scored sweep
 
     def warm_up(self) -> None:
         """Load the compiled kernels now, not in the first audio callback that sweeps (see
@@ -256,6 +257,7 @@ class GlobalSearch:
         score the next slice of the piece with the variant nearest ``detune_cents``, and
         a few queued places on the long context (``position_states``: the filter's place)."""
         self._frame += 1
+        self._played += int(active)
         self._detune = int(np.argmin(np.abs(self.cents - detune_cents)))
         self._acc += u
         self._acc_n += 1
@@ -343,19 +345,22 @@ class GlobalSearch:
                                    if ls > own), reverse=True)
 
     def _add_lead(self, lead: float) -> None:
-        self._leads.append((self._frame, lead))
-        while self._leads and self._frame - self._leads[0][0] > self._lead_keep:
+        self._leads.append((self._played, lead))
+        while self._leads and self._played - self._leads[0][0] > self._lead_keep:
             self._leads.popleft()
 
     def sustained_lead(self, window_s: float) -> float:
         """The least lead (nats per observation of the long context) of the best far place
-        over the filter's place among the sweeps of the last ``window_s`` seconds: high
-        when the filter's place has been explaining the playing worse than some other
-        place for that long (a lost track), about zero or below on a right one (look-alikes
-        lead now and then, not for long). 0 until the sweeps cover ``window_s``."""
+        over the filter's place among the sweeps of the last ``window_s`` seconds of
+        playing: high when the filter's place has been explaining the playing worse than
+        some other place for that long (a lost track), about zero or below on a right one
+        (look-alikes lead now and then, not for long). 0 until the sweeps cover
+        ``window_s``. Counted in seconds of playing, not of time: the sweeps pause with the
+        soloist, and the one or two sweeps just after a long rest, whose long context is
+        mostly that rest, cannot make a lead "sustained"."""
         if not self._leads:
             return 0.0
-        since = self._frame - window_s / self.params.fine_period_s
+        since = self._played - window_s / self.params.fine_period_s
         recent = [lead for at, lead in self._leads if at >= since]
         if self._leads[0][0] > since or not recent:
             return 0.0
