@@ -140,15 +140,18 @@ class Engine:
         templates = bundle.templates
         if cfg.follower.silence_penalty > 0 and silent.any():
             templates = templates.with_penalty(np.where(silent, cfg.follower.silence_penalty, 0.0))
+        sections = section_starts(silent, p.coarse_period_s, cfg.jumps.section_gap_s)
         self.follower = Follower(templates, p, cfg.follower, onset_terms)
+        self.follower.set_sections(sections)
         self.presence = SoloPresence(cfg.separation, p.fine_period_s)
         self.relocator = None
         if cfg.global_search:
-            prior = JumpPrior(section_starts(silent, p.coarse_period_s, cfg.jumps.section_gap_s), p.coarse_period_s,
-                              cfg.jumps)
+            prior = JumpPrior(sections, p.coarse_period_s, cfg.jumps)
             search = GlobalSearch(templates, p, cfg.search, room_s=cfg.relocator.trial_s * max(cfg.search.tempos),
                                   prior=prior)
             tracks = [Follower(templates, p, cfg.follower, onset_terms) for _ in range(cfg.search.candidates + 1)]
+            for track in tracks:
+                track.set_sections(sections)
             self.relocator = Relocator(search, self.follower, tracks, cfg.relocator, p.fine_period_s, prior)
         self._analysis: tuple[FrameStage, ...] = (self.spectrum, self.leak, self.activity, self.denoise,
                                                    self.observation)

@@ -72,6 +72,12 @@ class FollowerConfig:
         reentry_tempo_uncertainty: relative tempo error assumed through a rest; at the
             re-entry the belief is spread by this times the rest's length (seconds of X).
         reentry_min_s: the least spread at a re-entry (seconds of X).
+        section_entry_s: a soloist silent while the belief crossed the start of a section
+            (X's music after a silence: a new movement, see :meth:`Follower.set_sections`)
+            may begin it later than the recording does, by up to this much (seconds of
+            X): at their re-entry ``section_entry_weight`` of the belief moves to the
+            section's start. 0 disables.
+        section_entry_weight: see ``section_entry_s``.
         tutti_after_s: a silence longer than this (seconds of U) is a tutti: the position
             moves on at the recording's own tempo, the soloist's fading out over
             ``tutti_fade_s`` (seconds of U).
@@ -130,6 +136,8 @@ class FollowerConfig:
     onset_false: float = 0.1
     onset_tolerance_s: float = 0.02
     silence_penalty: float = 2.0
+    section_entry_s: float = 6.0
+    section_entry_weight: float = 0.5
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("kappa", "substeps", "band_states", "step_std", "silent_step_std",
@@ -137,8 +145,9 @@ class FollowerConfig:
                                      "tutti_fade_s"),
                      non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s",
                                    "tutti_after_s", "detune_rate", "tempo_prior_weight", "lead_s", "mean_halfwidth", "floor",
-                                   "onset_weight", "onset_tolerance_s", "silence_penalty"),
-                     unit=("band_lead", "novelty_min"), integers=("substeps", "band_states", "mean_halfwidth"))
+                                   "onset_weight", "onset_tolerance_s", "silence_penalty", "section_entry_s"),
+                     unit=("band_lead", "novelty_min", "section_entry_weight"),
+                     integers=("substeps", "band_states", "mean_halfwidth"))
         if self.max_tempo < self.min_tempo:
             raise field_error(self, "max_tempo", self.max_tempo, f">= min_tempo ({self.min_tempo:g})")
         if not 0.0 < self.onset_false < self.onset_hit < 1.0:
@@ -303,6 +312,8 @@ class Follower:
         self._prev_root: np.ndarray | None = None
         self.last_change: float | None = None  # Hellinger distance of the last observation to the one before
         self._silent_frames = 0
+        self._rest_from = 0  # the mode (sub-state) when the present rest began
+        self._sections = np.zeros(0, dtype=np.int64)  # sections' first sub-states (see set_sections)
         self.reset(0.0)
 
     # ------------------------------------------------------------------ set-up
@@ -327,6 +338,13 @@ class Follower:
         self.log_evidence = 0.0
         self._s_hat = j0 / self.m
         self.state = FollowerState(x_s=start_s, tempo=tempo, state=j0 // self.m)
+        self._rest_from = j0
+
+    def set_sections(self, starts: np.ndarray) -> None:
+        """The states where X's sections begin (int ``(k,)``, ascending: its music after
+        a silence of some seconds, :func:`player.jump_prior.section_starts`), for the
+        re-entry of a soloist who was silent across one (``section_entry_s``)."""
+        self._sections = np.asarray(starts, dtype=np.int64) * self.m
 
     def relocate(self, state: float, spread_states: float = 2.0, tempo: float | None = None) -> None:
         """Move the band to ``state`` (a jump found by the global search), optionally with a
@@ -336,6 +354,7 @@ class Follower:
         self.tempo_tracker.reset(self.tempo_tracker.tempo if tempo is None else tempo)
         self._prev_root = None
         self._silent_frames = 0
+        self._rest_from = j
         self._s_hat = state
         self.started = True
 
@@ -350,6 +369,7 @@ class Follower:
         b = other.belief()
         self.lo, self.posterior, self.log_w = b.lo, b.posterior, b.log_w
         self._s_hat, self._mode, self._confidence = b.position_states, b.mode, b.confidence
+        self._rest_from = b.mode  # a rest in progress is crossed from here on
         self.tempo_tracker.reset(b.tempo)
         self.started = True
 
@@ -435,6 +455,33 @@ class Follower:
         kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
         self.posterior = np.convolve(self.posterior, kernel / kernel.sum(), mode="same")
 
+    def _section_entry(self) -> None:
+        """The soloist plays again after a rest across a section's start (a new movement),
+        which the belief passed at the recording's pace: they may be beginning the section
+        later than the recording did (musicians take their time between movements), so
+        ``section_entry_weight`` of the belief moves to the section's start (the band
+        stretched back to hold it); the next frames' evidence decides between the two."""
+        cfg = self.config
+        mode = self.lo + int(np.argmax(self.posterior))
+        reach = cfg.section_entry_s / self.params.coarse_period_s * self.m
+        crossed = self._sections[(self._sections > self._rest_from) & (self._sections <= mode)
+                                 & (self._sections >= mode - reach)]
+        if crossed.size == 0:
+            return
+        start = int(crossed[-1])
+        if start < self.lo:  # the band keeps its length: what falls off its far end is dropped
+            shift = self.lo - start + self.m  # a state behind the section's start
+            shift = min(shift, self.lo)
+            moved = np.zeros(self.band)
+            moved[shift:] = self.posterior[: self.band - shift]
+            self.posterior = moved / max(moved.sum(), 1e-300)
+            self.lo -= shift
+        spread = max(cfg.reentry_min_s / self.params.coarse_period_s * self.m, 1.0)
+        z = (np.arange(self.lo, self.lo + self.band) - start) / spread
+        bump = np.where(np.abs(z) <= 3.0, np.exp(-0.5 * z * z), 0.0)
+        self.posterior = ((1.0 - cfg.section_entry_weight) * self.posterior
+                          + cfg.section_entry_weight * bump / bump.sum())
+
     def _apply_onset(self, onset: float) -> None:
         """Weigh the band by the onset term of a frame of onset strength ``onset`` (not
         counted in ``log_evidence``: see the module's docstring)."""
@@ -514,9 +561,13 @@ class Follower:
             if active:
                 if self._silent_frames * self.params.fine_period_s >= self.config.reentry_after_s:
                     self._reentry_spread()
+                    if self._sections.size and self.config.section_entry_s > 0:
+                        self._section_entry()
                 self._update(u, evidence_scale, onset)
             self._normalise_and_follow()
         if self.started:  # waiting for the first note crosses no music: nothing to widen for
+            if not active and self._silent_frames == 0:
+                self._rest_from = self._mode
             self._silent_frames = 0 if active else self._silent_frames + 1
         x_centre = self._s_hat * self.params.coarse_period_s
         tempo = self.tempo_tracker.tempo if active else self._silent_tempo()

@@ -369,3 +369,56 @@ def test_nobody_plays_where_the_recording_is_silent():
     the silence; with it, it goes on at its tempo through the music."""
     assert _position_near_a_silence(FollowerConfig().silence_penalty) == pytest.approx(14.0, abs=0.3)
     assert _position_near_a_silence(0.0) > 15.0
+
+
+def _late_movement_entry_error(section_entry_s: float, late_s: float = 4.0) -> float:
+    """A piece of two movements (X: 10 s of notes, 4 s of silence, 16 s of notes; each
+    note 0.5 s, a random spectrum). The soloist plays the first 9.5 s, rests, and begins
+    the second movement ``late_s`` later than the recording does; the follower crosses
+    the gap at tempo 1 and is ``late_s`` into the movement at the re-entry (4 s: beyond
+    the reach of its re-entry spread and of its floor). Returns its error
+    (seconds of X) 0.4 s after the re-entry."""
+    params = AnalysisParams()
+    rng = np.random.default_rng(4)
+    n_obs, period = params.n_obs_bins, params.coarse_period_s
+    gap = (100, 140)  # states of silence between the movements
+    notes = rng.gamma(0.3, size=(60, n_obs)) + 1e-3
+    notes /= notes.sum(axis=1, keepdims=True)
+    spectra = np.repeat(notes, 5, axis=0)  # (300, n_obs): a note per 5 states
+    spectra[gap[0]:gap[1]] = 1.0 / n_obs  # the silence's template is uniform
+    log_t = np.log(np.repeat(spectra[None], len(params.detune_cents), axis=0)).astype(np.float32)
+    penalty = np.zeros(300, dtype=np.float32)
+    penalty[gap[0]:gap[1]] = 2.0  # as the engine marks X's silences
+    templates = QuantizedTemplates.from_log(log_t).with_penalty(penalty)
+    follower = Follower(templates, params, FollowerConfig(section_entry_s=section_entry_s))
+    follower.set_sections(np.array([0, gap[1]]))
+    follower.reset(0.0)
+    entry_x = gap[1] * period  # X's second movement begins at 14.0 s
+    entry_u = entry_x + late_s
+    frame_s = params.fine_period_s
+    for i in range(int((entry_u + 0.4) / frame_s)):
+        t = (i + 1) * frame_s
+        if t < 9.5:
+            x, active = t, True
+        elif t < entry_u:
+            x, active = None, False
+        else:
+            x, active = entry_x + (t - entry_u), True
+        if active:
+            u = spectra[int(x / period)] * rng.gamma(8.0, size=n_obs)
+            obs = (u / u.sum()).astype(np.float32)
+        else:
+            obs = np.full(n_obs, 1.0 / n_obs, dtype=np.float32)
+        follower.process_frame(Frame(obs=obs, active=active, end_s=t, now_s=t))
+    return follower.state.x_frame_s - (entry_x + 0.4 - follower.centre_delay_s)
+
+
+def test_a_soloist_who_begins_a_movement_late_is_caught_at_once():
+    """The re-entry puts half the belief at the start of the movement the rest crossed:
+    the first notes decide. Without it the belief stays seconds ahead (its re-entry
+    spread only covers the tempo's uncertainty over the rest)."""
+    assert abs(_late_movement_entry_error(FollowerConfig().section_entry_s)) < 0.15
+    assert _late_movement_entry_error(0.0) > 1.0
+    # a soloist who begins it with the recording is followed as before
+    assert abs(_late_movement_entry_error(FollowerConfig().section_entry_s, late_s=0.0)) < 0.15
+    assert abs(_late_movement_entry_error(FollowerConfig().section_entry_s, late_s=1.5)) < 0.15
