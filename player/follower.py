@@ -380,12 +380,26 @@ class Follower:
 
     def _centre_on(self, j0: int, spread: float) -> None:
         self.lo = self._band_start(j0)
-        idx = np.arange(self.lo, self.lo + self.band)
-        z = (idx - j0) / max(spread, 1e-3)
-        # truncated at 3 sigma: a Gaussian's tail would seed far places far above the floor
-        posterior = np.where(np.abs(z) <= 3.0, np.exp(-0.5 * z * z), 0.0)
-        self.posterior = self._floored(posterior, j0 - self.lo)
+        self.posterior = self._floored(self._band_gaussian(j0, spread), j0 - self.lo)
         self._mode = j0
+
+    def _band_gaussian(self, centre: int, spread: float) -> np.ndarray:
+        """An unnormalised Gaussian ``(band,)`` over the band's sub-states around sub-state
+        ``centre`` (``spread``: its sigma, sub-states), truncated at 3 sigma: a Gaussian's
+        tail would seed far places far above the floor."""
+        z = (np.arange(self.lo, self.lo + self.band) - centre) / max(spread, 1e-3)
+        return np.where(np.abs(z) <= 3.0, np.exp(-0.5 * z * z), 0.0)
+
+    def _shifted(self, posterior: np.ndarray, shift: int) -> np.ndarray:
+        """``posterior`` ``(band,)`` as seen from a band starting ``shift`` sub-states later
+        (earlier if negative): what falls outside the band is dropped, what enters is 0."""
+        moved = np.zeros(self.band)
+        if abs(shift) < self.band:
+            if shift > 0:
+                moved[: self.band - shift] = posterior[shift:]
+            else:
+                moved[-shift:] = posterior[: self.band + shift]
+        return moved
 
     def _band_templates(self, s0: int, s1: int) -> tuple[np.ndarray, int]:
         """float32 log templates ``(n_detune, n, n_obs_bins)`` holding states ``[s0, s1)``
@@ -470,15 +484,12 @@ class Follower:
             return
         start = int(crossed[-1])
         if start < self.lo:  # the band keeps its length: what falls off its far end is dropped
-            shift = self.lo - start + self.m  # a state behind the section's start
-            shift = min(shift, self.lo)
-            moved = np.zeros(self.band)
-            moved[shift:] = self.posterior[: self.band - shift]
+            back = min(self.lo - start + self.m, self.lo)  # to a state behind the section's start
+            moved = self._shifted(self.posterior, -back)
             self.posterior = moved / max(moved.sum(), 1e-300)
-            self.lo -= shift
+            self.lo -= back
         spread = max(cfg.reentry_min_s / self.params.coarse_period_s * self.m, 1.0)
-        z = (np.arange(self.lo, self.lo + self.band) - start) / spread
-        bump = np.where(np.abs(z) <= 3.0, np.exp(-0.5 * z * z), 0.0)
+        bump = self._band_gaussian(start, spread)
         self.posterior = ((1.0 - cfg.section_entry_weight) * self.posterior
                           + cfg.section_entry_weight * bump / bump.sum())
 
@@ -523,13 +534,7 @@ class Follower:
         new_lo = self._band_start(self.lo + mode)
         if new_lo != self.lo:
             shift = new_lo - self.lo
-            moved = np.zeros(self.band)
-            if abs(shift) < self.band:
-                if shift > 0:
-                    moved[: self.band - shift] = a[shift:]
-                else:
-                    moved[-shift:] = a[: self.band + shift]
-            a = moved
+            a = self._shifted(a, shift)
             self.lo = new_lo
             mode -= shift
         a = self._floored(a, mode)
