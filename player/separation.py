@@ -68,6 +68,11 @@ class SeparationConfig:
             0 disables it.
         leak_blocks: the leak's level is the median of the last this many blocks' ratios.
         leak_keep: the least fraction of each bin of U's row kept by that subtraction.
+        ratio_every: while the soloist sounds, the ratio is computed from data (X's
+            spectrum where U is, the factorisation) once every this many blocks and held
+            in between (at the presence of each block): the mask is already the mean of
+            ``smooth_blocks`` blocks, and the factorisation is the player's costliest
+            stage after the vocoder. The first block of a note is always computed.
     """
 
     alpha: float = 2.0
@@ -83,11 +88,13 @@ class SeparationConfig:
     leak_quantile: float = 0.5
     leak_blocks: int = 100
     leak_keep: float = 0.1
+    ratio_every: int = 2
 
     def __post_init__(self) -> None:
-        check_fields(self, positive=("n_iter", "power", "smooth_blocks", "ramp_db", "leak_blocks"),
+        check_fields(self, positive=("n_iter", "power", "smooth_blocks", "ramp_db", "leak_blocks", "ratio_every"),
                      non_negative=("min_counts_per_bin", "hold_s", "support_db", "support_bins"),
-                     integers=("n_iter", "smooth_blocks", "support_bins", "leak_blocks"), unit=("leak_quantile", "leak_keep"))
+                     integers=("n_iter", "smooth_blocks", "support_bins", "leak_blocks", "ratio_every"),
+                     unit=("leak_quantile", "leak_keep"))
         if not 0.0 <= self.alpha <= 2.0:
             raise field_error(self, "alpha", self.alpha, "within [0, 2]")
 
@@ -145,7 +152,9 @@ class SoloRemover:
         n_bins = w_shape.shape[1]
         self._history = np.ones((self.config.smooth_blocks, n_bins))
         self._last = np.ones(n_bins)  # the last ratio computed from data
+        self._u_row = np.empty(n_bins)  # U's row of the factorisation (scratch)
         self._next = 0
+        self._held = self.config.ratio_every - 1  # blocks since the ratio was last computed from data
         self._leak_ratios = np.zeros(self.config.leak_blocks)  # recent U/X leak levels (a ring)
         self._leak_next = self._leak_count = 0
         #: U's leak level relative to X's row (the median of the recent blocks'); 0: none
@@ -157,6 +166,7 @@ class SoloRemover:
         """Load the compiled NMF kernels now rather than at the first note (see
         :meth:`player.follower.Follower.warm_up`)."""
         _support_weights(np.ones(4), 1, 30.0, np.empty(4))
+        detune_spectrum(np.ones(4), 1.0, self.params, out=np.empty(4))
         update(np.ones((2, self._W.shape[1])), self._initial, self.priors, n_iter=1,
                fixed_components=self._fixed, update_w=False)
 
@@ -165,9 +175,24 @@ class SoloRemover:
         self._state = self._initial
         self._history[:] = 1.0
         self._last[:] = 1.0
+        self._held = self.config.ratio_every - 1
         self._leak_next = self._leak_count = 0
         self.leak_level = 0.0
         self.gain = np.ones_like(self.gain)
+
+    def due(self, sounding: bool) -> bool:
+        """Whether this block's ratio is to be computed from data (``SeparationConfig.
+        ratio_every``): call once per block with whether the soloist sounds now, and pass
+        :meth:`update` X's and U's spectra only if it says so (computing X's is a cost of
+        its own). The first sounding block after a silence is always due."""
+        if not sounding:
+            self._held = self.config.ratio_every - 1
+            return False
+        self._held += 1
+        if self._held < self.config.ratio_every:
+            return False
+        self._held = 0
+        return True
 
     def update(self, x_mag: np.ndarray | None, u_mag: np.ndarray | None, detune_cents: float,
                strength: float = 1.0) -> np.ndarray:
@@ -175,9 +200,10 @@ class SoloRemover:
 
         Args:
             x_mag: X's magnitude spectrum ``(F,)`` where U's frame lies, or None when the
-                soloist is not sounding now: then the last ratio computed from data is
-                applied at ``strength`` (the decay of the notes last heard), and with
-                ``strength`` 0 X plays unmasked.
+                soloist is not sounding now (or the block is not :meth:`due`): then the
+                last ratio computed from data is applied at ``strength`` (the decay of the
+                notes last heard, or the note held), and with ``strength`` 0 X plays
+                unmasked.
             u_mag: U's latest magnitude spectrum ``(F,)`` (analysis STFT scale).
             detune_cents: the player's detune relative to X (cents).
             strength: how surely the soloist is (or was just) sounding, in [0, 1].
@@ -201,7 +227,7 @@ class SoloRemover:
     def _ratio(self, x_mag: np.ndarray, u_mag: np.ndarray, detune_cents: float) -> np.ndarray:
         x_row = np.asarray(x_mag, dtype=np.float64) * self.data_scale
         u_mag = self._without_leak(x_row, np.asarray(u_mag, dtype=np.float64))
-        u_row = np.asarray(detune_spectrum(u_mag, -detune_cents, self.params), dtype=np.float64)
+        u_row = detune_spectrum(u_mag, -detune_cents, self.params, out=self._u_row)
         x_total, u_total = x_row.sum(), u_row.sum()
         if x_total < self.config.min_counts_per_bin * x_row.size or u_total <= 0.0:
             return np.ones_like(x_row)
@@ -264,10 +290,19 @@ def _support_weights(u_row, k, support_db, out):  # pragma: no cover (numba)
         forward[j] = padded[j] if j % w == 0 else max(forward[j - 1], padded[j])
     for j in range(m - 1, -1, -1):
         backward[j] = padded[j] if (j % w == w - 1 or j == m - 1) else max(backward[j + 1], padded[j])
+    # the weight is 1 above the top's -support_db and 0 below its -(support_db + 6): the
+    # logarithm is only needed in between (a margin of 1e-6 keeps the rounding as it was)
+    full = top * 10.0 ** (-support_db / 20.0) * (1.0 + 1e-6)
+    none = top * 10.0 ** (-(support_db + 6.0) / 20.0) * (1.0 - 1e-6)
     for i in range(n):
-        wide = max(backward[i], forward[i + w - 1])  # padded[i : i + w]
-        level = 20.0 * np.log10(max(wide, 1e-12) / top)
-        out[i] = min(max((level + support_db + 6.0) / 6.0, 0.0), 1.0)
+        wide = max(backward[i], forward[i + w - 1], 1e-12)  # padded[i : i + w]
+        if wide >= full:
+            out[i] = 1.0
+        elif wide <= none:
+            out[i] = 0.0
+        else:
+            level = 20.0 * np.log10(wide / top)
+            out[i] = min(max((level + support_db + 6.0) / 6.0, 0.0), 1.0)
 
 
 def linear_quantile(values: np.ndarray, q: float) -> float:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import numpy as np
+from numba import njit
 
 from shared.config import check_fields
 from shared.errors import ConfigError
@@ -256,25 +257,54 @@ def stft_magnitude(y: np.ndarray, params: AnalysisParams, hop: int) -> np.ndarra
     return np.concatenate([stft.push(y), stft.finish()])
 
 
-def detune_spectrum(mag: np.ndarray, cents: float, params: AnalysisParams) -> np.ndarray:
+def detune_spectrum(mag: np.ndarray, cents: float, params: AnalysisParams,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Magnitude spectra as they would sound ``cents`` higher (frequency axis scaled).
 
     Args:
         mag: ``(n_frames, n_bins)`` or ``(n_bins,)`` magnitudes on the linear STFT axis.
         cents: detune in cents (positive = sharper).
+        out: optional array of ``mag``'s shape (float32 or float64) to write into (the
+            live path calls this per block: no allocation).
 
     Returns:
-        Same shape, float32: ``out[f] = mag[f / 2**(cents/1200)]`` by linear interpolation.
+        ``out`` or a new float32 array of the same shape: ``out[f] = mag[f / 2**(cents/1200)]``
+        by linear interpolation, rounded to float32.
     """
-    if cents == 0:
-        return np.asarray(mag, dtype=np.float32)
+    mag = np.asarray(mag)
+    if mag.ndim not in (1, 2):
+        raise ValueError(f"mag must be (n_bins,) or (n_frames, n_bins), got shape {mag.shape}")
+    if mag.dtype != np.float64:  # (float16 spectra from a bundle: their products are float32's)
+        mag = mag.astype(np.float32, copy=False)
+    if out is None:
+        # the layouts numpy's cast (no detune) and gather along the last axis made: the
+        # sums over a frame that follow (the templates) round as they always did, and
+        # bundles stay bit-identical to older versions'
+        out = np.empty(mag.shape, dtype=np.float32, order="C" if cents == 0 else "F")
+    _detune_rows(mag.reshape(-1, mag.shape[-1]), float(cents), out.reshape(-1, mag.shape[-1]))
+    return out
+
+
+@njit(cache=True)
+def _detune_rows(mag, cents, out):  # pragma: no cover (numba)
+    """:func:`detune_spectrum` on rows ``(m, n)`` into ``out`` ``(m, n)``. The arithmetic is
+    in ``mag``'s own precision (float32 magnitudes stay float32), the fraction in float32."""
+    m, n = mag.shape
+    if cents == 0.0:
+        for r in range(m):
+            for i in range(n):
+                out[r, i] = np.float32(mag[r, i])
+        return
     ratio = 2.0 ** (cents / 1200.0)
-    src = np.arange(mag.shape[-1], dtype=np.float64) / ratio
-    lo = np.floor(src).astype(np.int64)
-    frac = (src - lo).astype(np.float32)
-    hi = np.minimum(lo + 1, mag.shape[-1] - 1)
-    lo = np.minimum(lo, mag.shape[-1] - 1)
-    return (mag[..., lo] * (1.0 - frac) + mag[..., hi] * frac).astype(np.float32)
+    for i in range(n):
+        src = i / ratio
+        lo = int(math.floor(src))
+        frac = np.float32(src - lo)
+        hi = min(lo + 1, n - 1)
+        lo = min(lo, n - 1)
+        keep = np.float32(1.0) - frac
+        for r in range(m):
+            out[r, i] = np.float32(mag[r, lo] * keep + mag[r, hi] * frac)
 
 
 def spectral_subtract(mag: np.ndarray, estimate: np.ndarray, keep: float,
