@@ -137,11 +137,7 @@ class StreamingVocoder:
         # preallocated buffers
         self._read_buf = np.zeros((n_fft + hop, channels), dtype=np.float32)
         self._ref_buf = np.zeros((n_fft, channels), dtype=np.float32)
-        # the channels' windowed frames and, beside them, the mid one hop before: one FFT
-        # call for both (the same bits as two calls, one call's overhead less per hop)
-        self._batch = np.zeros((n_fft, channels + 1))
-        self._frames = self._batch[:, :channels]
-        self._prev_frame = self._batch[:, channels]
+        self._frames = np.zeros((n_fft, channels))
         self._mid_frame = np.zeros(n_fft)
         self._ola = np.zeros((n_fft, channels))
         self._ola_missing = np.zeros(n_fft)  # overlap-add weight removed by pre-onset cuts
@@ -156,7 +152,6 @@ class StreamingVocoder:
         self._u = np.ones(self.n_bins, dtype=np.complex128)       # rotation (unit phasors)
         self._phasor = np.ones(self.n_bins, dtype=np.complex128)  # unit phasor of mid(p_last)
         self._mid = np.zeros(self.n_bins, dtype=np.complex128)  # the last frame's mid spectrum
-        self._prev = np.zeros(self.n_bins, dtype=np.complex128)  # the mid's one hop before it
         self._mag = np.zeros(self.n_bins)  # and its magnitude
         self._diff = np.zeros(n_fft + hop)  # the mid's first difference, for the onset detector
         self._last_start = 0
@@ -189,10 +184,9 @@ class StreamingVocoder:
         """Load the compiled kernels now, not in the first audio callback that stretches
         (see :meth:`player.follower.Follower.warm_up`); the vocoder's state is unchanged."""
         unlocked = np.ones(self.n_bins, dtype=np.complex128)
-        both = np.zeros((self.n_bins, self.channels + 1), dtype=np.complex128)  # as _analyse's FFT gives
-        _advanced_rotation(unlocked, unlocked, both[:, self.channels], unlocked)
+        _advanced_rotation(unlocked, unlocked, unlocked, unlocked)
         _lock_to_peaks(unlocked, np.zeros(self.n_bins), unlocked)
-        _mid_spectrum(both[:, :self.channels], self._mid.copy(), self._mag.copy())
+        _mid_spectrum(np.zeros((self.n_bins, self.channels), dtype=np.complex128), self._mid.copy(), self._mag.copy())
         _unit_phasor(unlocked, unlocked.copy())
         _overlap_add(np.zeros_like(self._ola), self._win, self._ola.copy(), self._ola_missing.copy(), self._norm, self.hop,
                      self._fifo.copy())
@@ -287,7 +281,7 @@ class StreamingVocoder:
             self._last_onset = -math.inf
             self._scan(buf, start)
         else:
-            unlocked = self._advance(start)
+            unlocked = self._advance(buf, start)
             self._scan(buf, start)
 
             if self._reset_at is not None and p >= self._reset_at - 0.5 * rate * hop:
@@ -298,7 +292,7 @@ class StreamingVocoder:
                 if moved != start:
                     start = moved
                     buf, spec, mid, mag = self._analyse(start)
-                    unlocked = self._advance(start)
+                    unlocked = self._advance(buf, start)
                 new = self._new_bins(mag, t0)
                 self._lock(unlocked, mag, out=u)
                 u[new] = 1.0
@@ -364,19 +358,19 @@ class StreamingVocoder:
         hop = self.hop
         buf = self.audio.read(start - hop, self.n_fft + hop, out=self._read_buf)
         np.multiply(buf[hop:], self._win_c, out=self._frames)
-        to_mono(buf[:self.n_fft], out=self._prev_frame)  # (for _advance)
-        self._prev_frame *= self._win
-        both = np.fft.rfft(self._batch, axis=0)
-        spec, self._prev = both[:, :self.channels], both[:, self.channels]
+        spec = np.fft.rfft(self._frames, axis=0)
         _mid_spectrum(spec, self._mid, self._mag)
         return buf, spec, self._mid, self._mag
 
-    def _advance(self, start: int) -> np.ndarray:
+    def _advance(self, buf: np.ndarray, start: int) -> np.ndarray:
         """The rotation before locking: ``U_{k-1} * P(last frame) * conj(P(mid one hop before
-        the frame at start))`` (that mid's spectrum comes from :meth:`_analyse`)."""
+        the frame at start))`` (the mid frame at ``start - hop`` is the start of ``buf``)."""
         if start - self.hop == self._last_start:  # e.g. rate 1: that frame is the last frame
             return self._u
-        _advanced_rotation(self._u, self._phasor, self._prev, self._unlocked)  # (prev: from _analyse)
+        to_mono(buf[:self.n_fft], out=self._mid_frame)
+        self._mid_frame *= self._win
+        prev = np.fft.rfft(self._mid_frame)
+        _advanced_rotation(self._u, self._phasor, prev, self._unlocked)
         self._u_is_one = False
         return self._unlocked
 
