@@ -36,7 +36,7 @@ def solo_take(seconds: float, sr: int = 44100) -> np.ndarray:
 
 
 def follow_cost(bundle_path: Path, u: np.ndarray, sr: int, start_s: float) -> dict:
-    with load_bundle(bundle_path) as b:
+    with load_bundle(bundle_path, spectra=False) as b:
         engine = Engine(b, sr, EngineConfig(start_s=start_s))
         block = int(round(b.params.fine_period_s * sr))
         engine.process(np.zeros(block, np.float32))  # warm-up

@@ -197,7 +197,7 @@ def main() -> None:
             take = take.with_name(f"U_snr{args.noise_snr:g}.flac")
             sf.write(take, add_pink_noise(u, args.noise_snr), sr)
         scheduled = []
-        with load_bundle(bundle) as b:
+        with load_bundle(bundle, spectra=False) as b:
             res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
                            output_path=(wd / "out.wav") if args.output else None,
                            on_block=lambda e, rows=scheduled: rows.append((e.u_time_s, e.anticipator.x_s)))

@@ -102,7 +102,7 @@ def main() -> None:
         span = du[-1] - du[0]
         gap = room_noise(u, sr, onsets[0], args.pause)
         pause = gap.size / sr
-        with load_bundle(bundle_path) as bundle:
+        with load_bundle(bundle_path, spectra=False) as bundle:
             for fa, fb in pairs:
                 first = len(results)
                 a, b = du[0] + fa * span, du[0] + fb * span

@@ -457,7 +457,7 @@ def _one(argv: list[str]) -> None:
         period = engine.bundle.params.coarse_period_s
         events.extend((u_s, to * period, kind) for u_s, _, to, _, kind in new if kind != "lost")
 
-    with load_bundle(args.bundle) as bundle:
+    with load_bundle(args.bundle, spectra=False) as bundle:
         res = run_file(bundle, args.take / "U.flac", alignment_path=args.out_csv, config=config, force=True,
                        on_block=keep_events)
     relocations_path(args.out_csv).write_text(json.dumps(events))

@@ -64,7 +64,7 @@ def main() -> None:
     u, sr = read_take(case)
     if args.t1 is not None:
         u = u[: int(args.t1 * sr)]
-    bundle = load_bundle(case_bundle(case, args.work))
+    bundle = load_bundle(case_bundle(case, args.work), spectra=False)
     cp = bundle.params.coarse_period_s
     engine = None
     frame = 0

@@ -58,7 +58,7 @@ def run(
         raise fail("--blocksize must be within 16..65536 samples")
     if samplerate is not None and not 8000 <= samplerate <= 384000:
         raise fail("--samplerate must be within 8000..384000 Hz")
-    with naming_options(), load_bundle(bundle) as b:
+    with naming_options(), load_bundle(bundle, spectra=False) as b:
         config = EngineConfig.from_overrides({"start_s": start, "intro": intro, "global_search": not no_search,
                                               "separation.alpha": alpha})
         if input is None:

@@ -75,7 +75,7 @@ def run_demo(folder: str | Path, *, force: bool = False, say: Callable[[str], No
     say("preparing the recording (prep build)")
     run_prep(["build", str(folder / "X.wav"), "-o", str(folder / "X.h5"), "--force", "--quiet"])
     say("following the take (player run --input)")
-    with load_bundle(folder / "X.h5") as bundle:
+    with load_bundle(folder / "X.h5", spectra=False) as bundle:
         result = run_file(bundle, folder / "U.wav", output_path=folder / "out.wav",
                           alignment_path=folder / "path.csv", force=True, record=True)
     write_report(result.trace, folder / "report.png", truth=truth, force=True,

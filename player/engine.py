@@ -135,7 +135,7 @@ class Engine:
         self.denoise = NoiseProfile(p.n_bins, p.fine_period_s, cfg.denoise)
         self.observation = ObservationStage(p, bundle.onset_bank)
         onset_terms = OnsetTerms.from_strength(bundle.onsets, p, cfg.follower, bundle.n_states)
-        silent = silent_states(bundle.state_mag, cfg.jumps.section_db, bundle.templates, cfg.jumps.noise_db,
+        silent = silent_states(bundle.state_power, cfg.jumps.section_db, bundle.templates, cfg.jumps.noise_db,
                                cfg.jumps.noise_flat_nats)
         templates = bundle.templates
         if cfg.follower.silence_penalty > 0 and silent.any():

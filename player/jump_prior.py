@@ -110,21 +110,17 @@ class JumpPriorConfig:
             raise field_error(self, "lost_at", self.lost_at, f"> lost_from ({self.lost_from:g})")
 
 
-def silent_states(state_mag: np.ndarray, below_db: float, templates: QuantizedTemplates | None = None,
+def silent_states(power: np.ndarray, below_db: float, templates: QuantizedTemplates | None = None,
                   noise_db: float = 0.0, noise_flat_nats: float = 0.0, chunk: int = 1024) -> np.ndarray:
     """Which states of X are silent: bool ``(n_states,)``, True where the state's power is
     ``below_db`` or more under X's loud level (the 95th percentile of the states' power, dB),
     or ``noise_db`` or more under it with a template (``templates``' middle detune variant)
     within ``noise_flat_nats`` of the uniform distribution's entropy: a recording's noise
     floor between movements (a spectrum with no shape; music's templates stay 0.18 nats or
-    more under uniform). ``state_mag``: X's magnitude spectra ``(n_states, n_bins)``
-    (float16); both are read in chunks of ``chunk`` states (a long piece is never converted
-    whole)."""
-    n = state_mag.shape[0]
-    power = np.empty(n)
-    for a in range(0, n, chunk):
-        block = state_mag[a:a + chunk].astype(np.float32)
-        power[a:a + chunk] = np.einsum("ij,ij->i", block, block)
+    more under uniform). ``power``: the states' power, float ``(n_states,)``
+    (:func:`shared.spectral.frame_power` of X's magnitude spectra: the bundle's
+    ``state_power``); the templates are read in chunks of ``chunk`` states."""
+    n = power.shape[0]
     level = 10.0 * np.log10(power + 1e-20)
     loud = np.percentile(level, 95) if n else 0.0
     silent = level < loud - below_db

@@ -234,7 +234,7 @@ def write_bundle(
             bundle.close()
 
 
-def load_bundle(path: str | Path, *, timeout_s: float | None = None) -> Bundle:
+def load_bundle(path: str | Path, *, spectra: bool = True, timeout_s: float | None = None) -> Bundle:
     """Open and validate a bundle; see the module docstring for what is checked.
 
     libhdf5 parses the file only in a sandboxed child process (:mod:`shared.sandbox`):
@@ -243,6 +243,10 @@ def load_bundle(path: str | Path, *, timeout_s: float | None = None) -> Bundle:
     read later, a chunk at a time, from the same file (its identity is checked again).
 
     Args:
+        spectra: also return X's coarse magnitude spectra (``Bundle.state_mag``); without
+            them only their power (``Bundle.state_power``), which is all the player uses:
+            a 32-minute piece's 39 MB of spectra are then neither copied out of the
+            sandbox nor kept.
         timeout_s: wall-clock limit on reading (seconds); default ``LOAD_TIMEOUT_S`` plus
             one second per ``LOAD_BYTES_PER_S`` bytes of file.
 
@@ -261,7 +265,7 @@ def load_bundle(path: str | Path, *, timeout_s: float | None = None) -> Bundle:
             raise BundleError(f"{path.name} is not an HDF5 bundle (corrupt, truncated or another kind of file)")
         if timeout_s is None:
             timeout_s = LOAD_TIMEOUT_S + path.stat().st_size / LOAD_BYTES_PER_S
-        checked = run_isolated(_read_checked, path, timeout_s=timeout_s, memory_bytes=LOAD_MEMORY_BYTES)
+        checked = run_isolated(_read_checked, path, spectra, timeout_s=timeout_s, memory_bytes=LOAD_MEMORY_BYTES)
     except SandboxError as exc:
         raise BundleError(f"{path.name} is damaged or hostile and was refused: {exc}") from None
     except OSError as exc:
@@ -271,11 +275,11 @@ def load_bundle(path: str | Path, *, timeout_s: float | None = None) -> Bundle:
     return checked
 
 
-def _read_checked(path: Path) -> Bundle:
+def _read_checked(path: Path, spectra: bool = True) -> Bundle:
     """Open and validate (run in the sandboxed child): every failure is a ``BundleError``."""
     try:
         with h5py.File(path, "r") as f:
-            return read_validated(f, path)
+            return read_validated(f, path, spectra)
     except BundleError:
         raise
     except MemoryError:

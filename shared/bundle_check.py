@@ -42,12 +42,14 @@ from shared.bundle_schema import (
     SourceInfo,
 )
 from shared.errors import BundleError
-from shared.spectral import AnalysisParams, QuantizedTemplates
+from shared.spectral import AnalysisParams, QuantizedTemplates, frame_power
 
 #: FLAC never takes much more room than the PCM it codes; allow this many bytes per
 #: sample and channel (plus a header per chunk) before calling /audio/data absurd.
 _FLAC_BYTES_PER_SAMPLE = 4
 _FLAC_CHUNK_OVERHEAD = 1 << 16
+#: States of /spectra/coarse read (and checked) at a time.
+_COARSE_ROWS = 1024
 
 
 def file_identity(path: Path) -> tuple:
@@ -169,10 +171,12 @@ def _read_attrs(f: h5py.File, path: Path) -> dict:
     return attrs
 
 
-def read_validated(f: h5py.File, path: Path) -> Bundle:
+def read_validated(f: h5py.File, path: Path, spectra: bool = True) -> Bundle:
     """The bundle in the open file ``f`` (named ``path``), validated; raises ``BundleError``.
     Its audio is not read: ``Bundle.audio`` reads it a chunk at a time, later, from the
-    file identified as the one checked here.
+    file identified as the one checked here. Without ``spectra`` the coarse spectra are
+    read (and checked) a chunk at a time for their power only, and not returned (they are
+    the bundle's largest array after the templates, and the player needs only the power).
 
     Order matters: attributes and structure first, then every shape against the parameters
     and the audio's duration, and only then the data (see the module docstring).
@@ -235,9 +239,15 @@ def read_validated(f: h5py.File, path: Path) -> Bundle:
     # Data, now that every size is known to be what the parameters say.
     if not np.allclose(cents[()], params.detune_cents):
         raise _fail(path, "templates/detune_cents disagree with /params")
-    state_mag = _finite(path, "spectra/coarse", coarse[()])
-    if (state_mag < 0).any():
-        raise _fail(path, "spectra/coarse has negative magnitudes")
+    state_mag = np.empty(coarse.shape, dtype=coarse.dtype) if spectra else None
+    state_power = np.empty(n_states)
+    for a in range(0, n_states, _COARSE_ROWS):
+        rows = _finite(path, "spectra/coarse", coarse[a:a + _COARSE_ROWS])
+        if (rows < 0).any():
+            raise _fail(path, "spectra/coarse has negative magnitudes")
+        state_power[a:a + rows.shape[0]] = frame_power(rows)
+        if state_mag is not None:
+            state_mag[a:a + rows.shape[0]] = rows
     templates = QuantizedTemplates(q=templ[()], offset=float(t_offset), step=float(t_step))
     ws, wr = _finite(path, "nmf/w_shape", w_shape[()]), _finite(path, "nmf/w_rate", w_rate[()])
     if (ws <= 0).any() or (wr <= 0).any():
@@ -254,6 +264,7 @@ def read_validated(f: h5py.File, path: Path) -> Bundle:
         source=SourceInfo(attrs["source_name"], attrs["source_sha256"], float(attrs["source_duration_s"])),
         attrs=attrs,
         state_mag=state_mag,
+        state_power=state_power,
         onsets=onsets,
         onset_bank=bank,
         templates=templates,

@@ -98,13 +98,19 @@ class NMFBases:
 
 @dataclass
 class Bundle:
-    """A validated bundle, with the arrays the player keeps in memory (templates as 8-bit codes)."""
+    """A validated bundle, with the arrays the player keeps in memory (templates as 8-bit codes).
+
+    ``state_mag`` (X's magnitude spectra at the coarse hop, float16 ``(n_states, n_bins)``)
+    is None when the bundle was loaded without its spectra (``load_bundle(spectra=False)``:
+    the player, which needs only their power, ``state_power``, float64 ``(n_states,)``).
+    """
 
     path: Path
     params: AnalysisParams
     source: SourceInfo
     attrs: dict
-    state_mag: np.ndarray
+    state_mag: np.ndarray | None
+    state_power: np.ndarray
     onsets: np.ndarray
     onset_bank: np.ndarray
     templates: QuantizedTemplates

@@ -307,6 +307,18 @@ def _detune_rows(mag, cents, out):  # pragma: no cover (numba)
             out[r, i] = np.float32(mag[r, lo] * keep + mag[r, hi] * frac)
 
 
+def frame_power(mag: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Power of each frame, float64 ``(n,)``: ``sum_f mag[i, f]**2`` of magnitudes
+    ``(n, n_bins)`` (float16 from a bundle), computed in float32 ``chunk`` rows at a time
+    (a long piece's spectra are never converted whole)."""
+    n = mag.shape[0]
+    power = np.empty(n)
+    for a in range(0, n, chunk):
+        block = np.asarray(mag[a:a + chunk], dtype=np.float32)
+        power[a:a + chunk] = np.einsum("ij,ij->i", block, block)
+    return power
+
+
 def spectral_subtract(mag: np.ndarray, estimate: np.ndarray, keep: float,
                       out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
     """Magnitude spectral subtraction: ``max(mag - estimate, keep * mag)`` per bin.

@@ -12,7 +12,7 @@ from prep.compare import diff_bundles
 from prep.pipeline import build_bundle
 from shared.bundle import FORMAT_VERSION, load_bundle
 from shared.errors import BundleError, OutputError
-from shared.spectral import AnalysisParams, onset_filterbank
+from shared.spectral import AnalysisParams, frame_power, onset_filterbank
 
 from .conftest import FAST_BUILD
 
@@ -35,6 +35,18 @@ def test_round_trip(bundle_path, x_wav, case):
         peaks = [b.onsets[np.abs(t - on) <= 0.06].max() for on in case.onsets_x]
         assert np.mean(np.array(peaks) > 0.5) >= 0.8
         np.testing.assert_array_equal(b.onset_bank, onset_filterbank(b.params))
+
+
+def test_loading_without_the_spectra_keeps_their_power(bundle_path):
+    """The player loads a bundle without X's coarse spectra (``spectra=False``): the power
+    per state it uses is the same, to the bit, as the spectra's own."""
+    with load_bundle(bundle_path) as full, load_bundle(bundle_path, spectra=False) as lean:
+        assert lean.state_mag is None and full.state_mag is not None
+        np.testing.assert_array_equal(lean.state_power, full.state_power)
+        np.testing.assert_array_equal(full.state_power, frame_power(full.state_mag))
+        power = (full.state_mag.astype(np.float64) ** 2).sum(axis=1)
+        np.testing.assert_allclose(full.state_power, power, rtol=1e-5)
+        np.testing.assert_array_equal(lean.templates.q, full.templates.q)
 
 
 def test_audio_is_lossless_and_blockwise(bundle_path, x_wav):

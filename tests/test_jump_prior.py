@@ -9,6 +9,7 @@ import pytest
 from player.jump_prior import JumpPrior, JumpPriorConfig, section_starts, silent_states
 from player.relocator import RelocatorConfig
 from player.search import Candidate
+from shared.spectral import frame_power
 
 from .test_relocator import FRAME_S, ScriptedTrack, make_relocator, play, trial_frames
 
@@ -28,7 +29,8 @@ def sound_and_silence(pattern):
 
 def test_sections_start_after_long_silences_only():
     mag = sound_and_silence([(10, True), (3, False), (10, True), (1, False), (5, True), (2.5, False), (4, True)])
-    starts = section_starts(silent_states(mag, below_db=45.0, chunk=7), PERIOD_S, gap_s=2.0)  # chunked like a long piece
+    power = frame_power(mag, chunk=7)  # chunked like a long piece
+    starts = section_starts(silent_states(power, below_db=45.0), PERIOD_S, gap_s=2.0)
     assert starts.tolist() == [0, 130, 315]
 
 
@@ -53,16 +55,16 @@ def test_a_noise_floor_between_movements_is_silence_a_quiet_passage_is_not():
     quiet = tones(330.0, 1e-2, 30)  # as quiet (40 dB under), with partials
     mag = np.concatenate([*music[:3], gap, *music[3:], quiet, music[0]]).astype(np.float16)
     templates = QuantizedTemplates.from_log(log_templates(mag.astype(np.float32), params))
-    by_level = silent_states(mag, below_db=45.0)
+    by_level = silent_states(frame_power(mag), below_db=45.0)
     assert not by_level.any()
-    silent = silent_states(mag, 45.0, templates, noise_db=30.0, noise_flat_nats=0.14)
+    silent = silent_states(frame_power(mag), 45.0, templates, noise_db=30.0, noise_flat_nats=0.14)
     assert silent[90:120].all()  # the gap
     assert not silent[:90].any() and not silent[120:].any()  # music, the quiet passage too
     assert section_starts(silent, PERIOD_S, gap_s=2.0).tolist() == [0, 120]
 
 
 def test_a_piece_without_silences_has_one_section():
-    assert section_starts(silent_states(sound_and_silence([(30, True)]), 45.0), PERIOD_S, 2.0).tolist() == [0]
+    assert section_starts(silent_states(frame_power(sound_and_silence([(30, True)])), 45.0), PERIOD_S, 2.0).tolist() == [0]
 
 
 def prior(**kw):
