@@ -83,6 +83,12 @@ class FollowerConfig:
             ``tutti_fade_s`` (seconds of U).
         detune_memory_s: time constant of the detune posterior's forgetting (seconds of U).
         detune_rate: weight of one frame's detune evidence.
+        detune_prune_nats: a detune variant whose log weight is this far under the
+            favourite's is not computed (its share of the mixture is under
+            ``exp(-detune_prune_nats)``), except every ``detune_refresh_frames`` frames,
+            when all are, and until the next such frame if it explained that frame as well
+            as the favourite. 0: every variant at every frame.
+        detune_refresh_frames: see ``detune_prune_nats``.
         tempo_memory_s: time constant of the tempo regression (seconds of U).
         tempo_prior_weight: pull of the tempo towards 1 (seconds of regression data).
         lead_s: extra U time (seconds) the reported position is extrapolated ahead, for the
@@ -123,6 +129,8 @@ class FollowerConfig:
     tutti_fade_s: float = 3.0
     detune_memory_s: float = 30.0
     detune_rate: float = 0.3
+    detune_prune_nats: float = 14.0
+    detune_refresh_frames: int = 25
     tempo_memory_s: float = 6.0
     tempo_prior_weight: float = 10.0
     lead_s: float = 0.0
@@ -141,13 +149,14 @@ class FollowerConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("kappa", "substeps", "band_states", "step_std", "silent_step_std",
-                                     "detune_memory_s", "tempo_memory_s", "min_tempo", "floor_reach_s",
+                                     "detune_memory_s", "detune_refresh_frames", "tempo_memory_s", "min_tempo", "floor_reach_s",
                                      "tutti_fade_s"),
-                     non_negative=("novelty_scale", "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s",
+                     non_negative=("novelty_scale", "detune_prune_nats",
+                                   "reentry_after_s", "reentry_tempo_uncertainty", "reentry_min_s",
                                    "tutti_after_s", "detune_rate", "tempo_prior_weight", "lead_s", "mean_halfwidth", "floor",
                                    "onset_weight", "onset_tolerance_s", "silence_penalty", "section_entry_s"),
                      unit=("band_lead", "novelty_min", "section_entry_weight"),
-                     integers=("substeps", "band_states", "mean_halfwidth"))
+                     integers=("substeps", "band_states", "mean_halfwidth", "detune_refresh_frames"))
         if self.max_tempo < self.min_tempo:
             raise field_error(self, "max_tempo", self.max_tempo, f">= min_tempo ({self.min_tempo:g})")
         if not 0.0 < self.onset_false < self.onset_hit < 1.0:
@@ -300,6 +309,8 @@ class Follower:
         self.tempo_tracker = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight,
                                   cfg.min_tempo, cfg.max_tempo, params.fine_period_s)
         self._evidence = np.zeros(self.n_detune)
+        self._all_variants = np.ones(self.n_detune, dtype=bool)
+        self._scored = np.ones(self.n_detune, dtype=bool)
         self._cache_lo = 0
         self._cache = np.zeros((self.n_detune, 0, params.n_obs_bins), dtype=np.float32)
         self._offsets = np.arange(self.band, dtype=np.float64)
@@ -328,6 +339,8 @@ class Follower:
         self._centre_on(j0, spread=self.m / 2)
         if not keep_detune:
             self.log_w = np.full(self.n_detune, -np.log(self.n_detune))
+            self._contenders = np.ones(self.n_detune, dtype=bool)
+            self._since_full = 0
         self.tempo_tracker.reset(tempo)
         self.started = not wait
         self._silent_frames = 0
@@ -368,6 +381,7 @@ class Follower:
         observation history (the last frame, the current rest) stays this track's."""
         b = other.belief()
         self.lo, self.posterior, self.log_w = b.lo, b.posterior, b.log_w
+        self._contenders = other._contenders.copy()
         self._s_hat, self._mode, self._confidence = b.position_states, b.mode, b.confidence
         self._rest_from = b.mode  # a rest in progress is crossed from here on
         self.tempo_tracker.reset(b.tempo)
@@ -513,13 +527,37 @@ class Follower:
         s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
         cache, offset = self._band_templates(s0, s1)
         evidence = self._evidence
+        scored = self._variants_to_score()
         self.log_evidence += _band_update(cache, offset, s1 - s0, u, kappa, self.log_w, self.posterior,
-                                          self.lo - s0 * self.m, self.m, evidence)
+                                          self.lo - s0 * self.m, self.m, evidence, scored)
         if self.onsets is not None:
             self._apply_onset(onset)
-        # detune: this frame's evidence for each variant, into the slowly forgetting posterior
+        # detune: this frame's evidence for each variant scored, into the slowly forgetting
+        # posterior (the others' weights wait, far below, for the next frame that scores all)
         forget = np.exp(-self.params.fine_period_s / cfg.detune_memory_s)
-        self.log_w = forget * self.log_w + cfg.detune_rate * (evidence - evidence.max())
+        updated = forget * self.log_w + cfg.detune_rate * (evidence - evidence.max())
+        np.copyto(self.log_w, updated, where=scored)
+        if scored.all():
+            # a variant that explains this frame as well as the favourite is scored at every
+            # frame until the next full frame: a player who retunes is followed at the usual pace
+            favourite = int(np.argmax(self.log_w))
+            self._contenders = evidence >= evidence[favourite]
+
+    def _variants_to_score(self) -> np.ndarray:
+        """Which detune variants the next frame computes, bool ``(n_detune,)``: all every
+        ``detune_refresh_frames`` frames (and when ``detune_prune_nats`` is 0), else those
+        within ``detune_prune_nats`` of the favourite's log weight and the contenders of the
+        last frame that computed all. Once the tuning is known (after a second or two) that
+        is one variant in five: the filter's costliest loop, and every trial's, shrinks by as
+        much, and the mixture by less than ``exp(-detune_prune_nats)``."""
+        cfg = self.config
+        self._since_full += 1
+        if cfg.detune_prune_nats <= 0 or self._since_full >= cfg.detune_refresh_frames:
+            self._since_full = 0
+            return self._all_variants
+        scored = self._scored
+        np.greater_equal(self.log_w, self.log_w.max() - cfg.detune_prune_nats, out=scored)
+        return np.logical_or(scored, self._contenders, out=scored)
 
     def _floored(self, posterior: np.ndarray, mode: int) -> np.ndarray:
         """``posterior`` (in place) plus the floor within reach of band index ``mode``, normalised."""
@@ -595,7 +633,7 @@ class Follower:
         n_obs = self.params.n_obs_bins
         templates = np.zeros((self.n_detune, 2, n_obs), np.float32)  # same types as _update's call
         _band_update(templates, 0, 2, np.zeros(n_obs, np.float32), 1.0, np.zeros(self.n_detune),
-                     np.full(2 * self.m, 0.5 / self.m), 0, self.m, np.zeros(self.n_detune))
+                     np.full(2 * self.m, 0.5 / self.m), 0, self.m, np.zeros(self.n_detune), self._all_variants)
 
     @property
     def position_states(self) -> float:
@@ -604,7 +642,7 @@ class Follower:
 
 
 @njit(cache=True, fastmath=True)
-def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidence):  # pragma: no cover (numba)
+def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidence, scored):  # pragma: no cover (numba)
     """The filter's observation update over the band, in place; returns the frame's log
     evidence ``log p(u_t | u_<t)`` (nats).
 
@@ -613,14 +651,19 @@ def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidenc
     over sub-states, sub-state ``i`` lying at ``first + i`` sub-states (``m`` per state) from
     the first state. Per state and detune ``d``: ``kappa * sum_b T[d, s, b] u[b]``; the
     states' likelihood mixes the variants with weights ``exp(log_w)``, and is interpolated
-    linearly between states for the sub-states. ``evidence`` ``(D,)`` receives each
-    variant's log evidence under ``posterior`` (for the detune posterior).
+    linearly between states for the sub-states. Only the variants flagged in ``scored``
+    (bool ``(D,)``) are computed: the others' weight is too small to count (their share of
+    the mixture is left out, the weights' sum is not). ``evidence`` ``(D,)`` receives each
+    scored variant's log evidence under ``posterior`` (for the detune posterior), -1e300 for
+    the others.
     """
     n_detune = cache.shape[0]
     band = posterior.size
     scaled = np.empty((n_detune, n))
     peak = -np.inf
     for d in range(n_detune):
+        if not scored[d]:
+            continue
         for s in range(n):
             row = cache[d, offset + s]
             acc = np.float32(0.0)
@@ -640,12 +683,13 @@ def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidenc
     for s in range(n):
         mix = 0.0
         for d in range(n_detune):
-            lik = math.exp(scaled[d, s] - peak)
-            evidence[d] += lik * mass[s]
-            mix += w[d] * lik
+            if scored[d]:
+                lik = math.exp(scaled[d, s] - peak)
+                evidence[d] += lik * mass[s]
+                mix += w[d] * lik
         loglik[s] = math.log(mix / w_sum + 1e-300)
     for d in range(n_detune):
-        evidence[d] = math.log(evidence[d] + 1e-300)
+        evidence[d] = math.log(evidence[d] + 1e-300) if scored[d] else -1e300
     ll = np.empty(band)
     top = -np.inf
     for i in range(band):

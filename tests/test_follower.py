@@ -422,3 +422,30 @@ def test_a_soloist_who_begins_a_movement_late_is_caught_at_once():
     # a soloist who begins it with the recording is followed as before
     assert abs(_late_movement_entry_error(FollowerConfig().section_entry_s, late_s=0.0)) < 0.15
     assert abs(_late_movement_entry_error(FollowerConfig().section_entry_s, late_s=1.5)) < 0.15
+
+
+def test_a_player_who_retunes_is_followed_with_most_detune_variants_skipped(tmp_path, monkeypatch):
+    """Once the tuning is known the filter computes one or two detune variants in five
+    (``detune_prune_nats``); a player who retunes mid-take (+45 to -45 cents at 15 s) is
+    still found out: a variant that explains a frame of a full refresh as well as the
+    favourite is computed at every frame again (without that, the estimate stays at +50
+    to the end of this take), and the notes after it are followed."""
+    sharp = make_case(n_notes=64, seed=11, detune_cents=45.0)
+    flat = make_case(n_notes=64, seed=11, detune_cents=-45.0)  # the same performance, retuned
+    cut = int(15.0 * sharp.sr)
+    take = np.concatenate([sharp.u[:cut], flat.u[cut:]])
+    bundle = bundle_for(sharp, tmp_path)
+    scored = []
+    choose = Follower._variants_to_score
+
+    def counting(self):
+        chosen = choose(self)
+        scored.append(int(chosen.sum()))
+        return chosen
+
+    monkeypatch.setattr(Follower, "_variants_to_score", counting)
+    rows = follow(bundle, take, sharp.sr)
+    assert np.mean(scored[len(scored) // 4:]) < 2.5, np.mean(scored)  # 5 without the pruning
+    assert follow.last_engine.state.detune_cents <= -25.0
+    err = causal_errors(rows, sharp.onsets_u, sharp.onsets_x)
+    assert pct_within(err[sharp.onsets_u > 18.0], 0.10) >= 85
