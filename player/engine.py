@@ -290,7 +290,7 @@ class Engine:
                 self.remover.reset()
         gain = None
         if self.remover.config.alpha > 0.0:
-            fresh = self.remover.due(self.presence.sounding_now)
+            fresh = self.remover.due(self.presence.sounding_now, self.follower.last_change)
             x_mag = self.x_spectrum.at(st.x_frame_s) if fresh else None
             g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self.presence.value)
             gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)

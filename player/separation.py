@@ -72,7 +72,11 @@ class SeparationConfig:
             spectrum where U is, the factorisation) once every this many blocks and held
             in between (at the presence of each block): the mask is already the mean of
             ``smooth_blocks`` blocks, and the factorisation is the player's costliest
-            stage after the vocoder. The first block of a note is always computed.
+            stage after the vocoder. The first block after a silence, and a block whose
+            observation of U changed by ``change_at`` or more (a new note), are always
+            computed: a held ratio there would leave the recording's soloist's attack in.
+        change_at: Hellinger distance between consecutive observations of U (the
+            follower's ``last_change``) from which a block's ratio is computed at once.
     """
 
     alpha: float = 2.0
@@ -89,10 +93,11 @@ class SeparationConfig:
     leak_blocks: int = 100
     leak_keep: float = 0.1
     ratio_every: int = 2
+    change_at: float = 0.22
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("n_iter", "power", "smooth_blocks", "ramp_db", "leak_blocks", "ratio_every"),
-                     non_negative=("min_counts_per_bin", "hold_s", "support_db", "support_bins"),
+                     non_negative=("min_counts_per_bin", "hold_s", "support_db", "support_bins", "change_at"),
                      integers=("n_iter", "smooth_blocks", "support_bins", "leak_blocks", "ratio_every"),
                      unit=("leak_quantile", "leak_keep"))
         if not 0.0 <= self.alpha <= 2.0:
@@ -180,16 +185,18 @@ class SoloRemover:
         self.leak_level = 0.0
         self.gain = np.ones_like(self.gain)
 
-    def due(self, sounding: bool) -> bool:
+    def due(self, sounding: bool, change: float | None = None) -> bool:
         """Whether this block's ratio is to be computed from data (``SeparationConfig.
-        ratio_every``): call once per block with whether the soloist sounds now, and pass
-        :meth:`update` X's and U's spectra only if it says so (computing X's is a cost of
-        its own). The first sounding block after a silence is always due."""
+        ratio_every``): call once per block with whether the soloist sounds now and how
+        much U's observation changed since the last frame (Hellinger distance; None:
+        unknown), and pass :meth:`update` X's and U's spectra only if it says so (computing
+        X's is a cost of its own). The first sounding block after a silence, and one that
+        changed by ``change_at`` or more, are always due."""
         if not sounding:
             self._held = self.config.ratio_every - 1
             return False
         self._held += 1
-        if self._held < self.config.ratio_every:
+        if self._held < self.config.ratio_every and (change is None or change < self.config.change_at):
             return False
         self._held = 0
         return True

@@ -66,13 +66,15 @@ def test_solo_is_removed_and_accompaniment_kept(duet):
 
 def test_the_ratio_is_computed_every_other_block_and_held_between(duet):
     """``ratio_every=2``: every other sounding block computes the ratio from data, the
-    first block after a silence always does; the removal is as good as computing it at
-    every block (within 1 dB)."""
+    first block after a silence and a new note's always do; the removal is as good as
+    computing it at every block (within 1 dB)."""
     case, bundle = duet
     remover = SoloRemover(bundle.nmf, bundle.params, SeparationConfig(ratio_every=2))
     assert [remover.due(True) for _ in range(5)] == [True, False, True, False, True]
     assert [remover.due(s) for s in (False, True, True, False, False, True, True)] == [
         False, True, False, False, False, True, False]
+    # a new note (U's observation changed by change_at or more) is computed at once
+    assert [remover.due(True, c) for c in (0.05, 0.3, 0.05, 0.05, None)] == [True, True, False, True, False]
     every = SoloRemover(bundle.nmf, bundle.params, SeparationConfig(ratio_every=1))
     assert all(every.due(True) for _ in range(4))
     held = masked_energies(case, bundle, SeparationConfig(ratio_every=2))
