@@ -129,7 +129,7 @@ class FollowerConfig:
     tutti_fade_s: float = 3.0
     detune_memory_s: float = 30.0
     detune_rate: float = 0.3
-    detune_prune_nats: float = 14.0
+    detune_prune_nats: float = 60.0
     detune_refresh_frames: int = 25
     tempo_memory_s: float = 6.0
     tempo_prior_weight: float = 10.0
@@ -548,8 +548,8 @@ class Follower:
         ``detune_refresh_frames`` frames (and when ``detune_prune_nats`` is 0), else those
         within ``detune_prune_nats`` of the favourite's log weight and the contenders of the
         last frame that computed all. Once the tuning is known (after a second or two) that
-        is one variant in five: the filter's costliest loop, and every trial's, shrinks by as
-        much, and the mixture by less than ``exp(-detune_prune_nats)``."""
+        is two or three variants in five: the filter's costliest loop, and every trial's,
+        shrinks by about half, and the mixture by less than ``exp(-detune_prune_nats)``."""
         cfg = self.config
         self._since_full += 1
         if cfg.detune_prune_nats <= 0 or self._since_full >= cfg.detune_refresh_frames:

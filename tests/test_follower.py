@@ -425,7 +425,7 @@ def test_a_soloist_who_begins_a_movement_late_is_caught_at_once():
 
 
 def test_a_player_who_retunes_is_followed_with_most_detune_variants_skipped(tmp_path, monkeypatch):
-    """Once the tuning is known the filter computes one or two detune variants in five
+    """Once the tuning is known the filter computes two or three detune variants in five
     (``detune_prune_nats``); a player who retunes mid-take (+45 to -45 cents at 15 s) is
     still found out: a variant that explains a frame of a full refresh as well as the
     favourite is computed at every frame again (without that, the estimate stays at +50
