@@ -24,6 +24,7 @@ adds its CPU seconds, its start-up, its run-loop real-time factor and this tree'
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -67,6 +68,12 @@ def main() -> None:
     rubberband = shutil.which("rubberband")
     if rubberband is None:
         raise SystemExit("bench_cost: Rubber Band not found: install it with 'apt install rubberband-cli'")
+    # start-up as installed: with its modules' bytecode compiled (pip does it on install; an
+    # editable checkout where PYTHONDONTWRITEBYTECODE is set would compile them at every start)
+    for tree in [Path(__file__).resolve().parents[1], args.baseline]:
+        if tree is not None:
+            for package in ("shared", "player", "prep"):
+                compileall.compile_dir(tree / package, quiet=1)
     bindir = Path(sys.executable).parent
     prep, player = str(bindir / "prep"), str(bindir / "player")
     with tempfile.TemporaryDirectory() as tmp_name:
