@@ -175,8 +175,11 @@ def read_validated(f: h5py.File, path: Path, spectra: bool = True) -> Bundle:
     """The bundle in the open file ``f`` (named ``path``), validated; raises ``BundleError``.
     Its audio is not read: ``Bundle.audio`` reads it a chunk at a time, later, from the
     file identified as the one checked here. Without ``spectra`` the coarse spectra are
-    read (and checked) a chunk at a time for their power only, and not returned (they are
-    the bundle's largest array after the templates, and the player needs only the power).
+    not returned (they are the bundle's largest array after the templates, and the player
+    needs only their power): not read at all when the bundle stores that power
+    (``/spectra/power``), else read and checked a chunk at a time for it. The stored power
+    is not checked against the spectra (a hostile value misleads only the silent-state
+    estimate, as hostile templates would mislead the following).
 
     Order matters: attributes and structure first, then every shape against the parameters
     and the audio's duration, and only then the data (see the module docstring).
@@ -209,6 +212,8 @@ def read_validated(f: h5py.File, path: Path, spectra: bool = True) -> Bundle:
     expected_states = int(round(duration * params.sr)) // params.coarse_hop + 1
     if abs(expected_states - n_states) > 2:
         raise _fail(path, f"{n_states} states do not match the audio's duration ({expected_states} expected)")
+    # each state's power (prep writes it; a bundle of an older prep lacks it: computed)
+    stored_power = _dataset(f, path, "spectra/power", "f", (n_states,)) if "spectra/power" in f else None
     onsets = _dataset(f, path, "spectra/onsets", "f", (None,))
     expected_frames = int(round(duration * params.sr)) // params.fine_hop + 1
     if abs(onsets.shape[0] - expected_frames) > 2 * params.fine_per_coarse:
@@ -241,13 +246,19 @@ def read_validated(f: h5py.File, path: Path, spectra: bool = True) -> Bundle:
         raise _fail(path, "templates/detune_cents disagree with /params")
     state_mag = np.empty(coarse.shape, dtype=coarse.dtype) if spectra else None
     state_power = np.empty(n_states)
-    for a in range(0, n_states, _COARSE_ROWS):
-        rows = _finite(path, "spectra/coarse", coarse[a:a + _COARSE_ROWS])
-        if (rows < 0).any():
-            raise _fail(path, "spectra/coarse has negative magnitudes")
-        state_power[a:a + rows.shape[0]] = frame_power(rows)
-        if state_mag is not None:
-            state_mag[a:a + rows.shape[0]] = rows
+    if stored_power is not None:
+        state_power[:] = _finite(path, "spectra/power", stored_power[()])
+        if (state_power < 0).any():
+            raise _fail(path, "spectra/power has negative values")
+    if spectra or stored_power is None:  # (the player needs the power alone)
+        for a in range(0, n_states, _COARSE_ROWS):
+            rows = _finite(path, "spectra/coarse", coarse[a:a + _COARSE_ROWS])
+            if (rows < 0).any():
+                raise _fail(path, "spectra/coarse has negative magnitudes")
+            if stored_power is None:
+                state_power[a:a + rows.shape[0]] = frame_power(rows)
+            if state_mag is not None:
+                state_mag[a:a + rows.shape[0]] = rows
     templates = QuantizedTemplates(q=templ[()], offset=float(t_offset), step=float(t_step))
     ws, wr = _finite(path, "nmf/w_shape", w_shape[()]), _finite(path, "nmf/w_rate", w_rate[()])
     if (ws <= 0).any() or (wr <= 0).any():

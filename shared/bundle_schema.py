@@ -12,6 +12,8 @@ Layout (schema version 2)::
     /audio/offsets       int64 (n_chunks + 1,)      byte offsets of the FLAC chunks
     /audio               attrs: codec, sr, channels, n_samples, chunk_samples, subtype
     /spectra/coarse      float16 (n_states, n_bins) magnitude of X at the coarse hop
+    /spectra/power       float64 (n_states,)        each state's power: the sum of its stored
+                         magnitudes squared (in float32); optional (older bundles lack it)
     /spectra/onsets      float32 (n_frames,)        onset strength of X at the fine hop, in [0, 1]
                          (frame k centred on sample k * fine_hop at params.sr)
     /spectra/onset_bank  float32 (onset_bands, n_bins) the mel filterbank of the onset strength

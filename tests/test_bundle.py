@@ -49,6 +49,23 @@ def test_loading_without_the_spectra_keeps_their_power(bundle_path):
         np.testing.assert_array_equal(lean.templates.q, full.templates.q)
 
 
+def test_a_bundle_without_the_stored_power_loads_the_same(bundle_path, tmp_path):
+    """The player reads each state's power from /spectra/power and never the spectra; a
+    bundle of an older prep, without it, has its power computed from the spectra: the
+    same bits."""
+    older = broken(bundle_path, tmp_path, lambda f: f.__delitem__("spectra/power"))
+    with load_bundle(bundle_path, spectra=False) as stored, load_bundle(older, spectra=False) as computed:
+        np.testing.assert_array_equal(stored.state_power, computed.state_power)
+    # the stored power is what the player uses: the spectra are not read without them
+    with h5py.File(broken(bundle_path, tmp_path, lambda f: None), "r+") as f:
+        f["spectra/coarse"][0, 0] = np.nan
+        unread = f.filename
+    with load_bundle(unread, spectra=False) as lean:
+        np.testing.assert_array_equal(lean.state_power, stored.state_power)
+    with pytest.raises(BundleError, match="NaN"):
+        load_bundle(unread)
+
+
 def test_audio_is_lossless_and_blockwise(bundle_path, x_wav):
     original, sr = sf.read(x_wav, dtype="float32", always_2d=True)
     with load_bundle(bundle_path) as b:
@@ -134,6 +151,9 @@ CASES = {
     "NaN values": (lambda f: f["spectra/coarse"].__setitem__((0, 0), np.nan), "NaN"),
     "bad params": (lambda f: f["params"].attrs.__setitem__("coarse_hop", 1000), "invalid analysis parameters"),
     "huge channels": (lambda f: f["audio"].attrs.__setitem__("channels", 10_000), "channels"),
+    "power NaN": (lambda f: f["spectra/power"].__setitem__(2, np.nan), "power contains NaN"),
+    "power negative": (lambda f: f["spectra/power"].__setitem__(2, -1.0), "power has negative"),
+    "power shape": (lambda f: _replace(f, "spectra/power", np.ones(7)), "power has shape"),
     "onsets NaN": (lambda f: f["spectra/onsets"].__setitem__(3, np.nan), "NaN"),
     "onsets out of range": (lambda f: f["spectra/onsets"].__setitem__(3, 1.5), "outside"),
     "onset bank shape": (lambda f: _replace(f, "spectra/onset_bank", np.zeros((3, 4), np.float32)), "shape"),

@@ -67,8 +67,8 @@ def test_a_resampling_hop_stream_is_as_long_as_the_rate_says(sizes):
     assert expected - 2 <= total <= expected + 1
 
 
-DATASETS = ["spectra/coarse", "spectra/onsets", "spectra/onset_bank", "templates/log_obs", "templates/detune_cents",
-            "nmf/w_shape", "nmf/w_rate", "nmf/bound_trace", "audio/data", "audio/offsets"]
+DATASETS = ["spectra/coarse", "spectra/power", "spectra/onsets", "spectra/onset_bank", "templates/log_obs",
+            "templates/detune_cents", "nmf/w_shape", "nmf/w_rate", "nmf/bound_trace", "audio/data", "audio/offsets"]
 TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=8)  # what HDF5 can hold
 VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**40, 2**40), TEXT,
                    st.just(np.zeros(3)), st.just(np.full(2, np.nan)))
