@@ -12,7 +12,10 @@ row with u_time_s <= onset.
 for the same take and DB on every run). ``--retune CENTS`` plays each take CENTS higher
 (resampled, so it is also that much faster; the ground truth follows): on top of the take's
 own tuning, or, with ``--specs`` (the render specs, whose ``perturb.detune_cents`` is each
-take's tuning against X), so that the take ends up CENTS away from X. ``--group REGEX``
+take's tuning against X), so that the take ends up CENTS away from X. ``--tempo-scale R``
+plays each take R times as fast (Rubber Band's R3 engine, ``rubberband-cli``: the pitch
+kept; 0.7 is a player practising at 70 % of the take's tempo; the ground truth follows);
+tell the player with ``--set tempo=R``. ``--group REGEX``
 also prints the mean of each group of cases whose names share REGEX's first match (e.g.
 ``'slow|voice|chorale'`` for the conditions of ``specs_conditions_*.json``).
 """
@@ -20,8 +23,11 @@ also prints the mean of each group of cases whose names share REGEX's first matc
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -174,10 +180,16 @@ def main() -> None:
     ap.add_argument("--noise-snr", type=float, default=None,
                     help="add pink noise this many dB below each take's RMS")
     ap.add_argument("--retune", type=float, default=None, help="play each take this many cents higher")
+    ap.add_argument("--tempo-scale", type=float, default=None,
+                    help="play each take this many times as fast (Rubber Band R3; the pitch kept)")
     ap.add_argument("--specs", type=Path, default=None,
                     help="with --retune: render specs giving each take's own tuning against X")
     ap.add_argument("--group", default=None, help="also the mean of each group of cases sharing this regex's match")
     args = ap.parse_args()
+    if args.tempo_scale is not None and not 0.25 <= args.tempo_scale <= 4.0:
+        raise SystemExit("--tempo-scale must be within 0.25..4")
+    if args.tempo_scale is not None and shutil.which("rubberband") is None:
+        raise SystemExit("--tempo-scale needs Rubber Band: install it with 'apt install rubberband-cli'")
     own_cents = {}
     if args.specs is not None:
         own_cents = {c["name"]: float(c.get("perturb", {}).get("detune_cents", 0.0))
@@ -189,9 +201,12 @@ def main() -> None:
     for case in sorted(c for c in cases if (c / "gt.csv").exists()):
         bundle = case_bundle(case, args.work, po)
         wd = bundle.parent
-        take, gt = case / "U.flac", case / "gt.csv"
+        take, gt, notes = case / "U.flac", case / "gt.csv", case / "notes.csv"
         if args.retune is not None:
-            take, gt = retuned_take(case, wd / f"retune{args.retune:g}", args.retune - own_cents.get(case.name, 0.0))
+            take, gt, notes = retuned_take(case, wd / f"retune{args.retune:g}",
+                                           args.retune - own_cents.get(case.name, 0.0))
+        if args.tempo_scale is not None:
+            take, gt, notes = tempo_scaled_take(case, wd / f"tempo{args.tempo_scale:g}", args.tempo_scale)
         if args.noise_snr is not None:
             u, sr = sf.read(take, dtype="float32")
             take = take.with_name(f"U_snr{args.noise_snr:g}.flac")
@@ -202,8 +217,8 @@ def main() -> None:
                            output_path=(wd / "out.wav") if args.output else None,
                            on_block=lambda e, rows=scheduled: rows.append((e.u_time_s, e.anticipator.x_s)))
         row = {"case": case.name, **score(wd / "path.csv", gt), "rtf": res.rtf, "jumps": res.counters["jumps"]}
-        if (case / "notes.csv").exists() and args.retune is None:
-            row.update(heard_figures(res.trace.heard, res.trace.path, case / "notes.csv", res.u_duration_s,
+        if notes.exists():
+            row.update(heard_figures(res.trace.heard, res.trace.path, notes, res.u_duration_s,
                                      np.asarray(scheduled)))
         rows.append(row)
         print_row(rows[-1])
@@ -217,20 +232,55 @@ def main() -> None:
     print_mean(rows)
 
 
-def retuned_take(case: Path, folder: Path, cents: float) -> tuple[Path, Path]:
-    """``case``'s take played ``cents`` higher (and as much faster) and its ground truth
-    (gt.csv, with gt_dense.csv beside it) on the new timeline, written into ``folder``."""
+def retuned_take(case: Path, folder: Path, cents: float) -> tuple[Path, Path, Path]:
+    """``case``'s take played ``cents`` higher (and as much faster), written into
+    ``folder`` with its truths (:func:`faster_truths`); its U.flac, gt.csv and notes.csv."""
     ratio = 2.0 ** (cents / 1200.0)
     u, sr = sf.read(case / "U.flac", dtype="float32")
     folder.mkdir(parents=True, exist_ok=True)
     take = folder / "U.flac"
     sf.write(take, soxr.resample(u, sr * ratio, sr), sr)
+    return take, *faster_truths(case, folder, ratio)
+
+
+def tempo_scaled_take(case: Path, folder: Path, speed: float) -> tuple[Path, Path, Path]:
+    """``case``'s take played ``speed`` times as fast at the same pitch (Rubber Band's R3
+    engine), written into ``folder`` once, with its truths (:func:`faster_truths`); its
+    U.flac, gt.csv and notes.csv."""
+    take = folder / "U.flac"
+    if not take.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        stretched = folder / "U_stretched.wav"
+        subprocess.run(["rubberband", "-3", "-q", "-T", f"{speed:.6f}", str(case / "U.flac"), str(stretched)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        u, sr = sf.read(stretched, dtype="float32")
+        sf.write(take, u, sr)
+        stretched.unlink()
+    return take, *faster_truths(case, folder, speed)
+
+
+def faster_truths(case: Path, folder: Path, speed: float) -> tuple[Path, Path]:
+    """``case``'s ground truth for its take played ``speed`` times as fast: gt.csv,
+    gt_dense.csv and notes.csv (where the case has them) with their U times divided by
+    ``speed``, written into ``folder``; the paths of gt.csv and notes.csv."""
     for name in ("gt.csv", "gt_dense.csv"):
         if (case / name).exists():
             data = np.loadtxt(case / name, delimiter=",", skiprows=1, ndmin=2)
-            data[:, 0] /= ratio
+            data[:, 0] /= speed
             np.savetxt(folder / name, data, delimiter=",", header="u_time_s,x_time_s", comments="", fmt="%.5f")
-    return take, folder / "gt.csv"
+    notes = folder / "notes.csv"
+    if (case / "notes.csv").exists():
+        with open(case / "notes.csv", newline="") as src, open(notes, "w", newline="") as dst:
+            rows = csv.reader(src)
+            header = next(rows)
+            u_columns = [i for i, name in enumerate(header) if name in ("u_on_s", "u_off_s")]
+            out = csv.writer(dst)
+            out.writerow(header)
+            for row in rows:
+                for i in u_columns:
+                    row[i] = f"{float(row[i]) / speed:.5f}"
+                out.writerow(row)
+    return folder / "gt.csv", notes
 
 
 def print_row(row: dict) -> None:

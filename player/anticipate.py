@@ -13,7 +13,8 @@ of the soloist (a peak of U's onset strength, ``anchor_delay_frames`` later, whe
 has moved onto the new note) and carried on from there until the next onset or ``hold_s``
 of playing (dead reckoning; through a rest, until the soloist plays again). While the
 soloist plays it goes at a tempo of its own: a regression of the belief on the last
-``tempo_memory_s`` of playing, shrunk towards the recording's tempo (``tempo_prior_weight``).
+``tempo_memory_s`` of playing, shrunk towards the recording's tempo, or the one the player said they practise at
+(``tempo_prior_weight``).
 The follower's tempo, a regression over six seconds that keeps its motion prior steady,
 lags a tempo that changes (a slow movement's *a tempo* after a deep ritardando left the
 reckoning 15-20 % slow and the accompaniment late at every note); through a rest the
@@ -83,18 +84,21 @@ class Anticipator:
         config: tuning.
         frame_s: the analysis frame period (seconds; the tempo regression's step).
         min_tempo, max_tempo: bounds of the reckoning's tempo (X seconds per U second).
+        tempo: the tempo the player is expected to play at (the regression's prior; see
+            :class:`player.follower.Follower`).
     """
 
     def __init__(self, config: AnticipateConfig | None = None, frame_s: float = 0.02,
-                 min_tempo: float = 0.5, max_tempo: float = 2.0) -> None:
+                 min_tempo: float = 0.5, max_tempo: float = 2.0, tempo: float = 1.0) -> None:
         self.config = cfg = config or AnticipateConfig()
-        self._tempo = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight, min_tempo, max_tempo, frame_s)
+        self._tempo = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight, min_tempo, max_tempo, frame_s,
+                                   centre=min(max(tempo, min_tempo), max_tempo))
         self.reset()
 
     def reset(self) -> None:
         """Forget the anchor, the onset history and the tempo (a restart, a relocation)."""
         self.x_s = math.nan
-        self._tempo.reset(1.0)
+        self._tempo.reset(self._tempo.centre)
         self._reckoned = math.nan  # the anchor carried on at the tempo (seconds of X); NaN: no anchor
         self._last_s = math.nan  # U time of the previous frame
         self._playing_s = 0.0  # seconds of playing since the anchor

@@ -36,6 +36,8 @@ def run(
                                       "(heard_u_s,x_s,rate,seek: when it is heard, the X time, the rate, 1 at a seek)."),
     start: float = typer.Option(0.0, "--start", help="Where in the recording you start (seconds)."),
     intro: bool = typer.Option(False, "--intro", help="Play the recording at once (its introduction), not from your first note."),
+    tempo: float = typer.Option(1.0, "--tempo", help="Your tempo against the recording's (0.7: practising at 70 %); "
+                                "you are still followed wherever you go."),
     alpha: float = typer.Option(2.0, "--alpha", help="Solo removal strength, 0 (none: play the recording as is) to 2."),
     input_device: str | None = typer.Option(None, "--input-device", help="Microphone (name or index; see 'player devices')."),
     output_device: str | None = typer.Option(None, "--output-device", help="Speakers/headphones (name or index)."),
@@ -60,7 +62,7 @@ def run(
         raise fail("--samplerate must be within 8000..384000 Hz")
     with naming_options(), load_bundle(bundle, spectra=False) as b:
         config = EngineConfig.from_overrides({"start_s": start, "intro": intro, "global_search": not no_search,
-                                              "separation.alpha": alpha})
+                                              "separation.alpha": alpha, "tempo": tempo})
         if input is None:
             if output is not None or alignment is not None or report is not None or heard is not None:
                 raise fail("--output, --alignment, --heard and --report need --input FILE; to keep a live rehearsal, "
@@ -87,7 +89,7 @@ def run(
 
 
 #: The option of ``player run`` that sets each engine setting (named in its errors).
-OPTION_OF_SETTING = {"start_s": "--start", "alpha": "--alpha"}
+OPTION_OF_SETTING = {"start_s": "--start", "alpha": "--alpha", "tempo": "--tempo"}
 
 
 @contextmanager

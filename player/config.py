@@ -39,6 +39,11 @@ class EngineConfig:
         intro: play X at once from the start (and from every restart) at its own tempo
             instead of waiting for the soloist's first note: a concerto's opening tutti,
             after which the soloist comes in (found like a re-entry after a rest).
+        tempo: the tempo the player means to play at, against the recording's (X seconds
+            per U second: 0.7 to practise at 70 %, 1 the recording's own). The follower
+            starts there, its tempo estimate is pulled towards it rather than towards the
+            recording's, a tutti and an introduction play at it, and the search's tempo
+            hypotheses are around it; the player is still followed wherever they go.
     """
 
     follower: FollowerConfig = field(default_factory=FollowerConfig)
@@ -55,13 +60,17 @@ class EngineConfig:
     global_search: bool = True
     output_latency_s: float = 0.0
     intro: bool = False
+    tempo: float = 1.0
 
     def __post_init__(self) -> None:
-        check_fields(self, non_negative=("start_s", "output_latency_s"))
+        check_fields(self, non_negative=("start_s", "output_latency_s"), positive=("tempo",))
         for name in STAGE_FIELDS:
             want = _STAGE_TYPES[name]
             if not isinstance(getattr(self, name), want):
                 raise field_error(self, name, getattr(self, name), f"a {want.__name__}")
+        lo, hi = self.follower.min_tempo, self.follower.max_tempo
+        if not lo <= self.tempo <= hi:
+            raise field_error(self, "tempo", self.tempo, f"between {lo:g} and {hi:g} (the follower's tempo range)")
 
     @classmethod
     def from_overrides(cls, overrides: Iterable[str] | Mapping[str, object], base: EngineConfig | None = None

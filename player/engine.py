@@ -141,22 +141,25 @@ class Engine:
         if cfg.follower.silence_penalty > 0 and silent.any():
             templates = templates.with_penalty(np.where(silent, cfg.follower.silence_penalty, 0.0))
         sections = section_starts(silent, p.coarse_period_s, cfg.jumps.section_gap_s)
-        self.follower = Follower(templates, p, cfg.follower, onset_terms)
+        self.follower = Follower(templates, p, cfg.follower, onset_terms, tempo=cfg.tempo)
         self.follower.set_sections(sections)
         self.presence = SoloPresence(cfg.separation, p.fine_period_s)
         self.relocator = None
         if cfg.global_search:
             prior = JumpPrior(sections, p.coarse_period_s, cfg.jumps)
-            search = GlobalSearch(templates, p, cfg.search, room_s=cfg.relocator.trial_s * max(cfg.search.tempos),
-                                  prior=prior)
-            tracks = [Follower(templates, p, cfg.follower, onset_terms) for _ in range(cfg.search.candidates + 1)]
+            search = GlobalSearch(templates, p, cfg.search,
+                                  room_s=cfg.relocator.trial_s * max(cfg.search.tempos) * cfg.tempo, prior=prior,
+                                  tempo=cfg.tempo)
+            tracks = [Follower(templates, p, cfg.follower, onset_terms, tempo=cfg.tempo)
+                      for _ in range(cfg.search.candidates + 1)]
             for track in tracks:
                 track.set_sections(sections)
             self.relocator = Relocator(search, self.follower, tracks, cfg.relocator, p.fine_period_s, prior)
         self._analysis: tuple[FrameStage, ...] = (self.spectrum, self.leak, self.activity, self.denoise,
                                                    self.observation)
         self._frame = Frame()
-        self.anticipator = Anticipator(cfg.anticipate, p.fine_period_s, cfg.follower.min_tempo, cfg.follower.max_tempo)
+        self.anticipator = Anticipator(cfg.anticipate, p.fine_period_s, cfg.follower.min_tempo, cfg.follower.max_tempo,
+                                       cfg.tempo)
         # once per block
         self.controller = PlaybackController(cfg.playback, onset_times_s(bundle.onsets, p, cfg.playback.onset_strength))
         played = bundle.audio if self.output_sr == bundle.audio.sr else ResampledAudio(bundle.audio, self.output_sr)

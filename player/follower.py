@@ -33,9 +33,10 @@ hands the filter a new band.
 Silence: frames where the soloist is not playing (``active=False``) do not update the
 posterior; the position then advances at the current tempo, so the accompaniment keeps
 going through rests, and locks on again at the next note. A silence longer than
-``tutti_after_s`` is the accompaniment's (a tutti): its tempo is the recording's own, so
-the soloist's tempo fades out of the advance (over ``tutti_fade_s``) and the recording
-plays on as recorded until the soloist comes back in.
+``tutti_after_s`` is the accompaniment's (a tutti): its tempo is the recording's own (or
+the one the player said they practise at), so the soloist's tempo fades out of the advance
+(over ``tutti_fade_s``) and the recording plays on as recorded until the soloist comes
+back in.
 
 Units: positions in seconds of X (``x_s``) or states; time in seconds of U; tempo is X
 seconds per U second (1 = the recording's tempo, 1.2 = the player is 20% faster).
@@ -79,7 +80,8 @@ class FollowerConfig:
             section's start. 0 disables.
         section_entry_weight: see ``section_entry_s``.
         tutti_after_s: a silence longer than this (seconds of U) is a tutti: the position
-            moves on at the recording's own tempo, the soloist's fading out over
+            moves on at the recording's own tempo (or the expected one, see
+            :class:`Follower`), the soloist's fading out over
             ``tutti_fade_s`` (seconds of U).
         detune_memory_s: time constant of the detune posterior's forgetting (seconds of U).
         detune_rate: weight of one frame's detune evidence.
@@ -90,7 +92,8 @@ class FollowerConfig:
             as the favourite. 0: every variant at every frame.
         detune_refresh_frames: see ``detune_prune_nats``.
         tempo_memory_s: time constant of the tempo regression (seconds of U).
-        tempo_prior_weight: pull of the tempo towards 1 (seconds of regression data).
+        tempo_prior_weight: pull of the tempo towards the expected one (1, the recording's,
+            unless the player said otherwise; seconds of regression data).
         lead_s: extra U time (seconds) the reported position is extrapolated ahead, for the
             systematic lag of an onset's detection.
         mean_halfwidth: sub-states on each side of the mode averaged for the position.
@@ -215,15 +218,18 @@ class TempoTracker:
     """Exponentially weighted regression of position on time: slope = tempo.
 
     Observations ``(u_s, x_s)`` come from confidently tracked, active frames. A prior of
-    ``prior_weight`` seconds' worth of data pulls the slope towards 1 (the recording's own
-    tempo), so a short or flat history (one long note) cannot swing the tempo.
+    ``prior_weight`` seconds' worth of data pulls the slope towards ``centre`` (the tempo
+    the player is expected to play at: 1, the recording's own, unless they said otherwise),
+    so a short or flat history (one long note) cannot swing the tempo.
     """
 
-    def __init__(self, memory_s: float, prior_weight: float, lo: float, hi: float, frame_s: float) -> None:
+    def __init__(self, memory_s: float, prior_weight: float, lo: float, hi: float, frame_s: float,
+                 centre: float = 1.0) -> None:
         self.decay = float(np.exp(-frame_s / memory_s))
         self.prior = prior_weight / frame_s  # in frame-weighted s^2, comparable with S_uu
         self.lo, self.hi = lo, hi
-        self.tempo = 1.0
+        self.centre = float(centre)
+        self.tempo = self.centre
         self.reset()
 
     def reset(self, tempo: float | None = None) -> None:
@@ -244,7 +250,7 @@ class TempoTracker:
         self._ux = g * self._ux + u * x
         s_uu = self._uu - self._u * self._u / self._w
         s_ux = self._ux - self._u * self._x / self._w
-        slope = (s_ux + self.prior) / (s_uu + self.prior)
+        slope = (s_ux + self.prior * self.centre) / (s_uu + self.prior)
         self.tempo = float(min(max(slope, self.lo), self.hi))
         return self.tempo
 
@@ -287,10 +293,13 @@ class Follower:
         params: the bundle's analysis parameters.
         config: filter tuning.
         onsets: X's onset terms (shared by all the followers of one bundle); None: spectra only.
+        tempo: the tempo the player is expected to play at (X seconds per U second; 0.7: at
+            70 % of the recording's): where the tempo starts, what its estimate is pulled
+            towards, and what a tutti fades to.
     """
 
     def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: FollowerConfig | None = None,
-                 onsets: OnsetTerms | None = None):
+                 onsets: OnsetTerms | None = None, tempo: float = 1.0):
         self.templates = templates
         self.params = params
         self.config = cfg = config or FollowerConfig()
@@ -306,8 +315,9 @@ class Follower:
         # the fine frame's window ends now: its centre (matched to a state's centre) is half
         # a window ago, so the present position is ahead of the matched one by this much U time
         self.centre_delay_s = params.n_fft / 2 / params.sr
+        self.expected_tempo = float(min(max(tempo, cfg.min_tempo), cfg.max_tempo))
         self.tempo_tracker = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight,
-                                  cfg.min_tempo, cfg.max_tempo, params.fine_period_s)
+                                  cfg.min_tempo, cfg.max_tempo, params.fine_period_s, centre=self.expected_tempo)
         self._evidence = np.zeros(self.n_detune)
         self._all_variants = np.ones(self.n_detune, dtype=bool)
         self._scored = np.ones(self.n_detune, dtype=bool)
@@ -328,13 +338,15 @@ class Follower:
         self.reset(0.0)
 
     # ------------------------------------------------------------------ set-up
-    def reset(self, start_s: float = 0.0, tempo: float = 1.0, keep_detune: bool = False,
+    def reset(self, start_s: float = 0.0, tempo: float | None = None, keep_detune: bool = False,
               wait: bool = True) -> None:
         """Start (again) at ``start_s`` seconds of X, waiting for the soloist; with
         ``keep_detune`` the tuning estimate survives (a restart by the same player). With
-        ``wait=False`` the position goes on at once at ``tempo`` (X seconds per U second), as
-        through a rest: the recording plays its introduction and the soloist's first note
-        is a re-entry (the belief widened by the introduction's length)."""
+        ``wait=False`` the position goes on at once at ``tempo`` (X seconds per U second;
+        default: the expected tempo), as through a rest: the recording plays its
+        introduction and the soloist's first note is a re-entry (the belief widened by the
+        introduction's length)."""
+        tempo = self.expected_tempo if tempo is None else tempo
         j0 = int(np.clip(round(start_s / self.params.coarse_period_s * self.m), 0, self.n_sub - 1))
         self._centre_on(j0, spread=self.m / 2)
         if not keep_detune:
@@ -438,13 +450,15 @@ class Follower:
 
     def _silent_tempo(self) -> float:
         """The tempo (X seconds per U second) the position moves at through a silence: the
-        soloist's, fading to the recording's own (1) once the silence is a tutti."""
+        soloist's, fading to the expected one (the recording's own, 1, unless the player
+        said otherwise) once the silence is a tutti."""
         cfg = self.config
         tempo = self.tempo_tracker.tempo
         over_s = self._silent_frames * self.params.fine_period_s - cfg.tutti_after_s
         if over_s <= 0.0:
             return tempo
-        return 1.0 + (tempo - 1.0) * math.exp(-over_s / cfg.tutti_fade_s)
+        expected = self.expected_tempo
+        return expected + (tempo - expected) * math.exp(-over_s / cfg.tutti_fade_s)
 
     def _change(self, u: np.ndarray) -> float | None:
         """Hellinger distance between this frame's observation and the previous one's (None

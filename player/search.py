@@ -47,7 +47,8 @@ class SearchConfig:
         slice_states: candidate end states scored per frame at most (fixed cost per
             frame); a short piece is swept once per state period, not faster, since the
             context only changes that often.
-        tempos: tempo hypotheses (X seconds per U second).
+        tempos: tempo hypotheses (X seconds per U second), relative to the tempo the player
+            is expected to play at (see :class:`GlobalSearch`).
         margin: how much better (nats per observation) a far place must explain the context
             than the filter's place to be proposed.
         min_jump_s: candidates closer than this to the filter's place (seconds of X) are
@@ -99,6 +100,8 @@ class GlobalSearch:
         config: the sweep's settings.
         room_s: seconds of X a candidate needs after it to be verified (a trial's length
             at the fastest tempo): places closer to the end are not proposed.
+        tempo: the tempo the player is expected to play at (X seconds per U second): the
+            tempo hypotheses are ``config.tempos`` times it.
         prior: the jump prior: the best place within its near window of the filter's
             place, or at a section's start (:meth:`player.jump_prior.JumpPrior.free`),
             keeps a slot of its own in each sweep, so that far look-alikes cannot crowd it
@@ -107,7 +110,7 @@ class GlobalSearch:
     """
 
     def __init__(self, templates: QuantizedTemplates, params: AnalysisParams, config: SearchConfig | None = None,
-                 room_s: float = 1.2 * 1.25, prior: JumpPrior | None = None):
+                 room_s: float = 1.2 * 1.25, prior: JumpPrior | None = None, tempo: float = 1.0):
         self.prior = prior
         self.params = params
         self.config = cfg = config or SearchConfig()
@@ -117,11 +120,11 @@ class GlobalSearch:
         self.per_state = params.fine_per_coarse
         self.ctx = max(4, int(round(cfg.context_s / params.coarse_period_s)))
         self.n_long = max(self.ctx, int(round(cfg.long_context_s / params.coarse_period_s)))
-        self.max_lag = int(np.ceil(self.ctx * max(cfg.tempos))) + 1
+        self._tempos = np.asarray(cfg.tempos, dtype=np.float64) * float(tempo)
+        self.max_lag = int(np.ceil(self.ctx * self._tempos.max())) + 1
         # the context gains one observation per state period: sweeping faster would score
         # the same context again (a 30-s piece would be swept 5 times over per new observation)
         self.slice = min(cfg.slice_states, -(-n // self.per_state))
-        self._tempos = np.asarray(cfg.tempos, dtype=np.float64)
         self._lags = np.round(np.arange(self.ctx)[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
         self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
         # each state's similarity to each observation of the short context is computed once

@@ -31,7 +31,8 @@ BAD_VALUES = [
     (ActivityConfig, "floor_percentile", 120.0), (ActivityConfig, "window_s", -1.0),
     (DenoiseConfig, "keep", 1.5), (DenoiseConfig, "snr_off_db", 10.0), (LeakConfig, "floor", -0.1),
     (LeakConfig, "gain_percentile", 101.0), (EngineConfig, "start_s", -1.0),
-    (EngineConfig, "output_latency_s", math.nan), (BuildOptions, "n_components", 0),
+    (EngineConfig, "output_latency_s", math.nan), (EngineConfig, "tempo", 0.0), (EngineConfig, "tempo", 2.5),
+    (EngineConfig, "tempo", 0.3), (EngineConfig, "tempo", math.nan), (BuildOptions, "n_components", 0),
     (AnalysisParams, "fine_hop", 0), (AnalysisParams, "n_fft", math.inf),
 ]
 

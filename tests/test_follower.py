@@ -192,6 +192,18 @@ def test_intro_plays_at_once_and_the_soloist_comes_in(tmp_path):
     assert onset_errors(case, rows)[0] >= 5.0
 
 
+def test_intro_plays_at_the_tempo_the_player_practises_at(rubato):
+    """With ``intro`` and ``tempo`` 0.7 (practising at 70 %), the introduction plays at
+    once at 0.7 of the recording's tempo, the output's rate and the reported position alike."""
+    case, bundle = rubato
+    quiet = np.zeros(int(3.0 * case.sr), dtype=np.float32)  # the soloist waits through it
+    rows = follow(bundle, quiet, case.sr, EngineConfig(intro=True, tempo=0.7))
+    engine = follow.last_engine
+    assert engine.heard_rate == pytest.approx(0.7, abs=0.02)
+    late = rows[rows[:, 0] > 1.0]
+    assert np.polyfit(late[:, 0], late[:, 1], 1)[0] == pytest.approx(0.7, abs=0.04)  # (the step kernel: 0.726)
+
+
 def test_a_concerto_s_long_opening_tutti(tmp_path):
     """X opens with 21 s of accompaniment alone (a concerto's tutti) and the soloist waits
     it out in U. Waiting (the default), the follower finds the entry far ahead within a
@@ -301,16 +313,17 @@ def test_a_far_place_under_the_same_held_note_does_not_take_the_filter():
     assert _held_note_position(floor_reach_s=100.0) > 11.0
 
 
-def _silent_advance(tempo: float, seconds: float) -> list[tuple[float, float, float]]:
+def _silent_advance(tempo: float, seconds: float, expected: float = 1.0) -> list[tuple[float, float, float]]:
     """A follower going on from 5 s of X at ``tempo`` (as after the soloist's last note),
-    through ``seconds`` of silence: ``(u_s, x_s, reported tempo)`` every frame."""
+    through ``seconds`` of silence: ``(u_s, x_s, reported tempo)`` every frame
+    (``expected``: the tempo the player said they play at)."""
     params = AnalysisParams()
     rng = np.random.default_rng(1)
     n_states, n_obs = 1200, params.n_obs_bins
     templates = rng.gamma(0.3, size=(n_states, n_obs)) + 1e-3
     templates /= templates.sum(axis=1, keepdims=True)
     log_t = np.log(np.repeat(templates[None], len(params.detune_cents), axis=0)).astype(np.float32)
-    follower = Follower(QuantizedTemplates.from_log(log_t), params)
+    follower = Follower(QuantizedTemplates.from_log(log_t), params, tempo=expected)
     follower.reset(5.0, tempo=tempo, wait=False)
     rows = []
     frame_s = params.fine_period_s
@@ -337,6 +350,35 @@ def test_through_a_tutti_the_recording_plays_at_its_own_tempo():
     assert rate(late) == pytest.approx(1.0, abs=0.01)  # a tutti: the recording's
     assert np.allclose(tempo[late], 1.0, atol=0.01)
     assert x[-1] - x[0] < 60.0 * 1.0 + 0.2 * 6.5  # not 72 s on: the soloist's tempo lasted ~6 s at most
+
+
+def test_a_tutti_plays_at_the_tempo_the_player_practises_at():
+    """A player practising at 70 % of the recording's tempo: a tutti fades to that tempo,
+    not to the recording's. (The position moves at 0.726: the step kernel, a Gaussian over
+    whole steps of at least 0 centred on 0.7 sub-states a frame, has that mean.)"""
+    t, x, tempo = np.array(_silent_advance(tempo=0.8, seconds=30.0, expected=0.7)).T
+    late = t > 20.0
+    assert np.allclose(tempo[late], 0.7, atol=0.01)
+    assert np.polyfit(t[late], x[late], 1)[0] == pytest.approx(0.7, abs=0.04)
+
+
+def test_a_player_who_says_they_play_faster_is_followed_from_the_first_notes(tmp_path):
+    """A take at 1.4 times the recording's tempo (swinging +-5 % around it). Told so
+    (``EngineConfig.tempo``), the follower starts there and its estimate is pulled towards
+    it: the first notes are placed far better than when it starts at the recording's
+    tempo and must learn the player's over several seconds (measured: 59 against 136 ms
+    on average over the first 12 notes, 72.5 against 52.5 % of all within 100 ms)."""
+    bpm = 100.0
+    case = make_case(n_notes=40, seed=11, bpm_x=bpm,
+                     tempo_u=lambda b: 1.4 * bpm * (1.0 + 0.05 * np.sin(2 * np.pi * b / 12.0)))
+    bundle = bundle_for(case, tmp_path)
+    told = onset_errors(case, follow(bundle, case.u, case.sr, EngineConfig(tempo=1.4)))
+    told_tempo = follow.last_engine.follower.state.tempo
+    untold = onset_errors(case, follow(bundle, case.u, case.sr))
+    first = 12
+    assert np.mean(told[:first]) < 0.6 * np.mean(untold[:first]), (np.round(told[:first], 3), np.round(untold[:first], 3))
+    assert pct_within(told, 0.10) >= pct_within(untold, 0.10) + 10
+    assert told_tempo == pytest.approx(1.4, abs=0.07)
 
 
 def _position_near_a_silence(penalty: float) -> float:

@@ -193,7 +193,8 @@ def test_existing_output_needs_force(setup, tmp_path):
 # ----------------------------------------------------------------------------- bad inputs
 BAD_CASES = ("missing bundle", "text bundle", "truncated bundle", "missing input", "silent input",
              "input shorter than a block", "input not audio", "start beyond the end", "negative start",
-             "blocksize 3", "alpha above 2", "alpha negative", "report not png", "truth without report",
+             "blocksize 3", "alpha above 2", "alpha negative", "tempo above the follower's range",
+             "tempo not a number", "report not png", "truth without report",
              "truth malformed", "bundle with unsupported analysis", "input with Inf in every block",
              "input MP3 of garbage")
 
@@ -238,6 +239,8 @@ def bad_cases(setup, tmp_path_factory):
         "blocksize 3": (b, u, ["--blocksize", "3"], "--blocksize"),
         "alpha above 2": (b, u, ["--alpha", "2.5"], "--alpha"),
         "alpha negative": (b, u, ["--alpha", "-0.1"], "--alpha"),
+        "tempo above the follower's range": (b, u, ["--tempo", "3"], "--tempo"),
+        "tempo not a number": (b, u, ["--tempo", "nan"], "--tempo"),
         "report not png": (b, u, ["--report", src / "report.jpg"], "PNG"),
         "truth without report": (b, u, ["--truth", src / "truth.csv"], "--report"),
         "truth malformed": (b, u, ["--report", src / "r.png", "--truth", not_audio], "truth"),
