@@ -43,7 +43,8 @@ class SearchConfig:
     """Settings of the global sweep.
 
     Attributes:
-        context_s: seconds of U matched against X.
+        context_s: seconds of U matched against X (more for a player expected slower than
+            the recording, see :class:`GlobalSearch`).
         slice_states: candidate end states scored per frame at most (fixed cost per
             frame); a short piece is swept once per state period, not faster, since the
             context only changes that often.
@@ -101,7 +102,8 @@ class GlobalSearch:
         room_s: seconds of X a candidate needs after it to be verified (a trial's length
             at the fastest tempo): places closer to the end are not proposed.
         tempo: the tempo the player is expected to play at (X seconds per U second): the
-            tempo hypotheses are ``config.tempos`` times it.
+            tempo hypotheses are ``config.tempos`` times it, and below 1 the short context
+            is ``config.context_s / tempo`` long.
         prior: the jump prior: the best place within its near window of the filter's
             place, or at a section's start (:meth:`player.jump_prior.JumpPrior.free`),
             keeps a slot of its own in each sweep, so that far look-alikes cannot crowd it
@@ -118,7 +120,11 @@ class GlobalSearch:
         self.cents = np.asarray(params.detune_cents)
         self.n_states = n = templates.n_states
         self.per_state = params.fine_per_coarse
-        self.ctx = max(4, int(round(cfg.context_s / params.coarse_period_s)))
+        # a player expected slower than the recording covers less of its music in the same
+        # seconds: the context is lengthened to hold as much of it (never shortened: a
+        # faster player's 2 s hold more music, and fewer observations are noisier)
+        ctx_s = cfg.context_s / min(float(tempo), 1.0)
+        self.ctx = max(4, int(round(ctx_s / params.coarse_period_s)))
         self.n_long = max(self.ctx, int(round(cfg.long_context_s / params.coarse_period_s)))
         self._tempos = np.asarray(cfg.tempos, dtype=np.float64) * float(tempo)
         self.max_lag = int(np.ceil(self.ctx * self._tempos.max())) + 1

@@ -86,3 +86,39 @@ def test_the_search_finds_a_player_who_jumped_far():
             if any(abs(c.state - now) * PARAMS.coarse_period_s < 0.5 for c in search.candidates(filter_place)):
                 found_after = (frame - 300) * PARAMS.fine_period_s
     assert found_after is not None and found_after < 3.0
+
+
+def _seconds_to_find(speed: float, told: float) -> float | None:
+    """U plays X's states 100-130 and then, after a jump, from state 700 on, both at
+    ``speed`` times the recording's tempo; the search is told the player's tempo is
+    ``told``. Seconds from the jump until it proposes a place within half a second (of
+    X) of the player, None if not within 6 s."""
+    templates, spectra = random_templates(900, seed=2)
+    search = GlobalSearch(templates, PARAMS, tempo=told)
+    rng = np.random.default_rng(3)
+    per_state, jump = PARAMS.fine_per_coarse, int(6.0 / PARAMS.fine_period_s)
+    for frame in range(int(12.0 / PARAMS.fine_period_s)):
+        since = frame - jump
+        place = 700 + speed * since / per_state if since >= 0 else 100 + speed * frame / per_state
+        u = spectra[int(place)] * rng.gamma(4.0, size=spectra.shape[1])
+        filter_place = 100.0 + speed * frame / per_state  # the filter carries on where it was
+        search.step((u / u.sum()).astype(np.float32), active=True, detune_cents=0.0, position_states=filter_place)
+        if since >= 0:
+            now = 700 + speed * (since + 1) / per_state
+            if any(abs(c.state - now) * PARAMS.coarse_period_s < 0.5 for c in search.candidates(filter_place)):
+                return (since + 1) * PARAMS.fine_period_s
+    return None
+
+
+def test_a_search_told_a_slower_tempo_holds_as_much_music_and_finds_the_player():
+    """Told the player practises at 55 % of the recording's tempo, the search's tempo
+    hypotheses are around it and its short context holds 2 s of the recording's music (3.6
+    s of playing; a faster player's is not shortened); it finds a player who jumped far,
+    the longer context filling with the new place first (1.4 s here; 0.8 s for the same
+    jump at the recording's tempo)."""
+    found = _seconds_to_find(speed=0.55, told=0.55)
+    assert found is not None and found < 2.5
+    search = GlobalSearch(random_templates(100)[0], PARAMS, tempo=0.55)
+    assert search.ctx == round(2.0 / 0.55 / PARAMS.coarse_period_s)
+    assert np.allclose(search._tempos, np.array(SearchConfig().tempos) * 0.55)
+    assert GlobalSearch(random_templates(100)[0], PARAMS, tempo=1.3).ctx == 20  # never shortened
