@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,23 @@ def run(
         print(f"followed {result.u_duration_s:.1f} s of input in {result.wall_s:.1f} s "
               f"(real-time factor {result.rtf:.3f}, {result.counters['jumps']} relocations, "
               f"{result.counters['nan_blocks']} NaN blocks)", file=sys.stderr)
+        hint = tempo_hint(result.trace.playing_tempo(), told=tempo)
+        if hint:
+            print(hint, file=sys.stderr)
+
+
+#: A typical tempo outside this range (against the recording's) is worth a ``--tempo``.
+PRACTICE_TEMPO_RANGE = (0.87, 1.15)
+
+
+def tempo_hint(playing: float, told: float) -> str | None:
+    """A line suggesting ``--tempo`` to a player whose typical tempo ``playing`` (X seconds
+    per U second; NaN: unknown) is far from the one they gave (``told``), or None."""
+    lo, hi = PRACTICE_TEMPO_RANGE
+    if not math.isfinite(playing) or lo <= playing / told <= hi:
+        return None
+    return (f"you played at about {playing:.2f} of the recording's tempo: '--tempo {playing:.2f}' "
+            "follows you from your first notes and plays the tutti at your tempo")
 
 
 #: The option of ``player run`` that sets each engine setting (named in its errors).

@@ -46,6 +46,17 @@ class RunTrace:
         """The alignment path ``(n_frames, 2)``: u_time_s, x_s."""
         return self.frames[:, :2]
 
+    def playing_tempo(self, min_s: float = 5.0) -> float:
+        """The player's typical tempo against the recording's (X seconds per U second): the
+        median of the follower's tempo over the frames where the soloist played and it was
+        sure of the place; NaN if those frames last less than ``min_s`` seconds."""
+        if len(self.frames) < 2:
+            return float("nan")
+        tempo, confidence, active = self.frames[:, 2], self.frames[:, 3], self.frames[:, 5]
+        sure = (active > 0.5) & (confidence > 0.5) & np.isfinite(tempo)
+        frame_s = float(np.median(np.diff(self.frames[:, 0])))
+        return float(np.median(tempo[sure])) if sure.sum() * frame_s >= min_s else float("nan")
+
 
 class TraceRecorder:
     """Collects a :class:`RunTrace` from the engine's callbacks: pass :meth:`frame` as the

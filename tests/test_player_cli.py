@@ -347,3 +347,23 @@ def test_the_player_runs_without_the_analysis_libraries(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
     assert (tmp_path / "path.csv").exists()
+
+
+def test_a_player_far_from_the_recording_s_tempo_is_told_about_tempo():
+    """After a file run the summary suggests ``--tempo`` when the player's typical tempo
+    (the median over the frames played and followed surely) is far from the one given."""
+    from player.cli import tempo_hint
+    from player.trace import RunTrace
+
+    t = np.arange(0.0, 20.0, 0.02)
+    tempo = np.where(t < 10.0, 0.7, 0.74)
+    confidence = np.where(t < 1.0, 0.2, 0.9)  # unsure at first: left out
+    frames = np.column_stack([t, 0.7 * t, np.where(t < 1.0, 1.0, tempo), confidence, np.zeros_like(t),
+                              np.ones_like(t)])
+    trace = RunTrace(frames, np.zeros(0), np.zeros((0, 1)))
+    assert trace.playing_tempo() == pytest.approx(0.72, abs=0.021)
+    assert "--tempo 0.7" in tempo_hint(trace.playing_tempo(), told=1.0)
+    assert tempo_hint(trace.playing_tempo(), told=0.7) is None  # they said so
+    assert tempo_hint(1.08, told=1.0) is None and tempo_hint(float("nan"), told=1.0) is None
+    short = RunTrace(frames[:100], np.zeros(0), np.zeros((0, 1)))  # 2 s: too little to tell
+    assert np.isnan(short.playing_tempo())
