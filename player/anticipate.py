@@ -46,7 +46,8 @@ class AnticipateConfig:
             soloist starting a note. 0 disables the anchoring (the belief is used as is).
         anchor_delay_frames: frames after the onset's peak at which the belief is taken as
             the anchor (it needs a frame or two to move onto the new note).
-        hold_s: longest dead reckoning (seconds of U the soloist plays) without a new
+        hold_s: longest dead reckoning (seconds of U the soloist plays, at the recording's
+            tempo; ``hold_s / tempo`` for a player expected at another) without a new
             onset; then the anchor follows the belief again. A rest does not count: the
             belief has nothing but the tempo to go by there either, and a note's release
             (its tail matched to the music after it) can move it without cause.
@@ -85,7 +86,8 @@ class Anticipator:
         frame_s: the analysis frame period (seconds; the tempo regression's step).
         min_tempo, max_tempo: bounds of the reckoning's tempo (X seconds per U second).
         tempo: the tempo the player is expected to play at (the regression's prior; see
-            :class:`player.follower.Follower`).
+            :class:`player.follower.Follower`); a slower player's notes last longer, so the
+            reckoning holds as long in the recording's music (``hold_s / tempo``).
     """
 
     def __init__(self, config: AnticipateConfig | None = None, frame_s: float = 0.02,
@@ -93,6 +95,7 @@ class Anticipator:
         self.config = cfg = config or AnticipateConfig()
         self._tempo = TempoTracker(cfg.tempo_memory_s, cfg.tempo_prior_weight, min_tempo, max_tempo, frame_s,
                                    centre=min(max(tempo, min_tempo), max_tempo))
+        self._hold_s = cfg.hold_s / self._tempo.centre
         self.reset()
 
     def reset(self) -> None:
@@ -122,7 +125,7 @@ class Anticipator:
             tempo = self._tempo.add(now, belief_x_s)
             self._playing_s += step_s
         self._reckoned += tempo * step_s
-        if self._countdown == 0 or not math.isfinite(self._reckoned) or self._playing_s > cfg.hold_s:
+        if self._countdown == 0 or not math.isfinite(self._reckoned) or self._playing_s > self._hold_s:
             self._reckoned, self._playing_s = belief_x_s, 0.0
         if self._countdown >= 0:
             self._countdown -= 1

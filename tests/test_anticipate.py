@@ -123,3 +123,18 @@ def test_an_a_tempo_is_reckoned_at_the_soloists_new_tempo():
     assert np.all(behind >= -1e-12)  # never ahead of the belief
     assert np.max(behind[t < 4.0]) < 1e-9  # at half tempo: the belief itself
     assert np.max(behind[t > 4.0]) < 0.035, np.max(behind[t > 4.0])
+
+
+def test_a_slower_player_s_long_notes_are_reckoned_as_long():
+    """One onset, then a note held 3 s while the belief drifts ahead: the reckoning holds
+    for ``hold_s`` (1 s) of playing at the recording's tempo, and for ``hold_s / tempo`` (2
+    s) for a player who said they practise at half of it (their notes last twice as long)."""
+    t = np.arange(int(3.0 / FRAME_S)) * FRAME_S
+    onset = np.zeros_like(t)
+    onset[[10, 11]] = 0.9, 0.5
+    for told, held_s in ((1.0, 1.0), (0.5, 2.0)):
+        belief = told * (t + 0.2 * np.maximum(t - 0.2, 0.0))  # drifts ahead through the held note
+        scheduled = run(Anticipator(AnticipateConfig(hold_s=1.0), FRAME_S, tempo=told), belief, onset, tempo=told)
+        caught_up = np.flatnonzero((t > 0.3) & (np.abs(scheduled - belief) < 1e-12))
+        assert caught_up.size, told
+        assert abs(t[caught_up[0]] - (0.26 + held_s)) <= 0.05, (told, t[caught_up[0]])
