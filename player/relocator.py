@@ -10,7 +10,10 @@ follow new frames side by side with the main track (a *trial*, a sequential test
 the best replaces the main track once it leads the reference by ``margin_nats`` (a log
 Bayes factor) plus what the jump costs under the prior (:mod:`player.jump_prior`: nothing
 for a restart a bar or two back, little for a movement's start, more the farther the
-place), each note of U adding at most ``note_lead_cap_nats`` to its lead. A literal repeat
+place), each note of U adding at most ``note_lead_cap_nats`` to its lead, and only if it
+has kept pace with the player since the trial's first note (``trial_min_progress``: a
+place that stands still in a held note of X, while the player repeats that pitch, explains
+the player without following them). A literal repeat
 far away explains the playing exactly as well as the place the player is at: it never pays
 its cost, and the player stays (continuity).
 
@@ -70,6 +73,11 @@ class RelocatorConfig:
             at which it takes over during a trial, once a note change has been heard.
         onset_change: Hellinger distance between consecutive observations (the main
             track's ``last_change``) from which a frame counts as a note's onset.
+        trial_min_progress: a shadow wins only if, from the trial's first note of U on, it
+            has moved at least this share of what the player's tempo (the main track's when
+            the trial began) would have carried it: a place that stands in a held note of X
+            while the player repeats its pitch explains every repeated note, but does not
+            follow them (0: no such rule).
     """
 
     confirm_s: float = 0.6
@@ -86,6 +94,7 @@ class RelocatorConfig:
     note_lead_cap_nats: float = 20.0
     home_takeover_nats: float = 60.0
     onset_change: float = 0.22
+    trial_min_progress: float = 0.6
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("confirm_s", "replay_windows", "margin_nats", "trial_s", "replay_per_frame",
@@ -232,8 +241,9 @@ class Relocator:
     def begin_trial(self, shadows: Sequence[Track]) -> None:
         """Put ``shadows`` (tracks of :attr:`shadows`, already placed) on trial against the
         main track from the next frame on, as a screening they passed would."""
+        now_s = float(self._times[(self._count - 1) % self._cap, 1]) if self._count else 0.0
         self._pending = Trial(list(shadows), self.main.log_evidence, self.home, self.config.note_lead_cap_nats,
-                              np.full(len(shadows), self.config.margin_nats))
+                              np.full(len(shadows), self.config.margin_nats), self.main.state.tempo, now_s)
 
     # ------------------------------------------------------------------ the frame ring
     def _keep(self, frame: Frame, note_began: bool) -> int:
@@ -276,6 +286,7 @@ class Relocator:
             trial.note_onset(main_before, self.home)
         for track in [self.home] + trial.shadows:
             self._feed(track, index)
+        trial.settle(now_s)
         if self.prior is not None:
             # a jump costs less once the track is failing (the search's evidence grows during
             # a trial), never more (the track's tenure grows too, the player does not change)
@@ -285,7 +296,7 @@ class Relocator:
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
         best = int(np.argmax(leads - trial.required))
-        if leads[best] > trial.required[best]:
+        if leads[best] > trial.required[best] and self._kept_pace(trial, best, now_s):
             self._pending = None
             there = trial.shadows[best].position_states
             self.history.append((now_s, follower.position_states, there, leads[best], "won"))
@@ -321,6 +332,15 @@ class Relocator:
             return False
         trial.keep(keep)
         return False
+
+    def _kept_pace(self, trial: Trial, i: int, now_s: float) -> bool:
+        """Whether shadow ``i`` has moved at least ``trial_min_progress`` of what the
+        player's tempo would have carried it (U s ``now_s`` now), counted from its lowest
+        place before the trial's first note: until then it may settle back (the search
+        places it only to within a second), from then on it must follow."""
+        t0, pos0 = trial.low_time[i], trial.low_pos[i]
+        need = self.config.trial_min_progress * (now_s - t0) * trial.tempo / self.search.params.coarse_period_s
+        return trial.shadows[i].position_states - pos0 >= need
 
     def _count_run(self, active: bool) -> None:
         """Count the frames since the player's present run of playing began (the first
@@ -413,13 +433,15 @@ class Relocator:
         if not passed:
             return
         # the frames that came during the screening open the trial (the main track has them)
-        trial = Trial(passed, main_end, self.home, self.config.note_lead_cap_nats, np.array(required))
+        trial = Trial(passed, main_end, self.home, self.config.note_lead_cap_nats, np.array(required),
+                      follower.state.tempo, float(self._times[(end - 1) % self._cap, 1]))
         for f in range(end, self._count):
             k = f % self._cap
             if self._note_began[k]:
                 trial.note_onset(self._evidence[k], self.home)
             for track in [self.home] + trial.shadows:
                 self._feed(track, f)
+            trial.settle(float(self._times[k, 1]))
         trial.done = min(self._count - end, self.trial_frames - 1)
         self._pending = trial
 
@@ -434,13 +456,21 @@ class Trial:
     tell which occurrence of its pitch the player is in: its frames repeat one
     observation, and a far place under the same pitch with a thinner accompaniment gains
     on every one of them (a censored likelihood-ratio test, robust to that misfit).
+    From the first note on, the relocator also asks each winner to have kept pace with the
+    player (``tempo``, X seconds per U second; see ``trial_min_progress``).
     """
 
-    def __init__(self, shadows: list[Track], main: float, home: Track, cap: float, required: np.ndarray) -> None:
+    def __init__(self, shadows: list[Track], main: float, home: Track, cap: float, required: np.ndarray,
+                 tempo: float = 1.0, now_s: float = 0.0) -> None:
         self.shadows = shadows
         self.cap = cap
         self.required = required  # the lead each shadow needs to win (nats): margin + prior cost
         self.start = [sh.log_evidence for sh in shadows]
+        # each shadow's lowest place before the trial's first note (states) and when (U s):
+        # from there on it must keep pace with the player
+        self.low_pos = np.array([sh.position_states for sh in shadows], dtype=float)
+        self.low_time = np.full(len(shadows), now_s)
+        self.tempo = tempo  # the player's (X seconds per U second)
         self.main_start, self.home_start = main, home.log_evidence
         self.done = 0  # frames of the trial
         self.onsets = 0  # onsets heard in them
@@ -461,6 +491,15 @@ class Trial:
         self._home_banked += float(self._clip(home_gain - self._home_at_note))
         self._home_at_note = home_gain
         self.onsets += 1
+
+    def settle(self, now_s: float) -> None:
+        """After a frame (U s ``now_s``): before the trial's first note, a shadow that went
+        back is still settling, and its pace will be counted from its lowest place."""
+        if self.onsets:
+            return
+        pos = np.array([sh.position_states for sh in self.shadows])
+        lower = pos < self.low_pos
+        self.low_pos[lower], self.low_time[lower] = pos[lower], now_s
 
     def gains(self, main: float, home: Track) -> np.ndarray:
         """Each shadow's evidence since the trial began minus the reference's (nats)."""
@@ -492,5 +531,6 @@ class Trial:
         self.shadows = [self.shadows[i] for i in indices]
         self.required = self.required[indices]
         self.start = [self.start[i] for i in indices]
+        self.low_pos, self.low_time = self.low_pos[indices], self.low_time[indices]
         self._at_note = self._at_note[indices]
         self._banked = self._banked[indices]

@@ -145,7 +145,7 @@ def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None,
     result is returned instead."""
     config = RelocatorConfig()
     here = s(600)
-    main = ScriptedTrack(lambda n: 0.0, position_states=here)
+    main = ScriptedTrack(lambda n: 0.0, position_states=here, speed=0.0)  # distances from a fixed place
     home = ScriptedTrack(lambda n: 0.0)
     probe = make_relocator(ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 0.0), [], config)
     replay = probe.n_replay

@@ -3,7 +3,8 @@ place that leads over the replay passes even if it ties the player's place in on
 not if it clearly loses one. Its trial, a sequential test on new frames: a far place that
 keeps gaining on the player's current place wins, even when it gains slower than the
 nominal pace; one that stops gaining does not; the main track's own gains count against
-every candidate; and one held note, however well a far place explains it, never wins."""
+every candidate; one held note, however well a far place explains it, never wins; and a
+place that stands still while the player moves on never wins."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -17,11 +18,18 @@ from player.stages import Frame, Track
 FRAME_S = 0.02
 
 
-class ScriptedTrack:
-    """Stands in for a follower: gains ``rate(n)`` nats of log evidence on its n-th frame."""
+#: States of X a frame at the player's tempo (1: coarse period 0.1 s, frames of 0.02 s).
+STATES_PER_FRAME = 0.2
 
-    def __init__(self, rate, position_states: float = 0.0, started: bool = True) -> None:
+
+class ScriptedTrack:
+    """Stands in for a follower: gains ``rate(n)`` nats of log evidence on its n-th frame
+    and moves ``speed`` states a frame (by default at the player's tempo)."""
+
+    def __init__(self, rate, position_states: float = 0.0, started: bool = True,
+                 speed: float = STATES_PER_FRAME) -> None:
         self.rate = rate
+        self.speed = speed
         self.n = 0
         self.log_evidence = 0.0
         self.position_states = position_states
@@ -35,6 +43,7 @@ class ScriptedTrack:
         self.seen.append((float(frame.obs[0]), frame.evidence_scale, frame.onset))
         self.n += 1
         self.log_evidence += self.rate(self.n)
+        self.position_states += self.speed
 
     def adopt(self, other) -> None:
         self.adopted = other
@@ -55,11 +64,11 @@ def make_relocator(main: ScriptedTrack, home: ScriptedTrack, shadows: list[Scrip
 
 
 def play(relocator: Relocator, main: ScriptedTrack, obs, *, note_began: bool = False, evidence_scale: float = 1.0,
-         onset: float = 0.0) -> bool:
+         onset: float = 0.0, now_s: float = 0.0) -> bool:
     """One frame of the player, as the engine runs it: the main track, then the relocator;
     ``note_began``: the main track heard a note change. True if the main track was moved."""
     frame = Frame(obs=np.asarray(obs, dtype=np.float32), active=True, evidence_scale=evidence_scale, onset=onset,
-                  evidence_before=main.log_evidence, position_before=main.position_states)
+                  evidence_before=main.log_evidence, position_before=main.position_states, end_s=now_s, now_s=now_s)
     if main.started:
         main.process_frame(frame)
     main.last_change = 1.0 if note_began else 0.0
@@ -68,14 +77,17 @@ def play(relocator: Relocator, main: ScriptedTrack, obs, *, note_began: bool = F
 
 
 def run_trial(shadow_rates, main_rate=lambda n: 0.0, config=RelocatorConfig(), home_rate=None,
-              note_s: float | None = 0.25):
+              note_s: float | None = 0.25, speeds=None):
     """Put shadows with the given evidence rates on trial against a main track (and a home
     track, by default as good as the main one), the player starting a note every
     ``note_s`` seconds (None: one held note); return the number of frames until the main
     track adopted one (and which: -1 for the home track), or (None, None) when the trial
-    ended without a winner."""
+    ended without a winner. ``speeds``: each shadow's motion (states a frame; by default
+    the player's tempo)."""
     home = ScriptedTrack(home_rate or main_rate)
-    shadows = [ScriptedTrack(r, position_states=100.0 * (i + 1)) for i, r in enumerate(shadow_rates)]
+    speeds = speeds or [STATES_PER_FRAME] * len(shadow_rates)
+    shadows = [ScriptedTrack(r, position_states=100.0 * (i + 1), speed=v)
+               for i, (r, v) in enumerate(zip(shadow_rates, speeds, strict=True))]
     main = ScriptedTrack(main_rate)
     relocator = make_relocator(main, home, shadows, config)
     relocator.begin_trial(shadows)
@@ -97,7 +109,7 @@ def trial_frames(relocator: Relocator, main: ScriptedTrack, note_s: float | None
     u = np.zeros(8, dtype=np.float32)
     for frame in range(1, 1000):
         note_began = note_frames is not None and frame % note_frames == 0
-        yield frame, play(relocator, main, u, note_began=note_began)
+        yield frame, play(relocator, main, u, note_began=note_began, now_s=frame * FRAME_S)
 
 
 def test_scripted_tracks_are_tracks():
@@ -149,6 +161,43 @@ def test_one_held_note_never_wins_however_well_a_far_place_explains_it():
     assert which == 0
     frames, which = run_trial([pace(3.0)], note_s=None)
     assert which is None
+
+
+def test_a_place_that_stands_still_while_the_player_moves_on_never_wins():
+    """A held note in X under the pitch the player repeats (an ostinato against a pedal):
+    the far place explains every repeated note better than the player's place, but only
+    by standing still, at a third of the player's tempo or less. A place that keeps pace,
+    even at 0.7 of the player's tempo (slower after a restart), wins as before."""
+    for speed in (0.0, STATES_PER_FRAME / 3):
+        frames, which = run_trial([pace(3.0)], speeds=[speed])
+        assert which is None
+    for speed in (STATES_PER_FRAME, 0.7 * STATES_PER_FRAME):
+        frames, which = run_trial([pace(3.0)], speeds=[speed])
+        assert which == 0
+    frames, which = run_trial([pace(3.0)], speeds=[0.0], config=RelocatorConfig(trial_min_progress=0.0))
+    assert which == 0  # the rule is what stops it
+
+
+def test_a_place_may_settle_back_before_the_first_note_of_its_trial():
+    """The search places a far place only to within a second: before the player's first
+    note of the trial its shadow may settle back (here 1 s, 10 states, at once) before it
+    follows; its pace is counted from there."""
+    frames, which = run_trial([pace(3.0)], note_s=0.25)
+    home = ScriptedTrack(lambda n: 0.0)
+    main = ScriptedTrack(lambda n: 0.0)
+
+    class Settling(ScriptedTrack):
+        def process_frame(self, frame: Frame) -> None:
+            super().process_frame(frame)
+            if self.n == 3:
+                self.position_states -= 10.0
+
+    shadow = Settling(pace(3.0), position_states=100.0)
+    relocator = make_relocator(main, home, [shadow], RelocatorConfig())
+    relocator.begin_trial([shadow])
+    ended = next(frame for frame, moved in trial_frames(relocator, main, note_s=0.25)
+                 if moved or not relocator.on_trial)
+    assert main.adopted is shadow and ended == frames
 
 
 def test_the_home_track_takes_over_only_on_a_lead_over_several_notes():
