@@ -201,6 +201,12 @@ class JumpPrior:
         places = np.array([to_state] if began is None else [to_state, began])
         if self.at_section_start(places).any():
             full = min(full, cfg.section_nats)
+        return full * self.trust(tenure_s, lead)
+
+    def trust(self, tenure_s: float, lead: float = 0.0) -> float:
+        """How far (0-1) the track's record counts: grown over ``tenure_s`` seconds of playing
+        explained, gone once some far place's sustained ``lead`` over it (nats per
+        observation) says it is failing."""
+        cfg = self.config
         trust = 1.0 if cfg.tenure_s <= 0 else min(1.0, tenure_s / cfg.tenure_s)
-        trust *= min(1.0, max(0.0, (cfg.lost_at - lead) / (cfg.lost_at - cfg.lost_from)))
-        return full * trust
+        return trust * min(1.0, max(0.0, (cfg.lost_at - lead) / (cfg.lost_at - cfg.lost_from)))

@@ -75,9 +75,9 @@ class RelocatorConfig:
             track's ``last_change``) from which a frame counts as a note's onset.
         trial_min_progress: a shadow wins only if, from the trial's first note of U on, it
             has moved at least this share of what the player's tempo (the main track's when
-            the trial began) would have carried it: a place that stands in a held note of X
-            while the player repeats its pitch explains every repeated note, but does not
-            follow them (0: no such rule).
+            the trial began, scaled by its tenure) would have carried it: a place
+            that stands in a held note of X while the player repeats its pitch explains
+            every repeated note, but does not follow them (0: no such rule).
     """
 
     confirm_s: float = 0.6
@@ -337,9 +337,14 @@ class Relocator:
         """Whether shadow ``i`` has moved at least ``trial_min_progress`` of what the
         player's tempo would have carried it (U s ``now_s`` now), counted from its lowest
         place before the trial's first note: until then it may settle back (the search
-        places it only to within a second), from then on it must follow."""
+        places it only to within a second), from then on it must follow. The player's tempo
+        is the main track's once it has followed the player for a while (the prior's trust
+        in its tenure: a track that has just started does not know the player's tempo; one
+        that a look-alike makes look failing still does)."""
+        trust = 1.0 if self.prior is None else self.prior.trust(self._tenure * self.frame_s)
         t0, pos0 = trial.low_time[i], trial.low_pos[i]
-        need = self.config.trial_min_progress * (now_s - t0) * trial.tempo / self.search.params.coarse_period_s
+        need = (self.config.trial_min_progress * trust * (now_s - t0) * trial.tempo
+                / self.search.params.coarse_period_s)
         return trial.shadows[i].position_states - pos0 >= need
 
     def _count_run(self, active: bool) -> None:

@@ -11,7 +11,7 @@ from player.relocator import RelocatorConfig
 from player.search import Candidate
 from shared.spectral import frame_power
 
-from .test_relocator import FRAME_S, ScriptedTrack, make_relocator, play, trial_frames
+from .test_relocator import FRAME_S, STATES_PER_FRAME, ScriptedTrack, make_relocator, play, trial_frames
 
 PERIOD_S = 0.1
 
@@ -135,14 +135,16 @@ def test_a_failing_track_pays_less_the_longer_a_far_place_leads():
 
 
 # ---------------------------------------------------------------------------- the relocator
-def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None, failing: float = 0.0):
+def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None, failing: float = 0.0,
+                     speed: float = STATES_PER_FRAME):
     """The player has followed for ``played_s`` seconds at 600 s of X; a place ``far_s``
     away (seconds of X; negative: back) explains the replay well and then the next
     ``lead_nats`` nats' worth of frames (one nat per frame) better, then ties. Returns
     whether the relocator moved the player there; ``failing``: the search's sustained lead of
     a far place over the player's place (nats per observation). ``then(relocator, main, shadow, lead)``,
     if given, runs after a move (``lead``: a one-item list the shadow's rate reads) and its
-    result is returned instead."""
+    result is returned instead. ``speed``: the far place's motion (states a frame; by
+    default at the player's tempo)."""
     config = RelocatorConfig()
     here = s(600)
     main = ScriptedTrack(lambda n: 0.0, position_states=here, speed=0.0)  # distances from a fixed place
@@ -150,7 +152,7 @@ def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None,
     probe = make_relocator(ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 0.0), [], config)
     replay = probe.n_replay
     lead = [lead_nats]
-    shadow = ScriptedTrack(lambda n: 1.0 if n <= replay + lead[0] else 0.0)
+    shadow = ScriptedTrack(lambda n: 1.0 if n <= replay + lead[0] else 0.0, speed=speed)
     relocator = make_relocator(main, home, [shadow], config)
     relocator.prior = JumpPrior(np.array([0]), PERIOD_S)
     relocator.search.sustained_lead = failing if callable(failing) else (lambda window_s: failing)
@@ -205,6 +207,17 @@ def test_a_track_found_failing_during_a_trial_pays_less_from_then_on():
 
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0)
     assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=40.0, failing=failing_after_the_screening)
+
+
+def test_only_a_track_with_a_record_holds_a_far_place_to_the_players_tempo():
+    """A near place that moves at a third of the player's tempo does not take a track that
+    has followed the player for a minute (its tempo is the player's); just started, the
+    track's tempo is only a guess (a player practising slower than the recording), and the
+    same place, with the same evidence, takes it."""
+    slow = STATES_PER_FRAME / 3
+    assert not look_alike_trial(played_s=60.0, far_s=-10.0, lead_nats=60.0, speed=slow)
+    assert look_alike_trial(played_s=60.0, far_s=-10.0, lead_nats=60.0)
+    assert look_alike_trial(played_s=0.0, far_s=-10.0, lead_nats=60.0, speed=slow)
 
 
 def test_a_far_place_that_keeps_explaining_the_playing_wins_in_the_end():
