@@ -241,7 +241,7 @@ class Relocator:
     def begin_trial(self, shadows: Sequence[Track]) -> None:
         """Put ``shadows`` (tracks of :attr:`shadows`, already placed) on trial against the
         main track from the next frame on, as a screening they passed would."""
-        now_s = float(self._times[(self._count - 1) % self._cap, 1]) if self._count else 0.0
+        now_s = self._now_s(self._count - 1) if self._count else 0.0
         self._pending = Trial(list(shadows), self.main.log_evidence, self.home, self.config.note_lead_cap_nats,
                               np.full(len(shadows), self.config.margin_nats), self.main.state.tempo, now_s)
 
@@ -260,6 +260,10 @@ class Relocator:
         self._note_began[i] = note_began
         self._count += 1
         return self._count - 1
+
+    def _now_s(self, index: int) -> float:
+        """The U time (seconds) at which the kept frame of absolute index ``index`` was reported."""
+        return float(self._times[index % self._cap, 1])
 
     def _feed(self, track: Track, index: int) -> None:
         """Run ``track`` on the kept frame of absolute index ``index``."""
@@ -281,7 +285,7 @@ class Relocator:
         follower = self.main
         trial = self._pending
         trial.done += 1
-        now_s = float(self._times[index % self._cap, 1])
+        now_s = self._now_s(index)
         if self._note_began[index % self._cap]:
             trial.note_onset(main_before, self.home)
         for track in [self.home] + trial.shadows:
@@ -439,14 +443,14 @@ class Relocator:
             return
         # the frames that came during the screening open the trial (the main track has them)
         trial = Trial(passed, main_end, self.home, self.config.note_lead_cap_nats, np.array(required),
-                      follower.state.tempo, float(self._times[(end - 1) % self._cap, 1]))
+                      follower.state.tempo, self._now_s(end - 1))
         for f in range(end, self._count):
             k = f % self._cap
             if self._note_began[k]:
                 trial.note_onset(self._evidence[k], self.home)
             for track in [self.home] + trial.shadows:
                 self._feed(track, f)
-            trial.settle(float(self._times[k, 1]))
+            trial.settle(self._now_s(f))
         trial.done = min(self._count - end, self.trial_frames - 1)
         self._pending = trial
 
@@ -466,7 +470,7 @@ class Trial:
     """
 
     def __init__(self, shadows: list[Track], main: float, home: Track, cap: float, required: np.ndarray,
-                 tempo: float = 1.0, now_s: float = 0.0) -> None:
+                 tempo: float, now_s: float) -> None:
         self.shadows = shadows
         self.cap = cap
         self.required = required  # the lead each shadow needs to win (nats): margin + prior cost
