@@ -100,7 +100,7 @@ class RelocatorConfig:
         check_fields(self, positive=("confirm_s", "replay_windows", "margin_nats", "trial_s", "replay_per_frame",
                                      "note_lead_cap_nats", "home_takeover_nats"),
                      non_negative=("reject_nats", "retry_s", "shadow_spread_s", "screen_tolerance_nats",
-                                   "onset_change"),
+                                   "onset_change", "trial_min_progress"),
                      unit=("trial_pace",),
                      unbounded=("reject_nats", "screen_tolerance_nats", "note_lead_cap_nats", "home_takeover_nats"))
         if self.trial_max_s < self.trial_s:

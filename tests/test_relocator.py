@@ -344,3 +344,12 @@ def test_shadows_see_each_frame_as_the_main_track_saw_it():
     u, scale, onset = frame(relocator.n_replay)
     play(relocator, main, u, note_began=True, evidence_scale=scale, onset=onset)
     assert home.seen[-1] == shadow.seen[-1] == (float(u[0]), scale, onset)
+
+
+def test_a_negative_pace_is_refused():
+    import pytest
+
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trial_min_progress"):
+        RelocatorConfig(trial_min_progress=-0.5)
