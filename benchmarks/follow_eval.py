@@ -18,6 +18,9 @@ kept; 0.7 is a player practising at 70 % of the take's tempo; the ground truth f
 tell the player with ``--set tempo=R``. ``--group REGEX``
 also prints the mean of each group of cases whose names share REGEX's first match (e.g.
 ``'slow|voice|chorale'`` for the conditions of ``specs_conditions_*.json``).
+``--variants`` plays each take four times (:data:`VARIANTS`: as it is, with pink noise 25 dB
+under it, retuned 15 cents up and 20 cents down) and prints each form's mean and the mean of
+all: where a setting moves few false jumps, the four forms tell its effect from chance.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ from shared.bundle import load_bundle
 from shared.config import replace_fields
 from shared.errors import BundleError
 from shared.spectral import AnalysisParams
+
+#: The forms ``--variants`` plays each take in: (label, cents it is retuned by, SNR in dB of
+#: added pink noise). On takes that jump, one false jump more or less moves a set's figures
+#: by points; four forms of each take, pooled, tell a setting's effect from that chance.
+VARIANTS = (("as_is", None, None), ("noise25", None, 25.0), ("up15", 15.0, None), ("down20", -20.0, None))
 
 
 def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -184,8 +192,12 @@ def main() -> None:
                     help="play each take this many times as fast (Rubber Band R3; the pitch kept)")
     ap.add_argument("--specs", type=Path, default=None,
                     help="with --retune: render specs giving each take's own tuning against X")
+    ap.add_argument("--variants", action="store_true",
+                    help="play each take as is and perturbed (VARIANTS: noise, retuned up and down): four runs")
     ap.add_argument("--group", default=None, help="also the mean of each group of cases sharing this regex's match")
     args = ap.parse_args()
+    if args.variants and (args.retune is not None or args.noise_snr is not None):
+        raise SystemExit("--variants plays its own noise and tunings: leave out --retune and --noise-snr")
     if args.tempo_scale is not None and not 0.25 <= args.tempo_scale <= 4.0:
         raise SystemExit("--tempo-scale must be within 0.25..4")
     if args.tempo_scale is not None and shutil.which("rubberband") is None:
@@ -198,30 +210,29 @@ def main() -> None:
     config = engine_config(args.overrides, search=not args.no_search)
     rows = []
     cases = (c for s in args.sets for c in ([s] if (s / "gt.csv").exists() else s.iterdir()))
+    # each variant: (label, cents to retune by, pink noise SNR in dB); one without --variants
+    variants = VARIANTS if args.variants else [("", args.retune, args.noise_snr)]
     for case in sorted(c for c in cases if (c / "gt.csv").exists()):
         bundle = case_bundle(case, args.work, po)
-        wd = bundle.parent
-        take, gt, notes = case / "U.flac", case / "gt.csv", case / "notes.csv"
-        if args.retune is not None:
-            take, gt, notes = retuned_take(case, wd / f"retune{args.retune:g}",
-                                           args.retune - own_cents.get(case.name, 0.0))
-        if args.tempo_scale is not None:
-            take, gt, notes = tempo_scaled_take(case, wd / f"tempo{args.tempo_scale:g}", args.tempo_scale)
-        if args.noise_snr is not None:
-            u, sr = sf.read(take, dtype="float32")
-            take = take.with_name(f"U_snr{args.noise_snr:g}.flac")
-            sf.write(take, add_pink_noise(u, args.noise_snr), sr)
-        scheduled = []
-        with load_bundle(bundle, spectra=False) as b:
-            res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
-                           output_path=(wd / "out.wav") if args.output else None,
-                           on_block=lambda e, rows=scheduled: rows.append((e.u_time_s, e.anticipator.x_s)))
-        row = {"case": case.name, **score(wd / "path.csv", gt), "rtf": res.rtf, "jumps": res.counters["jumps"]}
-        if notes.exists():
-            row.update(heard_figures(res.trace.heard, res.trace.path, notes, res.u_duration_s,
-                                     np.asarray(scheduled)))
-        rows.append(row)
-        print_row(rows[-1])
+        for label, cents, snr in variants:
+            wd = bundle.parent / label if label else bundle.parent
+            wd.mkdir(exist_ok=True)
+            take, gt, notes = case / "U.flac", case / "gt.csv", case / "notes.csv"
+            if cents is not None:
+                own = 0.0 if args.variants else own_cents.get(case.name, 0.0)
+                take, gt, notes = retuned_take(case, wd / f"retune{cents:g}", cents - own)
+            if args.tempo_scale is not None:
+                take, gt, notes = tempo_scaled_take(case, wd / f"tempo{args.tempo_scale:g}", args.tempo_scale)
+            if snr is not None:
+                u, sr = sf.read(take, dtype="float32")
+                take = wd / f"U_snr{snr:g}.flac"  # (beside the bundle: never into the case's folder)
+                sf.write(take, add_pink_noise(u, snr), sr)
+            rows.append(run_case(bundle, take, gt, notes, wd, config, args.output,
+                                 case.name + (f"@{label}" if label else "")))
+            print_row(rows[-1])
+    if args.variants:
+        for label, _, _ in VARIANTS:
+            print_mean([r for r in rows if r["case"].endswith("@" + label)], f"MEAN[{label}]")
     if args.group:
         groups: dict[str, list[dict]] = {}
         for row in rows:
@@ -230,6 +241,21 @@ def main() -> None:
         for name, members in sorted(groups.items()):
             print_mean(members, f"MEAN[{name}]")
     print_mean(rows)
+
+
+def run_case(bundle: Path, take: Path, gt: Path, notes: Path, wd: Path, config: EngineConfig, output: bool,
+             name: str) -> dict:
+    """Run the player on ``take`` with ``bundle`` (path.csv, and out.wav with ``output``, into
+    ``wd``); its figures against ``gt`` (and what is heard, against ``notes`` if it exists)."""
+    scheduled = []
+    with load_bundle(bundle, spectra=False) as b:
+        res = run_file(b, take, alignment_path=wd / "path.csv", config=config, force=True,
+                       output_path=(wd / "out.wav") if output else None,
+                       on_block=lambda e, rows=scheduled: rows.append((e.u_time_s, e.anticipator.x_s)))
+    row = {"case": name, **score(wd / "path.csv", gt), "rtf": res.rtf, "jumps": res.counters["jumps"]}
+    if notes.exists():
+        row.update(heard_figures(res.trace.heard, res.trace.path, notes, res.u_duration_s, np.asarray(scheduled)))
+    return row
 
 
 def retuned_take(case: Path, folder: Path, cents: float) -> tuple[Path, Path, Path]:
