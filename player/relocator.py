@@ -15,9 +15,7 @@ has kept pace with the player since the trial's first note (``trial_min_progress
 place that stands still in a held note of X, while the player repeats that pitch, explains
 the player without following them). A literal repeat
 far away explains the playing exactly as well as the place the player is at: it never pays
-its cost, and the player stays (continuity). After a far jump, the place the player was believed to be is
-screened again at each chance for a while (``propose_undo``): a wrong jump is undone as soon
-as the evidence says so, not when the search happens to find that place again.
+its cost, and the player stays (continuity).
 
 The trial's reference is the better of the main track and a *home* shadow restarted where
 the main track was at the start of the replay, with a wide spread: the hypothesis "the
@@ -80,11 +78,6 @@ class RelocatorConfig:
             the trial began, scaled by its tenure) would have carried it: a place
             that stands in a held note of X while the player repeats its pitch explains
             every repeated note, but does not follow them (0: no such rule).
-        propose_undo: for the prior's ``undo_s`` after a far jump, the place the player
-            was believed to be before it (moved on at their tempo) is screened first at
-            each chance, whether or not the search proposes it: a wrong jump is put to the
-            test at once (it costs nothing to undo, but had to wait for the search to find
-            that place again).
     """
 
     confirm_s: float = 0.6
@@ -102,7 +95,6 @@ class RelocatorConfig:
     home_takeover_nats: float = 60.0
     onset_change: float = 0.22
     trial_min_progress: float = 0.6
-    propose_undo: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("confirm_s", "replay_windows", "margin_nats", "trial_s", "replay_per_frame",
@@ -229,7 +221,7 @@ class Relocator:
         if self._pending is not None:
             self.moved = self._trial(index, frame.evidence_before)
         elif self._wait == 0 and self._count >= self.n_replay:
-            candidates = self._with_undo(self.search.candidates(main.position_states))[: len(self.shadows)]
+            candidates = self.search.candidates(main.position_states)[: len(self.shadows)]
             if candidates:
                 self._wait = self.retry_frames
                 self._job = self._screen(candidates, frame.now_s)
@@ -358,25 +350,6 @@ class Relocator:
         need = (self.config.trial_min_progress * trust * (now_s - t0) * trial.tempo
                 / self.search.params.coarse_period_s)
         return trial.shadows[i].position_states - pos0 >= need
-
-    def _with_undo(self, candidates: list[Candidate]) -> list[Candidate]:
-        """``candidates`` with, first, where the track the last far jump left would be now
-        (for ``undo_s`` after it, if the search did not propose it): a wrong jump is put to
-        the test at once, not when the search happens to find the place again."""
-        if not self.config.propose_undo or self.prior is None or self._left is None:
-            return candidates
-        left, tempo, at = self._left
-        elapsed = self._count - at
-        if elapsed * self.frame_s > self.prior.config.undo_s:
-            return candidates
-        period = self.search.params.coarse_period_s
-        there = left + elapsed * tempo * self.frame_s / period
-        apart = self.search.config.min_jump_s / period
-        if abs(there - self.main.position_states) < apart or any(abs(c.state - there) < apart for c in candidates):
-            return candidates
-        if there >= self.search.n_states - 1:
-            return candidates
-        return [Candidate(float(there), float(tempo))] + candidates
 
     def _count_run(self, active: bool) -> None:
         """Count the frames since the player's present run of playing began (the first

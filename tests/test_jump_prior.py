@@ -3,8 +3,6 @@ a far place's evidence against it. A restart a bar or two back is free and a mov
 start cheap; a far look-alike that explains a few seconds a little better does not take an established
 track, but does take one that has no record yet (a start in the middle of the piece)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -138,7 +136,7 @@ def test_a_failing_track_pays_less_the_longer_a_far_place_leads():
 
 # ---------------------------------------------------------------------------- the relocator
 def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None, failing: float = 0.0,
-                     speed: float = STATES_PER_FRAME, config: RelocatorConfig | None = None):
+                     speed: float = STATES_PER_FRAME):
     """The player has followed for ``played_s`` seconds at 600 s of X; a place ``far_s``
     away (seconds of X; negative: back) explains the replay well and then the next
     ``lead_nats`` nats' worth of frames (one nat per frame) better, then ties. Returns
@@ -147,7 +145,7 @@ def look_alike_trial(played_s: float, far_s: float, lead_nats: float, then=None,
     if given, runs after a move (``lead``: a one-item list the shadow's rate reads) and its
     result is returned instead. ``speed``: the far place's motion (states a frame; by
     default at the player's tempo)."""
-    config = config or RelocatorConfig()
+    config = RelocatorConfig()
     here = s(600)
     main = ScriptedTrack(lambda n: 0.0, position_states=here, speed=0.0)  # distances from a fixed place
     home = ScriptedTrack(lambda n: 0.0)
@@ -241,24 +239,3 @@ def test_a_far_jump_is_undone_at_once_but_not_followed_by_another():
     assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(3.0))
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(12.0))
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(300.0))
-
-
-def test_a_far_jump_is_put_to_the_test_at_once():
-    """After a far jump the place the player was believed to be (moved on at their tempo) is
-    screened at the next chance, though the search proposes nothing: a wrong jump need not
-    wait for the search to find that place again. With ``propose_undo`` off, nothing is."""
-    def screens_after_the_jump(relocator, main, shadow, lead):
-        jumped_at = relocator._count
-        seen = len(relocator.history)
-        for _ in range(40):
-            play(relocator, main, np.zeros(8))
-        return [(h[2], relocator._count - jumped_at) for h in list(relocator.history)[seen:] if h[4] == "screen"]
-
-    screens = look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=screens_after_the_jump)
-    assert screens
-    state, _ = screens[0]
-    # where the track left 600 s in would be by the screening's start, at the player's tempo
-    assert s(600) < state < s(600) + 40 * STATES_PER_FRAME
-    off = dataclasses.replace(RelocatorConfig(), propose_undo=False)
-    assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=screens_after_the_jump,
-                            config=off) == []

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from player.relocator import Relocator, RelocatorConfig
-from player.search import Candidate, SearchConfig
+from player.search import Candidate
 from player.stages import Frame, Track
 
 FRAME_S = 0.02
@@ -59,7 +59,7 @@ def make_relocator(main: ScriptedTrack, home: ScriptedTrack, shadows: list[Scrip
     """A relocator over scripted tracks, with a search that never proposes anything."""
     search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8), per_state=5,
                              reset=lambda: None, step=lambda *args: None, candidates=lambda position: [],
-                             sustained_lead=lambda window_s: 0.0, config=SearchConfig(), n_states=10**6)
+                             sustained_lead=lambda window_s: 0.0)
     return Relocator(search, main, [home] + shadows, config, FRAME_S)
 
 
