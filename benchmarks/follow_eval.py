@@ -198,6 +198,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.variants and (args.retune is not None or args.noise_snr is not None):
         raise SystemExit("--variants plays its own noise and tunings: leave out --retune and --noise-snr")
+    if args.tempo_scale is not None and (args.retune is not None or args.variants):
+        # (the stretched take is made from the case's own take: a retuning would be lost)
+        raise SystemExit("--tempo-scale plays the take as it is, only slower or faster: not with --retune or --variants")
     if args.tempo_scale is not None and not 0.25 <= args.tempo_scale <= 4.0:
         raise SystemExit("--tempo-scale must be within 0.25..4")
     if args.tempo_scale is not None and shutil.which("rubberband") is None:
