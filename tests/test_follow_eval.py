@@ -1,9 +1,13 @@
 """The accuracy benchmark's transformed takes: their truths follow the take onto its new
-timeline (U times divided by the speed, X times and every other column unchanged)."""
+timeline (U times divided by the speed, X times and every other column unchanged); with
+``--variants`` each take is played in four forms, written beside the bundle."""
+
+import sys
 
 import numpy as np
+import soundfile as sf
 
-from benchmarks.follow_eval import faster_truths
+import benchmarks.follow_eval as fe
 
 
 def test_a_faster_take_s_truths_are_on_its_timeline(tmp_path):
@@ -14,7 +18,7 @@ def test_a_faster_take_s_truths_are_on_its_timeline(tmp_path):
     (case / "gt_dense.csv").write_text("u_time_s,x_time_s\n1.0,0.5\n1.01,0.51\n")
     (case / "notes.csv").write_text("part,role,onset_beat,dur_beat,pitch,x_on_s,x_off_s,u_on_s,u_off_s\n"
                                     "0,solo,0.0,1.0,74,0.3,1.2,1.6,2.6\n1,acc,1.0,1.0,60,1.2,2.1,2.6,3.5\n")
-    gt, notes = faster_truths(case, out, 2.0)
+    gt, notes = fe.faster_truths(case, out, 2.0)
     np.testing.assert_allclose(np.loadtxt(gt, delimiter=",", skiprows=1), [[0.5, 0.5], [1.5, 2.0]])
     np.testing.assert_allclose(np.loadtxt(out / "gt_dense.csv", delimiter=",", skiprows=1), [[0.5, 0.5], [0.505, 0.51]])
     rows = [line.split(",") for line in notes.read_text().splitlines()]
@@ -25,12 +29,6 @@ def test_a_faster_take_s_truths_are_on_its_timeline(tmp_path):
 
 
 def test_variants_play_each_take_in_four_forms_without_writing_into_the_case(tmp_path, monkeypatch, capsys):
-    import sys
-
-    import soundfile as sf
-
-    import benchmarks.follow_eval as fe
-
     case, work = tmp_path / "set" / "c1", tmp_path / "work"
     case.mkdir(parents=True)
     t = np.arange(44100) / 44100.0
