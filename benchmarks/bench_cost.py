@@ -10,10 +10,13 @@ real-time factor and its per-stage milliseconds per 20-ms block (from the timing
 player writes beside the alignment).
 
 With a case folder (``X.flac``/``X.wav`` and ``U.flac``/``U.wav``, e.g. a corpus case) that
-case is used; without one a 1-minute duet is synthesised and its bundle built. Rubber Band
+case is used; with several, their recordings are joined into one recording and their takes
+into one take, in the order given and with :data:`GAP_S` of silence between pieces in both
+(a whole programme played through: the start-up is then spread over minutes, as on a whole
+concerto); without one a 1-minute duet is synthesised and its bundle built. Rubber Band
 comes from Debian's ``rubberband-cli``.
 
-    .venv/bin/python -m benchmarks.bench_cost [CASE_DIR] [--runs 5] [--json out.json] [--baseline DIR]
+    .venv/bin/python -m benchmarks.bench_cost [CASE_DIR ...] [--runs 5] [--json out.json] [--baseline DIR]
 
 With ``--baseline DIR`` (a checkout of another revision, e.g. ``git worktree add DIR REV``)
 that tree's player runs the same take too, alternating with this one (this host's speed
@@ -35,10 +38,33 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from benchmarks.bench_player import solo_take
 from benchmarks.bench_prep import synthesise
+
+#: Seconds of silence between the pieces of a joined recording (and between their takes).
+GAP_S = 2.0
+
+
+def join_cases(cases: list[Path], x_out: Path, u_out: Path) -> None:
+    """Join the cases' recordings into ``x_out`` and their takes into ``u_out`` (WAV, float),
+    in order, :data:`GAP_S` of silence after each piece but the last. Every case's X must
+    share one sample rate and channel count, and so must every U."""
+    for stem, out in (("X", x_out), ("U", u_out)):
+        parts, rate, channels = [], None, None
+        for k, case in enumerate(cases):
+            audio, sr = sf.read(str(find_audio(case, stem)), dtype="float32", always_2d=True)
+            if rate is None:
+                rate, channels = sr, audio.shape[1]
+            elif (sr, audio.shape[1]) != (rate, channels):
+                raise SystemExit(f"bench_cost: {case}'s {stem} is {sr} Hz x {audio.shape[1]}, "
+                                 f"the first case's {rate} Hz x {channels}: cannot join them")
+            if k:
+                parts.append(np.zeros((int(GAP_S * rate), channels), dtype=np.float32))
+            parts.append(audio)
+        sf.write(str(out), np.concatenate(parts), rate, subtype="FLOAT")
 
 
 def child_cpu_s(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> float:
@@ -58,7 +84,8 @@ def find_audio(case: Path, stem: str) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", type=Path, nargs="?", help="folder with X and U audio (default: a synthesised duet)")
+    ap.add_argument("cases", type=Path, nargs="*",
+                    help="folder with X and U audio; several: joined into one (default: a synthesised duet)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--baseline", type=Path, help="a checkout of another revision whose player runs alternately")
@@ -78,12 +105,15 @@ def main() -> None:
     prep, player = str(bindir / "prep"), str(bindir / "player")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        if args.case is None:
+        if not args.cases:
             x_path, u_path = tmp / "X.wav", tmp / "U.wav"
             synthesise(x_path, 1.0)
             sf.write(u_path, solo_take(60.0), 44100, subtype="PCM_16")
+        elif len(args.cases) == 1:
+            x_path, u_path = find_audio(args.cases[0], "X"), find_audio(args.cases[0], "U")
         else:
-            x_path, u_path = find_audio(args.case, "X"), find_audio(args.case, "U")
+            x_path, u_path = tmp / "X.wav", tmp / "U.wav"
+            join_cases(args.cases, x_path, u_path)
         bundle = tmp / "X.h5"
         subprocess.run([prep, "build", str(x_path), "-o", str(bundle), "-q"], check=True)
         u_info = sf.info(str(u_path))
@@ -117,7 +147,7 @@ def main() -> None:
                 base_rtf.append(json.loads(timing_path.read_text())["rtf"])
                 base_start_s.append(child_cpu_s(base_start, cwd=args.baseline, env=base_env))
     result = {
-        "case": str(args.case) if args.case else "synthesised 1-minute duet",
+        "case": " + ".join(str(c) for c in args.cases) if args.cases else "synthesised 1-minute duet",
         "u_seconds": round(u_s, 2),
         "runs": len(player_s),
         "player_cpu_s": round(statistics.median(player_s), 3),

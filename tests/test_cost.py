@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
+
+from benchmarks.bench_cost import GAP_S, join_cases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,3 +113,34 @@ def test_the_deferred_blas_probe_leaves_dot_and_convolve_working():
     """Kernels compile without scipy.linalg; one with np.dot (which needs the BLAS) still
     compiles, and np.convolve (which then uses numba's own inner product) is right."""
     assert run_python(DEFERRED_PROBE) == "False"
+
+
+def test_bench_cost_joins_cases_into_one_programme(tmp_path):
+    """Several cases make one recording and one take, in order, GAP_S of silence between
+    pieces in both; cases whose rates differ are refused with a clear message."""
+    sr, rng = 8000, np.random.default_rng(0)
+    lengths = {"a": (0.5, 0.6), "b": (0.3, 0.25)}  # seconds of X and of U per case
+    for name, (x_s, u_s) in lengths.items():
+        case = tmp_path / name
+        case.mkdir()
+        sf.write(case / "X.wav", rng.uniform(0.1, 0.5, (int(x_s * sr), 2)).astype(np.float32), sr, subtype="FLOAT")
+        sf.write(case / "U.flac", rng.uniform(0.1, 0.5, int(u_s * sr)).astype(np.float32), sr)
+    x_out, u_out = tmp_path / "X.wav", tmp_path / "U.wav"
+    join_cases([tmp_path / "a", tmp_path / "b"], x_out, u_out)
+    x, x_sr = sf.read(x_out, always_2d=True)
+    u, _ = sf.read(u_out, always_2d=True)
+    assert x_sr == sr and x.shape[1] == 2 and u.shape[1] == 1
+    gap = int(GAP_S * sr)
+    assert x.shape[0] == int(0.5 * sr) + gap + int(0.3 * sr)
+    assert u.shape[0] == int(0.6 * sr) + gap + int(0.25 * sr)
+    first_x, _ = sf.read(tmp_path / "a" / "X.wav", always_2d=True)
+    second_u, _ = sf.read(tmp_path / "b" / "U.flac", always_2d=True)
+    np.testing.assert_array_equal(x[: first_x.shape[0]], first_x)  # in order, untouched
+    assert not x[first_x.shape[0]:first_x.shape[0] + gap].any()  # the gap is silence
+    np.testing.assert_allclose(u[-second_u.shape[0]:], second_u, atol=1e-6)
+    odd = tmp_path / "c"
+    odd.mkdir()
+    sf.write(odd / "X.wav", np.zeros((800, 2), np.float32), 16000)
+    sf.write(odd / "U.wav", np.zeros(800, np.float32), 16000)
+    with pytest.raises(SystemExit, match="cannot join"):
+        join_cases([tmp_path / "a", odd], tmp_path / "X2.wav", tmp_path / "U2.wav")
