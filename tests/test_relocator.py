@@ -10,10 +10,12 @@ import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from player.relocator import Relocator, RelocatorConfig
 from player.search import Candidate
 from player.stages import Frame, Track
+from shared.errors import ConfigError
 
 FRAME_S = 0.02
 
@@ -347,9 +349,5 @@ def test_shadows_see_each_frame_as_the_main_track_saw_it():
 
 
 def test_a_negative_pace_is_refused():
-    import pytest
-
-    from shared.errors import ConfigError
-
     with pytest.raises(ConfigError, match="trial_min_progress"):
         RelocatorConfig(trial_min_progress=-0.5)
