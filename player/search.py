@@ -21,6 +21,14 @@ How much better the best far place explains the long context than the filter's p
 *lead*, nats per observation) tells a lost track from a right one with look-alikes
 (:meth:`GlobalSearch.sustained_lead`).
 
+A state's similarity to an observation costs ``n_obs_bins`` multiply-adds and is computed
+once; a piece swept within a state period needs one new observation per state per sweep, a
+longer piece more (a 40-minute one 12), so its sweep's cost would grow with its length. A
+long piece is therefore swept on band energies (:mod:`player.bands`, a quarter of the
+cost), and the places it keeps are scored again at full resolution, within a few states of
+where the bands put them and on the context of the sweep's end, before anything is
+compared or proposed.
+
 The places it proposes are verified by :class:`player.relocator.Relocator` before the
 filter moves. docs/DECISIONS.md says why the likelihood and not a spectral similarity.
 """
@@ -28,11 +36,13 @@ filter moves. docs/DECISIONS.md says why the likelihood and not a spectral simil
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
+from player.bands import BandTemplates
 from player.jump_prior import JumpPrior
 from shared.config import check_fields
 from shared.spectral import AnalysisParams, QuantizedTemplates
@@ -62,6 +72,11 @@ class SearchConfig:
         long_context_s: seconds of U in the long context.
         recency_s: an observation this old weighs ``1/e`` of the newest in the long context.
         rescore_per_frame: places scored on the long context per frame (spreads the cost).
+        screen_bands_per_octave: bands an octave of the screening sweep of a piece that takes
+            longer than a state period to sweep (see the module docstring); 0: every
+            piece is swept at full resolution.
+        screen_keep: a screening sweep keeps this many times ``pool`` places (and of the
+            free places) for their full-resolution scores, which choose the ``pool``.
     """
 
     context_s: float = 2.0
@@ -75,12 +90,15 @@ class SearchConfig:
     long_context_s: float = 10.0
     recency_s: float = 3.0
     rescore_per_frame: int = 2
+    screen_bands_per_octave: int = 24
+    screen_keep: int = 2
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("context_s", "slice_states", "tempos", "candidates", "pool", "long_context_s",
-                                     "recency_s", "rescore_per_frame"),
-                     non_negative=("margin", "min_jump_s"), unit=("min_active",),
-                     integers=("slice_states", "candidates", "pool", "rescore_per_frame"))
+                                     "recency_s", "rescore_per_frame", "screen_keep"),
+                     non_negative=("margin", "min_jump_s", "screen_bands_per_octave"), unit=("min_active",),
+                     integers=("slice_states", "candidates", "pool", "rescore_per_frame", "screen_bands_per_octave",
+                               "screen_keep"))
 
 
 @dataclass(frozen=True)
@@ -133,12 +151,11 @@ class GlobalSearch:
         self.slice = min(cfg.slice_states, -(-n // self.per_state))
         self._lags = np.round(np.arange(self.ctx)[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
         self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
-        # each state's similarity to each observation of the short context is computed once
-        # (a state is scored again at every sweep, and a short piece is swept once per new
-        # observation): column ``id % ctx`` holds the observation numbered ``id``, and
-        # ``_filled[s]`` is the newest observation state ``s``'s columns hold
-        self._sim = np.empty((n, self.ctx), dtype=np.float32)
-        self._filled = np.empty(n, dtype=np.int64)
+        self._sims = _ContextSimilarities(n, self.ctx)
+        # a piece that takes longer than a state period to sweep is screened on bands
+        screen = cfg.screen_bands_per_octave > 0 and n > self.slice * self.per_state
+        self._bands = BandTemplates(templates, params, cfg.screen_bands_per_octave) if screen else None
+        self._band_sims = _ContextSimilarities(n, self.ctx) if screen else None
         self._columns = np.empty(self.ctx, dtype=np.int64)  # the column of each age (newest first)
         self._best = np.empty(self.slice)  # a slice's scores and the index of their tempos
         self._which = np.empty(self.slice, dtype=np.int64)
@@ -161,6 +178,7 @@ class GlobalSearch:
     def reset(self) -> None:
         """Forget U's context, the sweep's places and the leads."""
         self.u_obs = np.zeros((self.n_long, self.params.n_obs_bins), dtype=np.float32)  # newest first
+        self.u_bands = np.zeros((self.ctx, self._bands.n_bands if self._bands else 0), dtype=np.float32)
         self.u_active = np.zeros(self.n_long, dtype=np.float32)
         self._acc = np.zeros(self.params.n_obs_bins, dtype=np.float64)
         self._acc_n = 0
@@ -175,8 +193,9 @@ class GlobalSearch:
         self._played = 0  # active frames so far (the clock the leads are kept on)
         self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
         self._n_obs = 0  # observations pushed so far (the newest is numbered this)
-        self._sim_detune = self._detune  # the variant the similarity cache was computed with
-        self._filled[:] = -self.ctx  # nothing cached
+        self._sims.reset()
+        if self._band_sims is not None:
+            self._band_sims.reset()
         self._columns[:] = -np.arange(self.ctx) % self.ctx
         # the long context's scoring of a sweep's places, spread over frames
         self._snap_u = np.zeros_like(self.u_obs)
@@ -199,38 +218,30 @@ class GlobalSearch:
         _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
 
     # ------------------------------------------------------------------ scoring
-    def _scores(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, ends: np.ndarray, bands: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Best-over-tempo mean log-likelihood (nats per observation) of the U context
-        ending at each end state ``(m,)``, and the tempo that gave it."""
+        ending at each end state ``(m,)`` (ascending, contiguous), and the tempo that gave
+        it; on band energies if ``bands`` (the screening sweep of a long piece)."""
         w = self.u_active[: self.ctx]
         total = w.sum()
         if total <= 0:
             return np.full(ends.shape, -np.inf), np.ones(ends.shape)
         lo = max(0, int(ends[0]) - self.max_lag)
         hi = int(ends[-1]) + 1
-        self._fill_similarities(lo, hi)
+        if bands:
+            sims = self._band_sims
+            sims.update(lo, hi, self._detune, self._n_obs, self._columns, self.u_bands,
+                        lambda: (self._bands.rows(self._detune, lo, hi), 1.0, 0.0))
+        else:
+            sims = self._sims
+            # log T = offset + step * q (each observation sums to 1)
+            sims.update(lo, hi, self._detune, self._n_obs, self._columns, self.u_obs,
+                        lambda: (self.templates.codes_into(self._rows[: hi - lo], self._detune, lo, hi),
+                                 self.templates.step, self.templates.offset))
         best, which = self._best, self._which
-        _context_scores(self._sim, ends, self._lags, self._columns, lo, w, float(total), best[: ends.size],
+        _context_scores(sims.sim, ends, self._lags, self._columns, lo, w, float(total), best[: ends.size],
                         which[: ends.size])
         return best[: ends.size].copy(), self._tempos[which[: ends.size]]
-
-    def _fill_similarities(self, lo: int, hi: int) -> None:
-        """Bring the cached similarities of states ``[lo, hi)`` to the newest observation:
-        ``log T[s] . u`` for the observations each state lacks (all of them after a change
-        of the template variant)."""
-        if self._detune != self._sim_detune:
-            self._filled[:] = -self.ctx
-            self._sim_detune = self._detune
-        missing = min(self.ctx, self._n_obs - int(self._filled[lo:hi].min()))
-        if missing <= 0:
-            return
-        rows = self.templates.codes_into(self._rows[: hi - lo], self._detune, lo, hi)
-        # log T = offset + step * q, and each observation sums to 1
-        block = rows @ self.u_obs[:missing].T  # (states, missing), newest first
-        block *= self.templates.step
-        block += self.templates.offset
-        self._sim[lo:hi, self._columns[:missing]] = block
-        self._filled[lo:hi] = self._n_obs
 
     def score_at(self, state: float) -> float:
         """The short context's score (nats per observation) at ``state``."""
@@ -276,6 +287,9 @@ class GlobalSearch:
             self.u_active[1:] = self.u_active[:-1]
             mean = self._acc / max(float(self._acc.sum()), 1e-12)
             self.u_obs[0] = mean
+            if self._bands is not None:
+                self.u_bands[1:] = self.u_bands[:-1]
+                self.u_bands[0] = self._bands.pool(mean)
             self.u_active[0] = 1.0 if self._acc_active * 2 > self._acc_n else 0.0
             self._n_obs += 1
             self._columns[1:] = self._columns[:-1]
@@ -290,12 +304,13 @@ class GlobalSearch:
         lo = self._cursor
         hi = min(self.n_states, lo + self.slice)
         ends = np.arange(lo, hi)
-        scores, tempos = self._scores(ends)
-        self._keep_peaks(scores, tempos, ends, self._found, self.config.pool)
+        scores, tempos = self._scores(ends, bands=self._bands is not None)
+        keep = self.config.screen_keep if self._bands is not None else 1
+        self._keep_peaks(scores, tempos, ends, self._found, self.config.pool * keep)
         if self.prior is not None:
             free = self.prior.near(position_states, ends) | self._at_section_start[lo:hi]  # = prior.free
             if free.any():
-                self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, 1)
+                self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, keep)
         self._cursor = 0 if hi >= self.n_states else hi
         if not self._cursor:  # a sweep is complete
             self._sweep_done(position_states)
@@ -307,11 +322,15 @@ class GlobalSearch:
         while the last one's places are being scored is dropped: the next finds them
         again)."""
         cfg = self.config
-        found = sorted(self._found, reverse=True)
-        extra = [f for f in self._found_free if all(abs(f[1] - g[1]) >= self._apart for g in found)]
+        found, found_free = self._found, self._found_free
         self._found, self._found_free = [], []
         if self._queue:  # the last sweep's places are still being scored
             return
+        if self._bands is not None:  # screened on bands: the best at full resolution
+            found = sorted(self._at_full_resolution(found), reverse=True)[: cfg.pool]
+            found_free = sorted(self._at_full_resolution(found_free), reverse=True)[:1]
+        found = sorted(found, reverse=True)
+        extra = [f for f in found_free if all(abs(f[1] - g[1]) >= self._apart for g in found)]
         bar = self.score_at(position_states) + cfg.margin
         free, far = [], []
         # the free places among the best few and the best free place, checked against the
@@ -335,6 +354,20 @@ class GlobalSearch:
         self._snapshot()
         self._queue = [(0.0, position_states, 1.0, self._frame)] + far  # the filter's place is scored first
         self._scored = []
+
+    def _at_full_resolution(self, places: list[tuple[float, int, float, int]]) -> list[tuple[float, int, float, int]]:
+        """The screening sweep's places ``(score, end, tempo, frame)``, each moved on to
+        now and replaced by the best full-resolution score within ``_REFINE_STATES`` of it,
+        on the present context (the bands' best end can sit a state or two off the full
+        one's)."""
+        out = []
+        for _, state, tempo, at in places:
+            there = min(max(int(round(self._moved_on(state, tempo, at))), 0), self.n_states - 1)
+            ends = np.arange(max(0, there - _REFINE_STATES), min(self.n_states, there + _REFINE_STATES + 1))
+            scores, tempos = self._scores(ends)
+            best = int(np.argmax(scores))
+            out.append((float(scores[best]), int(ends[best]), float(tempos[best]), self._frame))
+        return out
 
     def _rescore(self) -> None:
         """Score the next queued places on the long context; once all are, those that
@@ -416,6 +449,51 @@ class GlobalSearch:
         merged = [found[-1 - i] if i < 0 else (float(scores[i]), int(ends[i]), float(tempos[i]), self._frame)
                   for i in source[:n]]
         found[:] = merged
+
+
+#: States either side of a place found on bands searched for its best full-resolution end.
+_REFINE_STATES = 3
+
+
+class _ContextSimilarities:
+    """Each state's similarity to each observation of the short context, computed once: a
+    state is scored again at every sweep, and a short piece is swept once per new
+    observation.
+
+    ``sim`` float32 ``(n_states, ctx)``: column ``id % ctx`` holds the observation numbered
+    ``id``; ``filled[s]`` is the newest observation state ``s``'s columns hold.
+    """
+
+    def __init__(self, n_states: int, ctx: int) -> None:
+        self.ctx = ctx
+        self.sim = np.empty((n_states, ctx), dtype=np.float32)
+        self.filled = np.empty(n_states, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Nothing cached."""
+        self.filled[:] = -self.ctx
+        self.detune = -1
+
+    def update(self, lo: int, hi: int, detune: int, n_obs: int, columns: np.ndarray, obs: np.ndarray,
+               rows: Callable[[], tuple[np.ndarray, float, float]]) -> None:
+        """Bring states ``[lo, hi)`` up to observation ``n_obs`` (the newest; ``obs``
+        ``(>= ctx, n)`` newest first, ``columns`` the column of each age): ``shift + scale
+        * (r . u)`` for the observations each state lacks (all of them after a change of
+        the template variant), ``rows()`` giving ``(r (hi - lo, n), scale, shift)``."""
+        if detune != self.detune:
+            self.filled[:] = -self.ctx
+            self.detune = detune
+        missing = min(self.ctx, n_obs - int(self.filled[lo:hi].min()))
+        if missing <= 0:
+            return
+        r, scale, shift = rows()
+        block = r @ obs[:missing].T  # (states, missing), newest first
+        if scale != 1.0 or shift != 0.0:
+            block *= scale
+            block += shift
+        self.sim[lo:hi, columns[:missing]] = block
+        self.filled[lo:hi] = n_obs
 
 
 @njit(cache=True)

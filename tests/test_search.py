@@ -1,7 +1,10 @@
 """The global search: its short-context scores equal a direct computation from the
 templates and U's context (its per-state similarity cache is never stale: across sweeps,
 a piece longer than one slice, the ring of context columns wrapping round, a change of
-template variant, silenced states), and it finds a player who jumped far."""
+template variant, silenced states), and it finds a player who jumped far; a long piece is
+screened on bands and its places scored at full resolution."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,13 +77,13 @@ def test_the_search_finds_a_player_who_jumped_far():
     assert found_after is not None and found_after < 3.0
 
 
-def _seconds_to_find(speed: float, told: float) -> float | None:
+def _seconds_to_find(speed: float, told: float, config: SearchConfig | None = None) -> float | None:
     """U plays X from state 100 for 6 s and then, after a jump, from state 700 on, both at
     ``speed`` times the recording's tempo; the search is told the player's tempo is
     ``told``. Seconds from the jump until it proposes a place within half a second (of
     X) of the player, None if not within 6 s."""
     templates, spectra = random_templates(900, seed=2)
-    search = GlobalSearch(templates, PARAMS, tempo=told)
+    search = GlobalSearch(templates, PARAMS, config, tempo=told)
     rng = np.random.default_rng(3)
     per_state, jump = PARAMS.fine_per_coarse, int(6.0 / PARAMS.fine_period_s)
     for frame in range(int(12.0 / PARAMS.fine_period_s)):
@@ -108,3 +111,30 @@ def test_a_search_told_a_slower_tempo_holds_as_much_music_and_finds_the_player()
     assert search.ctx == round(2.0 / 0.55 / PARAMS.coarse_period_s)
     assert np.allclose(search._tempos, np.array(SearchConfig().tempos) * 0.55)
     assert GlobalSearch(random_templates(100)[0], PARAMS, tempo=1.3).ctx == 20  # never shortened
+
+
+def test_a_long_piece_is_screened_on_bands_and_its_places_scored_at_full_resolution():
+    """A piece that takes longer than a state period to sweep is screened on band energies;
+    the places a sweep keeps carry full-resolution scores (the direct computation at their
+    state), and it still finds a player who jumped far as soon as the full sweep does."""
+    assert GlobalSearch(random_templates(900)[0], PARAMS, SearchConfig(slice_states=250))._bands is None
+    config = SearchConfig(slice_states=100)  # 900 states: 9 frames a sweep, longer than a state period
+    search = GlobalSearch(random_templates(900, seed=2)[0], PARAMS, config)
+    assert search._bands is not None and search._bands.n_bands < PARAMS.n_obs_bins / 3
+    found_bands = _seconds_to_find(speed=1.0, told=1.0, config=config)
+    found_full = _seconds_to_find(speed=1.0, told=1.0, config=replace(config, screen_bands_per_octave=0))
+    assert found_bands is not None and found_full is not None and found_bands <= found_full + 0.2
+
+    templates, spectra = random_templates(900, seed=4)
+    search = GlobalSearch(templates, PARAMS, config)
+    rng = np.random.default_rng(5)
+    checked = 0
+    for frame in range(int(6.0 / PARAMS.fine_period_s)):
+        state = 300 + frame // PARAMS.fine_per_coarse
+        u = spectra[state] * rng.gamma(4.0, size=spectra.shape[1])
+        search.step((u / u.sum()).astype(np.float32), active=True, detune_cents=0.0, position_states=50.0)
+        for score, place, _, at in search._latest_far + search._latest_free:
+            if at == search._frame:  # scored in this frame's sweep: on this frame's context
+                assert score == pytest.approx(direct_scores(search, np.array([int(round(place))]))[0], abs=2e-3)
+                checked += 1
+    assert checked > 0
