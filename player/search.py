@@ -460,13 +460,14 @@ class _ContextSimilarities:
     state is scored again at every sweep, and a short piece is swept once per new
     observation.
 
-    ``sim`` float32 ``(n_states, ctx)``: column ``id % ctx`` holds the observation numbered
-    ``id``; ``filled[s]`` is the newest observation state ``s``'s columns hold.
+    ``sim`` float32 ``(ctx, n_states)``: row ``id % ctx`` holds the observation numbered
+    ``id`` (each observation's similarities contiguous: the context scores run along the
+    states); ``filled[s]`` is the newest observation state ``s``'s entries hold.
     """
 
     def __init__(self, n_states: int, ctx: int) -> None:
         self.ctx = ctx
-        self.sim = np.empty((n_states, ctx), dtype=np.float32)
+        self.sim = np.empty((ctx, n_states), dtype=np.float32)
         self.filled = np.empty(n_states, dtype=np.int64)
         self.reset()
 
@@ -492,7 +493,7 @@ class _ContextSimilarities:
         if scale != 1.0 or shift != 0.0:
             block *= scale
             block += shift
-        self.sim[lo:hi, columns[:missing]] = block
+        self.sim[columns[:missing], lo:hi] = block.T
         self.filled[lo:hi] = n_obs
 
 
@@ -531,28 +532,33 @@ def _merge_peaks(scores, order, ends, kept, kept_states, source, n, k, apart):  
 
 @njit(cache=True)
 def _context_scores(sim, ends, lags, columns, lo, weights, total, best, which):  # pragma: no cover (numba)
-    """For each end state ``ends[i]``: the best over tempos ``t`` of the weighted mean
-    ``sum_k weights[k] * sim[ends[i] - lags[t, k], columns[k]] / total`` (a row before the
-    piece counts as the worst of ``sim``'s rows ``lo`` to ``ends[-1]``), into ``best[i]``,
-    and that ``t`` into ``which[i]`` (the first of equal ones). ``sim``: ``(n_states, ctx)``
-    similarities of the states to the context's observations; ``columns``: ``(ctx,)`` the
-    column of the ``k``-th newest observation; ``lags``: ``(T, ctx)`` states back."""
+    """For each end state ``ends[i]`` (ascending): the best over tempos ``t`` of the
+    weighted mean ``sum_k weights[k] * sim[columns[k], ends[i] - lags[t, k]] / total`` (a
+    state before the piece counts as the worst of ``sim``'s states ``lo`` to ``ends[-1]``),
+    into ``best[i]``, and that ``t`` into ``which[i]`` (the first of equal ones). ``sim``:
+    ``(ctx, n_states)`` similarities of the context's observations to the states;
+    ``columns``: ``(ctx,)`` the row of the ``k``-th newest observation; ``lags``: ``(T,
+    ctx)`` states back."""
     n_tempos, ctx = lags.shape
+    m = ends.size
     worst = np.inf
-    for row in range(lo, ends[-1] + 1):
-        for k in range(ctx):
-            if sim[row, k] < worst:
-                worst = sim[row, k]
-    for i in range(ends.size):
-        top, top_t = -np.inf, 0
-        for t in range(n_tempos):
-            acc = 0.0
-            for k in range(ctx):
-                row = ends[i] - lags[t, k]
-                acc += weights[k] * (sim[row, columns[k]] if row >= 0 else worst)
-            if acc / total > top:
-                top, top_t = acc / total, t
-        best[i], which[i] = top, top_t
+    for k in range(ctx):
+        for row in range(lo, ends[-1] + 1):
+            if sim[k, row] < worst:
+                worst = sim[k, row]
+    acc = np.empty(m)
+    for i in range(m):
+        best[i], which[i] = -np.inf, 0
+    for t in range(n_tempos):
+        acc[:] = 0.0
+        for k in range(ctx):  # each observation's similarities are contiguous along the states
+            w, column, lag = weights[k], columns[k], lags[t, k]
+            for i in range(m):
+                row = ends[i] - lag
+                acc[i] += w * (sim[column, row] if row >= 0 else worst)
+        for i in range(m):
+            if acc[i] / total > best[i]:
+                best[i], which[i] = acc[i] / total, t
 
 
 #: Log-probability of each step of a path: the same state as the next observation's, one
