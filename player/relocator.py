@@ -13,7 +13,11 @@ for a restart a bar or two back, little for a movement's start, more the farther
 place), each note of U adding at most ``note_lead_cap_nats`` to its lead, and only if it
 has kept pace with the player since the trial's first note (``trial_min_progress``: a
 place that stands still in a held note of X, while the player repeats that pitch, explains
-the player without following them). A literal repeat
+the player without following them). A place the search proposes again where it proposed
+one seconds before, while the main track moved on with the player, is not screened
+(``stationary_s``): the player is not standing still there (a long note of X that
+explains every sung or played note sits still while the player moves on; a place the
+player went to moves on with them). A literal repeat
 far away explains the playing exactly as well as the place the player is at: it never pays
 its cost, and the player stays (continuity).
 
@@ -78,6 +82,10 @@ class RelocatorConfig:
             the trial began, scaled by its tenure) would have carried it: a place
             that stands in a held note of X while the player repeats its pitch explains
             every repeated note, but does not follow them (0: no such rule).
+        stationary_s: a far place within ``stationary_s / 2`` (seconds of X) of one
+            proposed ``stationary_s`` to ``2.5 * stationary_s`` seconds of U before is not
+            screened if the main track has since moved on ``stationary_s`` seconds of X
+            or more (0: no such rule).
     """
 
     confirm_s: float = 0.6
@@ -95,12 +103,13 @@ class RelocatorConfig:
     home_takeover_nats: float = 60.0
     onset_change: float = 0.22
     trial_min_progress: float = 0.6
+    stationary_s: float = 1.5
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("confirm_s", "replay_windows", "margin_nats", "trial_s", "replay_per_frame",
                                      "note_lead_cap_nats", "home_takeover_nats"),
                      non_negative=("reject_nats", "retry_s", "shadow_spread_s", "screen_tolerance_nats",
-                                   "onset_change", "trial_min_progress"),
+                                   "onset_change", "trial_min_progress", "stationary_s"),
                      unit=("trial_pace",),
                      unbounded=("reject_nats", "screen_tolerance_nats", "note_lead_cap_nats", "home_takeover_nats"))
         if self.trial_max_s < self.trial_s:
@@ -124,7 +133,8 @@ class Relocator:
     Attributes:
         moved: whether the last frame moved the main track.
         history: the last verifications, for diagnostics: ``(U s, main state, candidate
-            state, gain in nats, "screen" | "won" | "lost" | "home")``.
+            state, gain in nats, "screen" | "won" | "lost" | "home" | "still")``; "still":
+            a place not screened, see ``stationary_s``.
     """
 
     def __init__(self, search: GlobalSearch, main: Track, tracks: Sequence[Track], config: RelocatorConfig,
@@ -161,6 +171,8 @@ class Relocator:
         self._replay_evidence = np.zeros(self.n_replay + 1)
         self._replayed = Frame()  # a kept frame as the tracks are fed it
         self.history: deque[tuple[float, float, float, float, str]] = deque(maxlen=64)
+        # the places proposed in the last 2.5 * stationary_s: (frame index, place, main track's place)
+        self._proposed: deque[tuple[int, float, float]] = deque()
         self.reset()
 
     def reset(self) -> None:
@@ -177,6 +189,7 @@ class Relocator:
         self._silent = 0  # frames the player has been silent for
         self._run = 0  # frames since the player's present run of playing began (after a pause)
         self.moved = False
+        self._proposed.clear()
         self.search.reset()
 
     @property
@@ -220,8 +233,11 @@ class Relocator:
             return
         if self._pending is not None:
             self.moved = self._trial(index, frame.evidence_before)
+            if self.moved:  # the places proposed were judged against another track
+                self._proposed.clear()
         elif self._wait == 0 and self._count >= self.n_replay:
-            candidates = self.search.candidates(main.position_states)[: len(self.shadows)]
+            candidates = [c for c in self.search.candidates(main.position_states) if not self._stationary(c, frame)]
+            candidates = candidates[: len(self.shadows)]
             if candidates:
                 self._wait = self.retry_frames
                 self._job = self._screen(candidates, frame.now_s)
@@ -350,6 +366,30 @@ class Relocator:
         need = (self.config.trial_min_progress * trust * (now_s - t0) * trial.tempo
                 / self.search.params.coarse_period_s)
         return trial.shadows[i].position_states - pos0 >= need
+
+    def _stationary(self, candidate: Candidate, frame: Frame) -> bool:
+        """Whether ``candidate`` sits where a place was proposed ``stationary_s`` to ``2.5 *
+        stationary_s`` seconds before (within half of ``stationary_s`` of X) while the main
+        track moved on ``stationary_s`` or more since: then it is not where the player
+        went (that place would have moved on with them). Every candidate is remembered."""
+        s = self.config.stationary_s
+        now = self._count
+        main = self.main.position_states
+        if s <= 0:
+            return False
+        self._proposed.append((now, candidate.state, main))
+        period = self.search.params.coarse_period_s
+        earliest, latest = now - 2.5 * s / self.frame_s, now - s / self.frame_s
+        while self._proposed[0][0] < earliest:
+            self._proposed.popleft()
+        for at, place, main_then in self._proposed:
+            if (earliest <= at <= latest and abs(candidate.state - place) * period <= s / 2
+                    and (main - main_then) * period >= s):
+                last = self.history[-1] if self.history else None
+                if last is None or last[4] != "still" or abs(last[2] - candidate.state) * period > s / 2:
+                    self.history.append((frame.now_s, main, candidate.state, 0.0, "still"))  # (once a place)
+                return True
+        return False
 
     def _count_run(self, active: bool) -> None:
         """Count the frames since the player's present run of playing began (the first

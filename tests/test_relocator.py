@@ -351,3 +351,29 @@ def test_shadows_see_each_frame_as_the_main_track_saw_it():
 def test_a_negative_pace_is_refused():
     with pytest.raises(ConfigError, match="trial_min_progress"):
         RelocatorConfig(trial_min_progress=-0.5)
+
+
+def screenings_of_a_proposed_place(states_per_frame: float, config=RelocatorConfig()) -> tuple[list, list]:
+    """For 6 s the search proposes one far place, moving ``states_per_frame`` (0: it stays
+    put; the player's tempo: it moves on with them), while the main track follows the
+    player 30 s of X away; the place fails each screening. The U times of the screenings
+    and of the places left unscreened as standing still."""
+    main = ScriptedTrack(lambda n: 0.0, position_states=300.0)
+    home, shadow = ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: -1.0)  # the place loses every window
+    relocator = make_relocator(main, home, [shadow], config)
+    relocator.search.candidates = lambda position: [Candidate(20.0 + states_per_frame * relocator._count, 1.0)]
+    u = np.zeros(8, dtype=np.float32)
+    for frame in range(1, int(6.0 / FRAME_S)):
+        play(relocator, main, u, now_s=frame * FRAME_S)
+    times = {kind: [h[0] for h in relocator.history if h[4] == kind] for kind in ("screen", "still")}
+    return times["screen"], times["still"]
+
+
+def test_a_place_proposed_again_where_it_stood_while_the_player_moved_on_is_not_screened():
+    screens, still = screenings_of_a_proposed_place(0.0)
+    assert screens and max(screens) < 3.0 and still and min(still) >= 2.5  # screened until seen standing still
+    screens, still = screenings_of_a_proposed_place(STATES_PER_FRAME)  # the player's place moves on with them
+    assert max(screens) > 5.0 and not still
+    off = dataclasses.replace(RelocatorConfig(), stationary_s=0.0)
+    screens, still = screenings_of_a_proposed_place(0.0, off)
+    assert max(screens) > 5.0 and not still
