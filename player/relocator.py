@@ -13,7 +13,10 @@ for a restart a bar or two back, little for a movement's start, more the farther
 place), each note of U adding at most ``note_lead_cap_nats`` to its lead, and only if it
 has kept pace with the player since the trial's first note (``trial_min_progress``: a
 place that stands still in a held note of X, while the player repeats that pitch, explains
-the player without following them). A place the search proposes again where it proposed
+the player without following them). Of the places on trial, only the one that leads by
+most beyond its cost may win, the cost as the main track's tenure has it even when the
+track is failing (a failing track defends nothing, but a place near where it was is still
+likelier than a far one; a track without a record says nothing about where the player is). A place the search proposes again where it proposed
 one seconds before, while the main track moved on with the player, is not screened
 (``stationary_s``): the player is not standing still there (a long note of X that
 explains every sung or played note sits still while the player moves on; a place the
@@ -315,7 +318,13 @@ class Relocator:
             trial.required = np.minimum(trial.required, costs_now)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
-        best = int(np.argmax(leads - trial.required))
+        # the places compete with each other under the prior, failing track or not: it has
+        # no record to defend against any of them, but a movement's start or a place near
+        # where it was is still where a player who left it more likely went than a far
+        # look-alike
+        full = (np.array([self._cost(sh.position_states, sh.state.tempo, trusted=False) for sh in trial.shadows])
+                if self.prior is not None else np.zeros(len(trial.shadows)))
+        best = int(np.argmax(leads - np.maximum(trial.required, self.config.margin_nats + full)))
         if leads[best] > trial.required[best] and self._kept_pace(trial, best, now_s):
             self._pending = None
             there = trial.shadows[best].position_states
@@ -406,12 +415,16 @@ class Relocator:
         self.main.adopt(self.home)
         return True
 
-    def _cost(self, state: float, tempo: float = 1.0) -> float:
+    def _cost(self, state: float, tempo: float = 1.0, trusted: bool = True) -> float:
         """The prior's cost (nats) of moving the main track to ``state`` (where a player
         at ``tempo`` would be now): nothing back to where the track the last far jump left
         would be now (within the prior's ``free_s``: a restart's reach), for ``undo_s``.
         (Not anywhere near it: a look-alike a few seconds from the right place would then
-        be free too, right after a right jump.)"""
+        be free too, right after a right jump.) ``trusted``: scaled by the trust in the
+        main track's record (its tenure, whether it is failing); False: by its tenure
+        alone, as the places on trial are ranked against each other (a failing track's
+        place was the player's until they left it; a track without a record, started at
+        a default place, says nothing about where the player is)."""
         if self.prior is None:
             return 0.0
         period = self.search.params.coarse_period_s
@@ -422,8 +435,8 @@ class Relocator:
                 there = left + elapsed * left_tempo * self.frame_s / period
                 if abs(state - there) * period <= self.prior.config.free_s:
                     return 0.0
-        lead = self.search.sustained_lead(self.prior.config.lost_window_s)
         began = state - self._run * self.frame_s * tempo / period
+        lead = self.search.sustained_lead(self.prior.config.lost_window_s) if trusted else 0.0
         return self.prior.cost(self.main.position_states, state, self._tenure * self.frame_s, lead, began)
 
     # ------------------------------------------------------------------ screenings

@@ -239,3 +239,37 @@ def test_a_far_jump_is_undone_at_once_but_not_followed_by_another():
     assert look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(3.0))
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(12.0))
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(300.0))
+
+
+def two_place_trial(near_rate: float, far_rate: float) -> str:
+    """A failing track (no record to defend) at 600 s of X; a place 10 s back and one 480
+    s back both explain the replay, then gain ``near_rate`` and ``far_rate`` nats a frame on
+    trial. Which one the player is moved to ("near" or "far")."""
+    here = s(600)
+    main = ScriptedTrack(lambda n: 0.0, position_states=here, speed=0.0)
+    config = RelocatorConfig()
+    replay = make_relocator(ScriptedTrack(lambda n: 0.0), ScriptedTrack(lambda n: 0.0), [], config).n_replay
+    near = ScriptedTrack(lambda n: 1.0 if n <= replay else near_rate)
+    far = ScriptedTrack(lambda n: 1.0 if n <= replay else far_rate)
+    relocator = make_relocator(main, ScriptedTrack(lambda n: 0.0), [near, far], config)
+    relocator.prior = JumpPrior(np.array([0]), PERIOD_S)
+    relocator.search.sustained_lead = lambda window_s: JumpPriorConfig().lost_at  # failing
+    for _ in range(int(round(60.0 / FRAME_S))):
+        play(relocator, main, np.zeros(8))
+    relocator.screen([Candidate(state=here - s(10), tempo=1.0), Candidate(state=here - s(480), tempo=1.0)])
+    assert relocator.on_trial and len(relocator.trial.shadows) == 2
+    for _, moved in trial_frames(relocator, main, note_s=0.25):
+        if moved:
+            return "near" if main.adopted is near else "far"
+        assert relocator.on_trial, "the trial ended without a move"
+    raise AssertionError("the trial never ended")
+
+
+def test_places_on_trial_for_a_failing_track_compete_under_the_prior_in_full():
+    """A failing track defends no record, so either place may take it at the margin; but a
+    place 10 s back is where a player who went back more likely is than one 8 minutes
+    back, so the far place must out-gain it by what the prior says the distance costs, not
+    merely reach the margin first."""
+    assert two_place_trial(near_rate=1.0, far_rate=1.3) == "near"
+    assert two_place_trial(near_rate=1.0, far_rate=1.0) == "near"
+    assert two_place_trial(near_rate=0.0, far_rate=1.3) == "far"  # the near place explains nothing new
