@@ -16,8 +16,8 @@ place that stands still in a held note of X, while the player repeats that pitch
 the player without following them). Of the places on trial, only the one that leads by
 most beyond its cost may win, the cost as the main track's tenure has it even when the
 track is failing (a failing track defends nothing, but a place near where it was is still
-likelier than a far one; a track without a record says nothing about where the player is). A place the search proposes again where it proposed
-one seconds before, while the main track moved on with the player, is not screened
+likelier than a far one; a track without a record says nothing about where the player is).
+A place the search proposes again where it proposed one seconds before, while the main track moved on with the player, is not screened
 (``stationary_s``): the player is not standing still there (a long note of X that
 explains every sung or played note sits still while the player moves on; a place the
 player went to moves on with them). A literal repeat
