@@ -17,11 +17,11 @@ the player without following them). Of the places on trial, only the one that le
 most beyond its cost may win, the cost as the main track's tenure has it even when the
 track is failing (a failing track defends nothing, but a place near where it was is still
 likelier than a far one; a track without a record says nothing about where the player is).
-A place the search proposes again where it proposed one seconds before, while the main track moved on with the player, is not screened
-(``stationary_s``): the player is not standing still there (a long note of X that
-explains every sung or played note sits still while the player moves on; a place the
-player went to moves on with them). A literal repeat
-far away explains the playing exactly as well as the place the player is at: it never pays
+A place the search proposes again where it proposed one seconds before, while the main
+track moved on with the player, is not screened (``stationary_s``): the player is not
+standing still there (a long note of X that explains every sung or played note sits still
+while the player moves on; a place the player went to moves on with them). A literal
+repeat far away explains the playing exactly as well as the place the player is at: it never pays
 its cost, and the player stays (continuity).
 
 The trial's reference is the better of the main track and a *home* shadow restarted where
