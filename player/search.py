@@ -156,7 +156,7 @@ class GlobalSearch:
         screen = cfg.screen_bands_per_octave > 0 and n > self.slice * self.per_state
         self._bands = BandTemplates(templates, params, cfg.screen_bands_per_octave) if screen else None
         self._band_sims = _ContextSimilarities(n, self.ctx) if screen else None
-        self._columns = np.empty(self.ctx, dtype=np.int64)  # the column of each age (newest first)
+        self._columns = np.empty(self.ctx, dtype=np.int64)  # the cache slot (row) of each age, newest first
         self._best = np.empty(self.slice)  # a slice's scores and the index of their tempos
         self._which = np.empty(self.slice, dtype=np.int64)
         # the long context: X states a path may cover (tempo up to 1.6 on average), and the
