@@ -28,7 +28,7 @@ def band_starts(params: AnalysisParams, per_octave: int) -> np.ndarray:
     linear_below = hz_per_bin / (2.0 ** (1.0 / per_octave) - 1.0)
     lin = np.arange(params.n_obs_bins, dtype=np.float64)
     above = freqs >= linear_below
-    label = np.where(above, lin[~above].size + np.floor(per_octave * np.log2(np.maximum(freqs, 1e-9) / linear_below)),
+    label = np.where(above, np.count_nonzero(~above) + np.floor(per_octave * np.log2(np.maximum(freqs, 1e-9) / linear_below)),
                      lin)
     return np.flatnonzero(np.diff(label, prepend=-1.0) != 0).astype(np.int64)
 

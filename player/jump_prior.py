@@ -209,4 +209,10 @@ class JumpPrior:
         observation) says it is failing."""
         cfg = self.config
         trust = 1.0 if cfg.tenure_s <= 0 else min(1.0, tenure_s / cfg.tenure_s)
-        return trust * min(1.0, max(0.0, (cfg.lost_at - lead) / (cfg.lost_at - cfg.lost_from)))
+        return trust * self.failing_scale(lead)
+
+    def failing_scale(self, lead: float) -> float:
+        """The part (0-1) of :meth:`trust` that a far place's sustained ``lead`` over the
+        track (nats per observation) leaves: 1 up to ``lost_from``, 0 from ``lost_at``."""
+        cfg = self.config
+        return min(1.0, max(0.0, (cfg.lost_at - lead) / (cfg.lost_at - cfg.lost_from)))

@@ -310,20 +310,19 @@ class Relocator:
         for track in [self.home] + trial.shadows:
             self._feed(track, index)
         trial.settle(now_s)
+        # each place's cost by the track's tenure alone: the places compete with each other
+        # under it, failing track or not (it has no record to defend against any of them,
+        # but a movement's start or a place near where it was is still where a player who
+        # left it more likely went than a far look-alike)
+        full = np.zeros(len(trial.shadows))
         if self.prior is not None:
+            full = np.array([self._cost(sh.position_states, sh.state.tempo, trusted=False) for sh in trial.shadows])
             # a jump costs less once the track is failing (the search's evidence grows during
             # a trial), never more (the track's tenure grows too, the player does not change)
-            costs_now = self.config.margin_nats + np.array([self._cost(sh.position_states, sh.state.tempo)
-                                                            for sh in trial.shadows])
-            trial.required = np.minimum(trial.required, costs_now)
+            failing = self.prior.failing_scale(self.search.sustained_lead(self.prior.config.lost_window_s))
+            trial.required = np.minimum(trial.required, self.config.margin_nats + full * failing)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
-        # the places compete with each other under the prior, failing track or not: it has
-        # no record to defend against any of them, but a movement's start or a place near
-        # where it was is still where a player who left it more likely went than a far
-        # look-alike
-        full = (np.array([self._cost(sh.position_states, sh.state.tempo, trusted=False) for sh in trial.shadows])
-                if self.prior is not None else np.zeros(len(trial.shadows)))
         best = int(np.argmax(leads - np.maximum(trial.required, self.config.margin_nats + full)))
         if leads[best] > trial.required[best] and self._kept_pace(trial, best, now_s):
             self._pending = None

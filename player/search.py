@@ -156,6 +156,7 @@ class GlobalSearch:
         screen = cfg.screen_bands_per_octave > 0 and n > self.slice * self.per_state
         self._bands = BandTemplates(templates, params, cfg.screen_bands_per_octave) if screen else None
         self._band_sims = _ContextSimilarities(n, self.ctx) if screen else None
+        self._keep = cfg.screen_keep if screen else 1  # places a sweep keeps per place it hands on
         self._columns = np.empty(self.ctx, dtype=np.int64)  # the cache slot (row) of each age, newest first
         self._best = np.empty(self.slice)  # a slice's scores and the index of their tempos
         self._which = np.empty(self.slice, dtype=np.int64)
@@ -305,12 +306,11 @@ class GlobalSearch:
         hi = min(self.n_states, lo + self.slice)
         ends = np.arange(lo, hi)
         scores, tempos = self._scores(ends, bands=self._bands is not None)
-        keep = self.config.screen_keep if self._bands is not None else 1
-        self._keep_peaks(scores, tempos, ends, self._found, self.config.pool * keep)
+        self._keep_peaks(scores, tempos, ends, self._found, self.config.pool * self._keep)
         if self.prior is not None:
             free = self.prior.near(position_states, ends) | self._at_section_start[lo:hi]  # = prior.free
             if free.any():
-                self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, keep)
+                self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, self._keep)
         self._cursor = 0 if hi >= self.n_states else hi
         if not self._cursor:  # a sweep is complete
             self._sweep_done(position_states)
@@ -327,9 +327,9 @@ class GlobalSearch:
         if self._queue:  # the last sweep's places are still being scored
             return
         if self._bands is not None:  # screened on bands: the best at full resolution
-            found = sorted(self._at_full_resolution(found), reverse=True)[: cfg.pool]
+            found = self._at_full_resolution(found)
             found_free = sorted(self._at_full_resolution(found_free), reverse=True)[:1]
-        found = sorted(found, reverse=True)
+        found = sorted(found, reverse=True)[: cfg.pool]
         extra = [f for f in found_free if all(abs(f[1] - g[1]) >= self._apart for g in found)]
         bar = self.score_at(position_states) + cfg.margin
         free, far = [], []
