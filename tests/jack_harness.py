@@ -340,8 +340,9 @@ def input_lags(fed: np.ndarray, take: np.ndarray, sr: int, window_s: float = 1.0
 def measured_latency_s(fed: np.ndarray, looped: np.ndarray, take: np.ndarray, played: np.ndarray, blocksize: int,
                        sr: int, loop_delay: int, window_s: float = 1.0, every_s: float = 1.0) -> float:
     """The player's real delay from the end of an input block to the first sample of the
-    output it answers, on the stream's clock, measured in a loopback (the median over the
-    run: a rare xrun of the dummy server moves the clocks for a while).
+    output it answers, on the stream's clock, measured in a loopback: the delay most windows
+    of the run share (a late block or an xrun of the dummy server moves it once, and the
+    median of a run split evenly between two delays would be neither).
 
     ``fed``: what the loopback played into the player; ``looped``: what it recorded of the
     player's output (``loop_delay`` samples late by the loop itself); ``take`` and
@@ -372,7 +373,8 @@ def measured_latency_s(fed: np.ndarray, looped: np.ndarray, take: np.ndarray, pl
         delays.append(lo + k - t - loop_delay - blocksize)
     if len(delays) < 3:
         raise AssertionError(f"the loop's signals do not match ({len(delays)} windows)")
-    return float(np.median(delays)) / sr
+    values, counts = np.unique(np.asarray(delays), return_counts=True)
+    return float(values[np.argmax(counts)]) / sr
 
 
 def on_take_timeline(y: np.ndarray, lags: np.ndarray) -> np.ndarray:

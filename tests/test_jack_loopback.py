@@ -68,7 +68,7 @@ def test_live_output_is_scheduled_for_when_it_is_heard(loop_case, tmp_path, rate
     timing = json.loads((tmp_path / "rec" / "timing.json").read_text())
     assert timing["samplerate"] == rate and timing["host_api"] == "JACK Audio Connection Kit"
     # the latency the engine schedules for is the one in the loop (plus the device's own); a
-    # late block (a busy machine) moves it once, and the loop's median is then one or the other
+    # late block (a busy machine) moves it once, and the loop's usual delay is then one or the other
     assert min(abs(figures[k] - figures["measured_ms"]) for k in ("assumed_ms", "primed_ms")) < 0.5, figures
     if figures["late"] == 0:  # (the replay can only play the whole take at one latency)
         # what is heard is what file mode on the same blocks, with that latency, puts there
