@@ -138,3 +138,24 @@ def test_a_slower_player_s_long_notes_are_reckoned_as_long():
         caught_up = np.flatnonzero((t > 0.3) & (np.abs(scheduled - belief) < 1e-12))
         assert caught_up.size, told
         assert abs(t[caught_up[0]] - (0.26 + held_s)) <= 0.05, (told, t[caught_up[0]])
+
+
+def test_the_truth_put_in_the_anchor_and_the_tempo_gives_the_truth():
+    """benchmarks.heard_oracles' seams: a belief 25 % ahead through each note and the wrong
+    tempo; with the true anchor and the true tempo the schedule is the truth, with either
+    alone it is not."""
+    from benchmarks.heard_oracles import TruthAnticipator
+
+    t, belief, onset = notes_of(12.0, 0.6)
+    truth = 0.9 * t  # the soloist at 0.9 of the recording's tempo
+    belief = 0.9 * belief
+    inside = t > 1.0
+
+    def error(true_anchor: bool, true_tempo: bool) -> float:
+        ant = TruthAnticipator(t, truth, true_anchor, true_tempo, window_s=0.5, lag_s=0.1)
+        return float(np.max(np.abs(run(ant, belief, onset, tempo=1.1)[inside] - truth[inside])))
+
+    assert error(True, True) < 1e-9
+    assert error(True, False) > 0.05  # reckoned at the belief's slope, which runs ahead through each note
+    assert 0.005 < error(False, True) < 0.012  # anchored on the belief two frames in: 25 % of 40 ms ahead
+    assert error(False, False) > error(False, True)

@@ -1,0 +1,122 @@
+"""What each part of the schedule costs the listener (issue 22): the player run with parts of
+its anticipator replaced by the truth.
+
+The output is scheduled by the anticipator (:mod:`player.anticipate`): the belief taken at
+each of the soloist's detected onsets (the *anchor*) and carried on at a *tempo* until the
+next. This benchmark puts the ground truth (the case's ``gt_dense.csv``) into either part, or
+both, and reports the exact heard figures of each run (``h50`` / ``h100``: % of the
+accompaniment's onsets heard within 50 / 100 ms, as :mod:`benchmarks.follow_eval` scores
+them), so the gap between today's schedule and a perfect one splits into its causes:
+
+- ``anchor``: the anchor is the true position at that moment (the belief still holds the
+  schedule back otherwise; here it does not);
+- ``tempo``: the reckoning goes at the true tempo over ``--window`` seconds ending
+  ``--lag`` seconds ago (a lag of 0 reads where the soloist is now: not causal);
+- ``both``: the two;
+- ``none``: the player as it is (the reference row).
+
+    .venv/bin/python -m benchmarks.heard_oracles CASES_DIR [...] [--oracle none anchor tempo both]
+        [--window 0.5] [--lag 0.1] [--work /tmp/follow_eval]
+
+Each case needs X.flac, U.flac, gt_dense.csv and notes.csv (as ../shared/corpus has).
+Bundles are built into --work once and shared with follow_eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.follow_eval import case_bundle, engine_config, heard_figures, read_map, read_take
+from player.anticipate import Anticipator
+from player.engine import Engine
+from player.filemode import default_blocksize
+from player.stages import Frame
+from player.trace import TraceRecorder
+from shared.bundle import load_bundle
+
+ORACLES = ("none", "anchor", "tempo", "both")
+
+
+class TruthAnticipator(Anticipator):
+    """An :class:`Anticipator` with the truth in some of its parts (see the module docstring).
+
+    Args:
+        truth_u, truth_x: the ground truth, U seconds to X seconds (ascending ``(n,)`` each).
+        true_anchor: the anchors are the true position.
+        true_tempo: the reckoning goes at the true tempo over ``window_s`` ending ``lag_s`` ago.
+        window_s, lag_s: see ``true_tempo`` (seconds of U).
+        **kwargs: the :class:`Anticipator`'s own arguments.
+    """
+
+    def __init__(self, truth_u: np.ndarray, truth_x: np.ndarray, true_anchor: bool, true_tempo: bool,
+                 window_s: float, lag_s: float, **kwargs) -> None:
+        self._tu, self._tx = truth_u, truth_x
+        self._true_anchor, self._true_tempo = true_anchor, true_tempo
+        self._window_s, self._lag_s = window_s, lag_s
+        self.belief_holds_back = not true_anchor
+        super().__init__(**kwargs)
+
+    def _truth(self, u_s: float) -> float:
+        return float(np.interp(u_s, self._tu, self._tx))
+
+    def anchor_position(self, frame: Frame, belief_x_s: float) -> float:
+        return self._truth(frame.now_s) if self._true_anchor else belief_x_s
+
+    def reckoning_tempo(self, frame: Frame, tempo: float) -> float:
+        if not self._true_tempo:
+            return tempo
+        end = frame.now_s - self._lag_s
+        return (self._truth(end) - self._truth(end - self._window_s)) / self._window_s
+
+
+def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: float) -> dict:
+    """The heard figures of ``case`` with ``oracle`` (one of :data:`ORACLES`) in the schedule."""
+    truth_u, truth_x = read_map(case / "gt_dense.csv")
+    u, sr = read_take(case)
+    with load_bundle(case_bundle(case, work), spectra=False) as bundle:
+        recorder = TraceRecorder()
+        config = engine_config([])
+        engine = Engine(bundle, sr, config, on_frame=recorder.frame)
+        if oracle != "none":
+            p = bundle.params
+            engine.anticipator = TruthAnticipator(
+                truth_u, truth_x, true_anchor=oracle in ("anchor", "both"), true_tempo=oracle in ("tempo", "both"),
+                window_s=window_s, lag_s=lag_s, config=config.anticipate, frame_s=p.fine_period_s,
+                min_tempo=config.follower.min_tempo, max_tempo=config.follower.max_tempo, tempo=config.tempo)
+        block = default_blocksize(sr, bundle.params)
+        for i in range(0, len(u) - block + 1, block):
+            engine.process(u[i:i + block])
+            recorder.block(engine)
+        trace = recorder.result()
+    return heard_figures(trace.heard, trace.path, case / "notes.csv", len(u) / sr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sets", nargs="+", type=Path)
+    ap.add_argument("--oracle", nargs="+", choices=ORACLES, default=list(ORACLES))
+    ap.add_argument("--window", type=float, default=0.5, help="seconds the true tempo is measured over")
+    ap.add_argument("--lag", type=float, default=0.1, help="seconds late the true tempo is known")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
+    args = ap.parse_args()
+    cases = sorted(c for s in args.sets for c in ([s] if (s / "gt_dense.csv").exists() else s.iterdir())
+                   if (c / "gt_dense.csv").exists() and (c / "notes.csv").exists())
+    if not cases:
+        raise SystemExit("no case with gt_dense.csv and notes.csv in " + " ".join(map(str, args.sets)))
+    keys = ("h30", "h50", "h100", "h_signed_ms")
+    print(f"{'case':28s} {'oracle':7s} " + " ".join(f"{k:>11s}" for k in keys))
+    means: dict[str, list[dict]] = {o: [] for o in args.oracle}
+    for case in cases:
+        for oracle in args.oracle:
+            row = run_oracle(case, args.work, oracle, args.window, args.lag)
+            means[oracle].append(row)
+            print(f"{case.name[:28]:28s} {oracle:7s} " + " ".join(f"{row[k]:11.1f}" for k in keys), flush=True)
+    for oracle, rows in means.items():
+        print(f"{'MEAN':28s} {oracle:7s} " + " ".join(f"{np.nanmean([r[k] for r in rows]):11.1f}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()
