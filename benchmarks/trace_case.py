@@ -3,7 +3,7 @@ ground truth, and every verification the global search made. For finding out *wh
 loses time (a drift in a held note, a false jump, a slow re-lock), not for scoring.
 
     .venv/bin/python -m benchmarks.trace_case CASE_DIR [--work /tmp/follow_eval]
-        [--from 25 --to 30] [--every 5] [--mass] [--set kappa=4 ...]
+        [--from 25 --to 30] [--every 5] [--mass] [--set kappa=4 ...] [--take-json TAKE.json]
 
 Per printed frame (every ``--every`` frames between ``--from`` and ``--to`` seconds of U):
 U time, position and true position in X (seconds), error, tempo (X s per U s), confidence,
@@ -12,11 +12,17 @@ home track and candidates with their positions in X). ``--mass`` adds the filter
 posterior mass per second of X in its band (where a second mode grows before the filter
 jumps to it). Then the verifications: screenings that passed, trials won or lost, and
 home-track takeovers, with the true position at that moment.
+
+``--take-json``: a long take of ``benchmarks.long_eval`` (its ``take.json``) starts where
+that file says (``start_s``, and ``intro`` when the recording plays from there at once), as
+``long_eval run`` plays it; the case folder then holds links to the take's U.flac, gt.csv
+and gt_dense.csv and to the piece's X.flac.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections import deque
 from pathlib import Path
 
@@ -57,7 +63,12 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=5, help="print every N-th frame")
     ap.add_argument("--mass", action="store_true", help="print the band's posterior mass per X second")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--take-json", type=Path, default=None, help="a long_eval take.json: start as it says")
     args = ap.parse_args()
+    if args.take_json is not None:
+        take = json.loads(args.take_json.read_text())
+        args.overrides = [f"start_s={json.dumps(float(take.get('start_s', 0.0)))}",
+                          f"intro={json.dumps(bool(take.get('intro', False)))}", *args.overrides]
     case = args.case
     truth_file = case / "gt_dense.csv" if (case / "gt_dense.csv").exists() else case / "gt.csv"
     du, dx = read_map(truth_file)
