@@ -22,7 +22,10 @@ track moved on with the player, is not screened (``stationary_s``): the player i
 standing still there (a long note of X that explains every sung or played note sits still
 while the player moves on; a place the player went to moves on with them). A literal
 repeat far away explains the playing exactly as well as the place the player is at: it never pays
-its cost, and the player stays (continuity).
+its cost, and the player stays (continuity). A varied repeat nearby (a phrase again with another
+accompaniment, a few seconds back) costs little under the prior and may lead by what the model
+gets wrong; a place whose music looks like the main track's (:mod:`player.lookalike`) needs up
+to ``alike_nats`` more, and a player who went there is followed once the two places part.
 
 The trial's reference is the better of the main track and a *home* shadow restarted where
 the main track was at the start of the replay, with a wide spread: the hypothesis "the
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from player.jump_prior import JumpPrior
+from player.lookalike import LookAlike
 from player.search import Candidate, GlobalSearch
 from player.stages import Frame, Track
 from shared.config import check_fields, field_error
@@ -89,6 +93,14 @@ class RelocatorConfig:
             proposed ``stationary_s`` to ``2.5 * stationary_s`` seconds of U before is not
             screened if the main track has since moved on ``stationary_s`` seconds of X
             or more (0: no such rule).
+        alike_nats: the most a place that looks like the main track's adds to the lead it
+            needs (nats; :mod:`player.lookalike`): all of it where X's divergence between
+            the two places is ``alike_kl / 2`` or less, none from ``alike_kl`` (0: no
+            such rule).
+        alike_kl: see ``alike_nats`` (nats per state).
+        alike_span_s: seconds of X before each place the divergence compares.
+        alike_settle_s: seconds of playing the main track must have followed since it last
+            moved before ``alike_nats`` applies.
     """
 
     confirm_s: float = 0.6
@@ -107,12 +119,17 @@ class RelocatorConfig:
     onset_change: float = 0.22
     trial_min_progress: float = 0.6
     stationary_s: float = 1.5
+    alike_nats: float = 50.0
+    alike_kl: float = 0.6
+    alike_span_s: float = 4.0
+    alike_settle_s: float = 5.0
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("confirm_s", "replay_windows", "margin_nats", "trial_s", "replay_per_frame",
-                                     "note_lead_cap_nats", "home_takeover_nats"),
+                                     "note_lead_cap_nats", "home_takeover_nats", "alike_kl", "alike_span_s"),
                      non_negative=("reject_nats", "retry_s", "shadow_spread_s", "screen_tolerance_nats",
-                                   "onset_change", "trial_min_progress", "stationary_s"),
+                                   "onset_change", "trial_min_progress", "stationary_s", "alike_nats",
+                                   "alike_settle_s"),
                      unit=("trial_pace",),
                      unbounded=("reject_nats", "screen_tolerance_nats", "note_lead_cap_nats", "home_takeover_nats"))
         if self.trial_max_s < self.trial_s:
@@ -144,6 +161,7 @@ class Relocator:
                  frame_s: float, prior: JumpPrior | None = None) -> None:
         self.search = search
         self.prior = prior
+        self._alike: LookAlike | None = None  # made at the first screening that needs it
         self.frame_s = frame_s
         self.main = main
         self.home, *self.shadows = list(tracks)
@@ -182,6 +200,7 @@ class Relocator:
         """Forget the recent frames, any screening or trial, and the search's context (the
         player restarted)."""
         self._count = 0
+        self._settled = 0  # active frames since the main track last moved (a jump, the home track)
         self._was_changing = False  # the last frame changed by onset_change or more
         self._wait = 0
         self._job = None  # a screening in progress (a generator, advanced once per frame)
@@ -226,6 +245,7 @@ class Relocator:
         if not main.started:
             return
         self._tenure += int(frame.active)
+        self._settled += int(frame.active)
         self.search.step(frame.obs, frame.active, main.state.detune_cents, main.position_states)  # (keeps its context)
         if self._job is not None:
             self._budget = self.replay_per_frame
@@ -320,10 +340,13 @@ class Relocator:
             # a jump costs less once the track is failing (the search's evidence grows during
             # a trial), never more (the track's tenure grows too, the player does not change)
             failing = self.prior.failing_scale(self.search.sustained_lead(self.prior.config.lost_window_s))
-            trial.required = np.minimum(trial.required, self.config.margin_nats + full * failing)
+            # (a look-alike's surcharge stays: its own lead is what makes the track look failing)
+            trial.required = np.minimum(trial.required, self.config.margin_nats + full * failing + trial.surcharge)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
-        best = int(np.argmax(leads - np.maximum(trial.required, self.config.margin_nats + full)))
+        # ranked without the look-alike surcharge: a place that looks like the main track's
+        # waits for more evidence, but a lesser place does not win meanwhile
+        best = int(np.argmax(leads - np.maximum(trial.required - trial.surcharge, self.config.margin_nats + full)))
         if leads[best] > trial.required[best] and self._kept_pace(trial, best, now_s):
             self._pending = None
             there = trial.shadows[best].position_states
@@ -332,6 +355,7 @@ class Relocator:
                 # a far jump: going back there stays free for a while (a wrong jump is undone at once)
                 self._left = (follower.position_states, follower.state.tempo, self._count)
             follower.adopt(trial.shadows[best])
+            self._settled = 0
             return True
         # the main track may itself have run off since the trial began (its band spans
         # seconds): the home track takes over on a clear raw lead over a note change, or
@@ -344,11 +368,12 @@ class Relocator:
             trial.main_became_home(follower.log_evidence, self.home)
             return True
         # past ``trial_s``, each shadow must gain at the pace that reaches its own bar
-        pace = self.pace_per_frame * trial.done * trial.required / self.config.margin_nats
+        pace = self.pace_per_frame * trial.done * (trial.required - trial.surcharge) / self.config.margin_nats
         bar = np.full(len(gains), -self.config.reject_nats) if trial.done < self.trial_frames else pace
         # a costly jump needs more notes to pay for itself: its trial may last longer (the
         # others' does not: a near place proposed meanwhile waits for the trial's end)
-        longest = self.trial_max_frames * np.minimum(3.0, trial.required / self.config.margin_nats)
+        # (not a look-alike's surcharge: its trial would hold back the places found meanwhile)
+        longest = self.trial_max_frames * np.minimum(3.0, (trial.required - trial.surcharge) / self.config.margin_nats)
         keep = [i for i, g in enumerate(gains) if g > bar[i] and trial.done < longest[i]]
         if not keep:
             self._pending = None
@@ -399,6 +424,22 @@ class Relocator:
                 return True
         return False
 
+    def _alike_nats(self, main_state: float, state: float) -> float:
+        """What a place (``state``) that looks like the main track's (``main_state``) adds to
+        the lead it needs (nats): ``alike_nats`` where X's divergence between the two is
+        ``alike_kl / 2`` or less, falling to 0 at ``alike_kl`` (:mod:`player.lookalike`);
+        nothing until the main track has followed the player ``alike_settle_s`` seconds of
+        playing since it last moved (a track that has just moved, or been moved back by the
+        home track, has no record that the look-alike contradicts: a wrong jump to a
+        look-alike is undone at the usual bar)."""
+        cfg = self.config
+        if cfg.alike_nats <= 0.0 or self._settled * self.frame_s < cfg.alike_settle_s:
+            return 0.0
+        if self._alike is None:
+            self._alike = LookAlike(self.search.templates, self.search.params.coarse_period_s, cfg.alike_span_s)
+        divergence = self._alike.divergence(main_state, state)
+        return cfg.alike_nats * float(np.clip(2.0 * (cfg.alike_kl - divergence) / cfg.alike_kl, 0.0, 1.0))
+
     def _count_run(self, active: bool) -> None:
         """Count the frames since the player's present run of playing began (the first
         active frame after a pause of the prior's ``pause_s``)."""
@@ -412,6 +453,7 @@ class Relocator:
         trial in progress is the caller's to end or go on with.)"""
         self.history.append((now_s, self.main.position_states, self.home.position_states, lead, "home"))
         self.main.adopt(self.home)
+        self._settled = 0
         return True
 
     def _cost(self, state: float, tempo: float = 1.0, trusted: bool = True) -> float:
@@ -480,7 +522,7 @@ class Relocator:
                            tempo=follower.state.tempo)
         yield from self._replay(self.home, frames)
         frames_per_state = self.search.per_state
-        passed, required = [], []
+        passed, required, surcharge = [], [], []
         for shadow, cand in zip(self.shadows, candidates, strict=False):
             # where this candidate puts the player at the start of the replay
             start = cand.state - self.n_replay * cand.tempo / frames_per_state
@@ -490,12 +532,13 @@ class Relocator:
             self.history.append((now_s, follower.position_states, cand.state, float(gains.min()), "screen"))
             if gains.min() > -self.config.screen_tolerance_nats and gains.sum() > 0.0:
                 passed.append(shadow)
-                required.append(self.config.margin_nats + self._cost(cand.state, cand.tempo))
+                surcharge.append(self._alike_nats(follower.position_states, cand.state))
+                required.append(self.config.margin_nats + self._cost(cand.state, cand.tempo) + surcharge[-1])
         if not passed:
             return
         # the frames that came during the screening open the trial (the main track has them)
         trial = Trial(passed, main_end, self.home, self.config.note_lead_cap_nats, np.array(required),
-                      follower.state.tempo, self._now_s(end - 1))
+                      follower.state.tempo, self._now_s(end - 1), np.array(surcharge))
         for f in range(end, self._count):
             k = f % self._cap
             if self._note_began[k]:
@@ -522,10 +565,12 @@ class Trial:
     """
 
     def __init__(self, shadows: list[Track], main: float, home: Track, cap: float, required: np.ndarray,
-                 tempo: float, now_s: float) -> None:
+                 tempo: float, now_s: float, surcharge: np.ndarray | None = None) -> None:
         self.shadows = shadows
         self.cap = cap
-        self.required = required  # the lead each shadow needs to win (nats): margin + prior cost
+        self.required = required  # the lead each shadow needs to win (nats): margin + prior cost + surcharge
+        # what looking like the main track's place adds to each shadow's bar (nats)
+        self.surcharge = np.zeros(len(shadows)) if surcharge is None else np.asarray(surcharge, dtype=float)
         self.start = [sh.log_evidence for sh in shadows]
         # each shadow's lowest place before the trial's first note (states) and when (U s):
         # from there on it must keep pace with the player
@@ -591,6 +636,7 @@ class Trial:
         """Go on with the shadows at ``indices`` only."""
         self.shadows = [self.shadows[i] for i in indices]
         self.required = self.required[indices]
+        self.surcharge = self.surcharge[indices]
         self.start = [self.start[i] for i in indices]
         self.low_pos, self.low_time = self.low_pos[indices], self.low_time[indices]
         self._at_note = self._at_note[indices]

@@ -16,6 +16,7 @@ from player.relocator import Relocator, RelocatorConfig
 from player.search import Candidate
 from player.stages import Frame, Track
 from shared.errors import ConfigError
+from shared.spectral import QuantizedTemplates
 
 FRAME_S = 0.02
 
@@ -56,12 +57,25 @@ class ScriptedTrack:
         self.n = 0
 
 
+def distinct_templates(n_states: int = 20000, n_bins: int = 8, seed: int = 0) -> QuantizedTemplates:
+    """Templates of a piece in which no two places look alike: each state's spectrum has
+    most of its mass in one bin drawn at random (one detune variant)."""
+    rng = np.random.default_rng(seed)
+    p = np.full((n_states, n_bins), 0.1 / (n_bins - 1))
+    p[np.arange(n_states), rng.integers(0, n_bins, n_states)] = 0.9
+    return QuantizedTemplates.from_log(np.log(p)[None].astype(np.float32))
+
+
+DISTINCT = distinct_templates()
+
+
 def make_relocator(main: ScriptedTrack, home: ScriptedTrack, shadows: list[ScriptedTrack],
-                   config: RelocatorConfig) -> Relocator:
-    """A relocator over scripted tracks, with a search that never proposes anything."""
+                   config: RelocatorConfig, templates: QuantizedTemplates = DISTINCT) -> Relocator:
+    """A relocator over scripted tracks, with a search that never proposes anything, over
+    X's ``templates`` (by default a piece in which no two places look alike)."""
     search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8), per_state=5,
                              reset=lambda: None, step=lambda *args: None, candidates=lambda position: [],
-                             sustained_lead=lambda window_s: 0.0)
+                             sustained_lead=lambda window_s: 0.0, templates=templates)
     return Relocator(search, main, [home] + shadows, config, FRAME_S)
 
 
