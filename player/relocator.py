@@ -25,7 +25,8 @@ repeat far away explains the playing exactly as well as the place the player is 
 its cost, and the player stays (continuity). A varied repeat nearby (a phrase again with another
 accompaniment, a few seconds back) costs little under the prior and may lead by what the model
 gets wrong; a place whose music looks like the main track's (:mod:`player.lookalike`) needs up
-to ``alike_nats`` more, and a player who went there is followed once the two places part.
+to ``alike_nats`` more while the player plays on without a pause (musicians restart after
+stopping), and a player who went there is followed once the two places part.
 
 The trial's reference is the better of the main track and a *home* shadow restarted where
 the main track was at the start of the replay, with a wide spread: the hypothesis "the
@@ -99,8 +100,9 @@ class RelocatorConfig:
             such rule).
         alike_kl: see ``alike_nats`` (nats per state).
         alike_span_s: seconds of X before each place the divergence compares.
-        alike_settle_s: seconds of playing the main track must have followed since it last
-            moved before ``alike_nats`` applies.
+        alike_settle_s: seconds the main track must have followed the player since it last
+            moved, and since the player last paused (the prior's ``pause_s``), before
+            ``alike_nats`` applies.
     """
 
     confirm_s: float = 0.6
@@ -428,12 +430,15 @@ class Relocator:
         """What a place (``state``) that looks like the main track's (``main_state``) adds to
         the lead it needs (nats): ``alike_nats`` where X's divergence between the two is
         ``alike_kl / 2`` or less, falling to 0 at ``alike_kl`` (:mod:`player.lookalike`);
-        nothing until the main track has followed the player ``alike_settle_s`` seconds of
-        playing since it last moved (a track that has just moved, or been moved back by the
-        home track, has no record that the look-alike contradicts: a wrong jump to a
-        look-alike is undone at the usual bar)."""
+        nothing until the main track has followed the player ``alike_settle_s`` seconds
+        since it last moved and since the player last paused (a track that has just moved,
+        or been moved back by the home track, has no record that the look-alike
+        contradicts: a wrong jump to a look-alike is undone at the usual bar; and a player
+        who stopped may have gone back to the phrase's first time: musicians restart after
+        a pause, not in the middle of a run)."""
         cfg = self.config
-        if cfg.alike_nats <= 0.0 or self._settled * self.frame_s < cfg.alike_settle_s:
+        settled = min(self._settled, self._run)  # frames
+        if cfg.alike_nats <= 0.0 or settled * self.frame_s < cfg.alike_settle_s:
             return 0.0
         if self._alike is None:
             self._alike = LookAlike(self.search.templates, self.search.params.coarse_period_s, cfg.alike_span_s)

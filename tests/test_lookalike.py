@@ -9,6 +9,7 @@ from player.jump_prior import JumpPrior
 from player.lookalike import LookAlike
 from player.relocator import RelocatorConfig
 from player.search import Candidate
+from player.stages import Frame
 from shared.spectral import QuantizedTemplates
 
 from .test_relocator import FRAME_S, ScriptedTrack, make_relocator, play, trial_frames
@@ -52,9 +53,11 @@ def test_a_varied_repeat_looks_alike_and_other_music_does_not():
     assert alike.divergence(HERE, 10) == float("inf")  # less than 4 s of X before it
 
 
-def trial(candidate_state: float, lead_nats: float, played_s: float = 30.0, templates=PIECE) -> bool:
+def trial(candidate_state: float, lead_nats: float, played_s: float = 30.0, templates=PIECE,
+          pause_s: float = 0.0, after_pause_s: float = 0.0) -> bool:
     """The player followed at the phrase's 5th second for ``played_s`` seconds (the main
-    track standing there); a place at ``candidate_state`` screened, then leading by
+    track standing there), then silent for ``pause_s`` and playing again for
+    ``after_pause_s``; a place at ``candidate_state`` screened, then leading by
     ``lead_nats``: True if the main track moved there."""
     here = float(HERE)
     main = ScriptedTrack(lambda n: 0.0, position_states=here, speed=0.0)
@@ -62,9 +65,13 @@ def trial(candidate_state: float, lead_nats: float, played_s: float = 30.0, temp
                            templates)
     replay = probe.n_replay
     shadow = ScriptedTrack(lambda n: 1.0 if n <= replay + lead_nats else 0.0)
-    relocator = make_relocator(main, ScriptedTrack(lambda n: 0.0), [shadow], RelocatorConfig(), templates)
-    relocator.prior = JumpPrior(np.array([0]), PERIOD_S)
+    relocator = make_relocator(main, ScriptedTrack(lambda n: 0.0), [shadow], RelocatorConfig(), templates,
+                               JumpPrior(np.array([0]), PERIOD_S))
     for _ in range(max(replay, int(round(played_s / FRAME_S)))):
+        play(relocator, main, np.zeros(8))
+    for _ in range(int(round(pause_s / FRAME_S))):
+        relocator.process_frame(Frame(obs=np.zeros(8, dtype=np.float32), active=False))
+    for _ in range(int(round(after_pause_s / FRAME_S))):
         play(relocator, main, np.zeros(8))
     relocator.screen([Candidate(state=candidate_state, tempo=1.0)])
     assert relocator.on_trial
@@ -89,3 +96,12 @@ def test_a_track_that_has_just_moved_has_no_record_against_a_look_alike():
     """Followed for less than alike_settle_s since it last moved (here: since the start),
     the main track asks the repeat for no more than any other place."""
     assert trial(HERE - PHRASE.start + REPEAT + 1, lead_nats=40.0, played_s=RelocatorConfig().alike_settle_s / 5)
+
+
+def test_after_a_pause_a_look_alike_is_asked_no_more_than_any_place():
+    """A player who stopped may have gone back to the phrase's first time (musicians restart
+    after a pause): for alike_settle_s after the pause the repeat needs no more than other
+    music; played through without a pause, it does."""
+    repeat, settle = HERE - PHRASE.start + REPEAT + 1, RelocatorConfig().alike_settle_s
+    assert trial(repeat, lead_nats=40.0, pause_s=1.0, after_pause_s=settle / 2)
+    assert not trial(repeat, lead_nats=40.0, pause_s=1.0, after_pause_s=2 * settle)

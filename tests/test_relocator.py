@@ -70,13 +70,14 @@ DISTINCT = distinct_templates()
 
 
 def make_relocator(main: ScriptedTrack, home: ScriptedTrack, shadows: list[ScriptedTrack],
-                   config: RelocatorConfig, templates: QuantizedTemplates = DISTINCT) -> Relocator:
+                   config: RelocatorConfig, templates: QuantizedTemplates = DISTINCT, prior=None) -> Relocator:
     """A relocator over scripted tracks, with a search that never proposes anything, over
-    X's ``templates`` (by default a piece in which no two places look alike)."""
+    X's ``templates`` (by default a piece in which no two places look alike), with the
+    jump ``prior`` (None: none)."""
     search = SimpleNamespace(params=SimpleNamespace(coarse_period_s=0.1, n_obs_bins=8), per_state=5,
                              reset=lambda: None, step=lambda *args: None, candidates=lambda position: [],
                              sustained_lead=lambda window_s: 0.0, templates=templates)
-    return Relocator(search, main, [home] + shadows, config, FRAME_S)
+    return Relocator(search, main, [home] + shadows, config, FRAME_S, prior)
 
 
 def play(relocator: Relocator, main: ScriptedTrack, obs, *, note_began: bool = False, evidence_scale: float = 1.0,
