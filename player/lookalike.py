@@ -14,9 +14,9 @@ templates (probability spectra) over the ``span_s`` seconds of X leading up to e
 each template averaged with its neighbours over ``smooth_states`` states (a varied repeat
 does not put its notes on the same 100-ms grid), at the best of a few relative shifts (up
 to ``max_shift_states``: the two places are known to within a few tenths of a second).
-Measured on ``long_tune`` (docs/DECISIONS.md, session 33): the places of the false jumps to
-a varied repeat a few seconds back 0.39-0.43 nats, the right places of 20 re-locks after
-restarts and skips 1.18-2.0.
+Measured on ``long_tune`` (docs/DECISIONS.md, session 33), between the main track's place
+and the place it jumped to: 0.39 and 0.44 nats at the two false jumps to a varied repeat a
+few seconds back, 1.16-2.0 at the 20 right re-locks after restarts and skips.
 
 Units: places in states of X (``coarse_period_s`` apart); divergences in nats per state.
 """
