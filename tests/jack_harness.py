@@ -443,7 +443,9 @@ def live_figures(bundle: Path, take: np.ndarray, looped: np.ndarray, delay: int,
     the live engine recorded: the same blocks, the same path), ``replay_latency`` (the same
     played as through a device of the latency the live run assumed: it should be the live
     output itself) and ``others``.
-    ``aud50_NAME`` / ``aud100_NAME``: % of the ideal's onsets heard within 50/100 ms.
+    ``aud50_NAME`` / ``aud100_NAME``: % of the ideal's onsets heard within 50/100 ms;
+    ``lag_gap_NAME_ms``: the most the live output's audible lag differs from NAME's at one
+    of those onsets (a sub-millisecond shift can move an onset across the 100-ms line).
     """
     from player.recorder import recorded_take
     from tests.audible import audible_lags, offset_s, within
@@ -471,10 +473,13 @@ def live_figures(bundle: Path, take: np.ndarray, looped: np.ndarray, delay: int,
         offset, matched = offset_s(heard, reference, rate)
         row[f"offset_{name}_ms"] = round(1000 * offset, 1)
         row[f"matched_{name}"] = matched
+    heard_lags = {}
     for name, signal_ in {"live": heard, **outputs}.items():
-        lags = audible_lags(signal_, ideal, rate)
-        row[f"aud50_{name}"] = round(within(lags, 0.05), 1)
-        row[f"aud100_{name}"] = round(within(lags, 0.1), 1)
+        heard_lags[name] = audible_lags(signal_, ideal, rate)
+        row[f"aud50_{name}"] = round(within(heard_lags[name], 0.05), 1)
+        row[f"aud100_{name}"] = round(within(heard_lags[name], 0.1), 1)
+    for name in outputs:
+        row[f"lag_gap_{name}_ms"] = round(1000 * float(np.max(np.abs(heard_lags["live"] - heard_lags[name]))), 1)
     row.update(xruns=timing["xruns"], late=timing["late_blocks"], dropped=timing["dropped_blocks"],
                cpu_share=timing["cpu_share"])
     return row
