@@ -342,14 +342,15 @@ class Relocator:
             # a jump costs less once the track is failing (the search's evidence grows during
             # a trial), never more (the track's tenure grows too, the player does not change)
             failing = self.prior.failing_scale(self.search.sustained_lead(self.prior.config.lost_window_s))
-            # (a look-alike's surcharge stays: its own lead is what makes the track look failing)
-            trial.required = np.minimum(trial.required, self.config.margin_nats + full * failing + trial.surcharge)
+            trial.required = np.minimum(trial.required, self.config.margin_nats + full * failing)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
-        # ranked without the look-alike surcharge: a place that looks like the main track's
-        # waits for more evidence, but a lesser place does not win meanwhile
-        best = int(np.argmax(leads - np.maximum(trial.required - trial.surcharge, self.config.margin_nats + full)))
-        if leads[best] > trial.required[best] and self._kept_pace(trial, best, now_s):
+        # ranked without the look-alike surcharge (and paced and timed without it, below): a
+        # place that looks like the main track's waits for more evidence to win, but a lesser
+        # place does not win meanwhile; the surcharge stays when the track looks failing (the
+        # look-alike's own lead is what makes it look so)
+        best = int(np.argmax(leads - np.maximum(trial.required, self.config.margin_nats + full)))
+        if leads[best] > trial.required[best] + trial.surcharge[best] and self._kept_pace(trial, best, now_s):
             self._pending = None
             there = trial.shadows[best].position_states
             self.history.append((now_s, follower.position_states, there, leads[best], "won"))
@@ -370,12 +371,11 @@ class Relocator:
             trial.main_became_home(follower.log_evidence, self.home)
             return True
         # past ``trial_s``, each shadow must gain at the pace that reaches its own bar
-        pace = self.pace_per_frame * trial.done * (trial.required - trial.surcharge) / self.config.margin_nats
+        pace = self.pace_per_frame * trial.done * trial.required / self.config.margin_nats
         bar = np.full(len(gains), -self.config.reject_nats) if trial.done < self.trial_frames else pace
         # a costly jump needs more notes to pay for itself: its trial may last longer (the
         # others' does not: a near place proposed meanwhile waits for the trial's end)
-        # (not a look-alike's surcharge: its trial would hold back the places found meanwhile)
-        longest = self.trial_max_frames * np.minimum(3.0, (trial.required - trial.surcharge) / self.config.margin_nats)
+        longest = self.trial_max_frames * np.minimum(3.0, trial.required / self.config.margin_nats)
         keep = [i for i, g in enumerate(gains) if g > bar[i] and trial.done < longest[i]]
         if not keep:
             self._pending = None
@@ -538,7 +538,7 @@ class Relocator:
             if gains.min() > -self.config.screen_tolerance_nats and gains.sum() > 0.0:
                 passed.append(shadow)
                 surcharge.append(self._alike_nats(follower.position_states, cand.state))
-                required.append(self.config.margin_nats + self._cost(cand.state, cand.tempo) + surcharge[-1])
+                required.append(self.config.margin_nats + self._cost(cand.state, cand.tempo))
         if not passed:
             return
         # the frames that came during the screening open the trial (the main track has them)
@@ -573,8 +573,8 @@ class Trial:
                  tempo: float, now_s: float, surcharge: np.ndarray | None = None) -> None:
         self.shadows = shadows
         self.cap = cap
-        self.required = required  # the lead each shadow needs to win (nats): margin + prior cost + surcharge
-        # what looking like the main track's place adds to each shadow's bar (nats)
+        self.required = required  # the lead each shadow needs under the prior (nats): margin + prior cost
+        # what looking like the main track's place adds to that to win (nats; not to its pace)
         self.surcharge = np.zeros(len(shadows)) if surcharge is None else np.asarray(surcharge, dtype=float)
         self.start = [sh.log_evidence for sh in shadows]
         # each shadow's lowest place before the trial's first note (states) and when (U s):
