@@ -101,6 +101,29 @@ def accompaniment_onsets(notes_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], u[keep]
 
 
+def heard_errors(rows: np.ndarray, notes_csv: Path, u_duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """When each of the accompaniment's onsets inside the take is heard against when it
+    belongs: its U time (seconds) and the error (ms, negative = early; NaN: never played),
+    ``(m,)`` each. ``rows``: ``(n, 2)`` (u_s, x_s) per output block (a run's
+    :attr:`RunTrace.heard`, or any schedule: see :func:`shared.alignment.heard_times`)."""
+    x_on, u_on = accompaniment_onsets(notes_csv)
+    inside = (u_on >= 0) & (u_on <= u_duration_s)
+    return u_on[inside], (heard_times(rows, x_on[inside]) - u_on[inside]) * 1000.0
+
+
+def percent_within(err_ms: np.ndarray, limits: tuple[int, ...], prefix: str) -> dict:
+    """``{prefix + str(t)}``: % of ``err_ms`` within ``t`` ms for each of ``limits`` (NaN,
+    never played, counts as a miss)."""
+    hit = np.isfinite(err_ms)
+    return {f"{prefix}{t}": float(100 * np.mean(hit & (np.abs(np.where(hit, err_ms, 0)) <= t))) for t in limits}
+
+
+def signed_median_ms(err_ms: np.ndarray) -> float:
+    """The median of ``err_ms`` over the onsets played (NaN if none was)."""
+    hit = np.isfinite(err_ms)
+    return float(np.median(err_ms[hit])) if hit.any() else float("nan")
+
+
 def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_duration_s: float,
                   scheduled: np.ndarray | None = None) -> dict:
     """What the listener hears, exactly (not by DTW, as the scorer must): for each of the
@@ -109,18 +132,15 @@ def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_durati
     50, 100 ms; ``h_signed_ms``: median, negative = early); never played counts as a miss.
     ``p50``, ``p100``: the same for an output that played exactly along the follower's
     path (``path`` ``(n, 2)``): what the belief allows, the rate controller aside."""
-    x_on, u_on = accompaniment_onsets(notes_csv)
-    inside = (u_on >= 0) & (u_on <= u_duration_s)
     out = {}
     series = [("h", heard, (30, 50, 100)), ("p", path, (50, 100))]
     if scheduled is not None:
         series.append(("a", scheduled, (50, 100)))
     for prefix, rows, limits in series:
-        err = (heard_times(rows, x_on[inside]) - u_on[inside]) * 1000.0
-        hit = np.isfinite(err)
-        out.update({f"{prefix}{t}": float(100 * np.mean(hit & (np.abs(np.where(hit, err, 0)) <= t))) for t in limits})
+        err = heard_errors(rows, notes_csv, u_duration_s)[1]
+        out.update(percent_within(err, limits, prefix))
         if prefix == "h":
-            out["h_signed_ms"] = float(np.median(err[hit])) if hit.any() else float("nan")
+            out["h_signed_ms"] = signed_median_ms(err)
     wobble = rate_wobble(heard)
     out.update(wobble_max=wobble["max_change_pct"], jitter=wobble["jitter_pct"], seeks_min=wobble["seeks_per_min"])
     return out

@@ -13,10 +13,16 @@ them), so the gap between today's schedule and a perfect one splits into its cau
 - ``tempo``: the reckoning goes at the true tempo over ``--window`` seconds ending
   ``--lag`` seconds ago (a lag of 0 reads where the soloist is now: not causal);
 - ``both``: the two;
+- ``react``: not a run but a ceiling, from the ``none`` run: every accompaniment onset that
+  starts with a note of the soloist (within :data:`TOGETHER_S`) heard no earlier than
+  ``--react-ms`` after it, the others as they were: what waiting for the soloist at those
+  notes would give if each were seen that soon and nothing else were taken for one
+  (:mod:`benchmarks.solo_onsets` measures how soon detectors see them, and how often they
+  are fooled);
 - ``none``: the player as it is (the reference row).
 
-    .venv/bin/python -m benchmarks.heard_oracles CASES_DIR [...] [--oracle none anchor tempo both]
-        [--window 0.5] [--lag 0.1] [--work /tmp/follow_eval]
+    .venv/bin/python -m benchmarks.heard_oracles CASES_DIR [...] [--oracle none anchor tempo both react]
+        [--window 0.5] [--lag 0.1] [--react-ms 40] [--work /tmp/follow_eval]
 
 Each case needs X.flac, U.flac, gt_dense.csv and notes.csv (as ../shared/corpus has).
 Bundles are built into --work once and shared with follow_eval.
@@ -29,7 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.follow_eval import case_bundle, engine_config, heard_figures, read_map, read_take
+from benchmarks.follow_eval import (
+    case_bundle,
+    engine_config,
+    heard_errors,
+    heard_figures,
+    percent_within,
+    read_map,
+    read_take,
+    signed_median_ms,
+)
+from benchmarks.solo_onsets import solo_onsets
 from player.anticipate import Anticipator
 from player.engine import Engine
 from player.filemode import default_blocksize
@@ -37,7 +53,9 @@ from player.stages import Frame
 from player.trace import TraceRecorder
 from shared.bundle import load_bundle
 
-ORACLES = ("none", "anchor", "tempo", "both")
+ORACLES = ("none", "anchor", "tempo", "both", "react")
+#: An accompaniment onset this close (seconds of U) to one of the soloist's starts with it.
+TOGETHER_S = 0.03
 
 
 class TruthAnticipator(Anticipator):
@@ -72,7 +90,15 @@ class TruthAnticipator(Anticipator):
         return (self._truth(end) - self._truth(end - self._window_s)) / self._window_s
 
 
-def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: float) -> dict:
+def reacted(u_on: np.ndarray, err_ms: np.ndarray, solo_u: np.ndarray, react_ms: float) -> np.ndarray:
+    """``err_ms`` (``(m,)``, of the accompaniment's onsets at U times ``u_on``) with every onset
+    within :data:`TOGETHER_S` of a solo onset (``solo_u``, seconds) heard ``react_ms`` after
+    the soloist at the earliest (a NaN, never played, stays one)."""
+    gap = np.abs(u_on[:, None] - solo_u[None, :]).min(axis=1) if solo_u.size else np.full(u_on.shape, np.inf)
+    return np.where((gap <= TOGETHER_S) & np.isfinite(err_ms), np.maximum(err_ms, react_ms), err_ms)
+
+
+def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: float, react_ms: float = 40.0) -> dict:
     """The heard figures of ``case`` with ``oracle`` (one of :data:`ORACLES`) in the schedule."""
     truth_u, truth_x = read_map(case / "gt_dense.csv")
     u, sr = read_take(case)
@@ -80,7 +106,7 @@ def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: floa
         recorder = TraceRecorder()
         config = engine_config([])
         engine = Engine(bundle, sr, config, on_frame=recorder.frame)
-        if oracle != "none":
+        if oracle not in ("none", "react"):
             p = bundle.params
             engine.anticipator = TruthAnticipator(
                 truth_u, truth_x, true_anchor=oracle in ("anchor", "both"), true_tempo=oracle in ("tempo", "both"),
@@ -91,7 +117,12 @@ def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: floa
             engine.process(u[i:i + block])
             recorder.block(engine)
         trace = recorder.result()
-    return heard_figures(trace.heard, trace.path, case / "notes.csv", len(u) / sr)
+    figures = heard_figures(trace.heard, trace.path, case / "notes.csv", len(u) / sr)
+    if oracle == "react":
+        u_on, err = heard_errors(trace.heard, case / "notes.csv", len(u) / sr)
+        err = reacted(u_on, err, solo_onsets(case), react_ms)
+        figures.update(percent_within(err, (30, 50, 100), "h"), h_signed_ms=signed_median_ms(err))
+    return figures
 
 
 def main() -> None:
@@ -100,6 +131,8 @@ def main() -> None:
     ap.add_argument("--oracle", nargs="+", choices=ORACLES, default=list(ORACLES))
     ap.add_argument("--window", type=float, default=0.5, help="seconds the true tempo is measured over")
     ap.add_argument("--lag", type=float, default=0.1, help="seconds late the true tempo is known")
+    ap.add_argument("--react-ms", type=float, default=40.0,
+                    help="ms after the soloist the 'react' ceiling hears the onsets they start together")
     ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
     args = ap.parse_args()
     cases = sorted(c for s in args.sets for c in ([s] if (s / "gt_dense.csv").exists() else s.iterdir())
@@ -111,7 +144,7 @@ def main() -> None:
     means: dict[str, list[dict]] = {o: [] for o in args.oracle}
     for case in cases:
         for oracle in args.oracle:
-            row = run_oracle(case, args.work, oracle, args.window, args.lag)
+            row = run_oracle(case, args.work, oracle, args.window, args.lag, args.react_ms)
             means[oracle].append(row)
             print(f"{case.name[:28]:28s} {oracle:7s} " + " ".join(f"{row[k]:11.1f}" for k in keys), flush=True)
     for oracle, rows in means.items():
