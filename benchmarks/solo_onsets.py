@@ -13,8 +13,13 @@ time the frame's last sample arrives; a firing within -20..+100 ms of a solo ons
 - ``median`` and ``p90``: the detection lag (ms) over the detected onsets;
 - ``false/s``: firings that detect no solo onset, per second of U.
 
-Detectors (STFT of ``--n-fft`` samples, hop ``--hop``, 150 Hz - 6 kHz):
+Detectors (``player``: the player's own; the others on an STFT of ``--n-fft`` samples, hop
+``--hop``, 150 Hz - 6 kHz):
 
+- ``player``: the player's onset strength of U (:class:`shared.spectral.OnsetStrength` after
+  the player's analysis stages, one value per analysis frame), a peak of at least the
+  threshold counting as a note where the anticipator takes it (known one frame after the
+  peak; :mod:`player.anticipate`);
 - ``flux``: the positive change of the log-compressed magnitudes over one hop, relative to
   the frame's total (the classic spectral flux);
 - ``rise``: the positive change over the largest of the last ``--back`` frames, bin by bin
@@ -45,7 +50,44 @@ MATCH_S = (-0.02, 0.1)
 #: Band of the novelty curves (Hz).
 BAND_HZ = (150.0, 6000.0)
 #: Detectors and the thresholds tried by default.
-THRESHOLDS = {"flux": (0.1, 0.15, 0.2), "rise": (0.08, 0.1, 0.125), "change": (0.3, 0.33, 0.36)}
+THRESHOLDS = {"player": (0.3, 0.4, 0.5), "flux": (0.1, 0.15, 0.2), "rise": (0.08, 0.1, 0.125),
+              "change": (0.3, 0.33, 0.36)}
+
+
+def player_onset_strength(u: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """The player's onset strength of ``u`` (mono ``(n,)`` at ``sr`` Hz) through its analysis
+    stages (spectrum, activity gate, noise removal, observation; no leak canceller: nothing
+    was played): ``(times, values)``, ``(m,)`` each, the time (seconds of U) at which each
+    analysis frame's last sample arrives and the frame's strength in [0, 1]."""
+    from player.activity import ActivityDetector
+    from player.analysis import ObservationStage, SpectrumStage
+    from player.config import EngineConfig
+    from player.denoise import NoiseProfile
+    from player.hops import HopStream
+    from player.stages import Frame
+    from shared.spectral import AnalysisParams
+
+    p, cfg = AnalysisParams(), EngineConfig()
+    stages = (SpectrumStage(p), ActivityDetector(p, cfg.activity), NoiseProfile(p.n_bins, p.fine_period_s, cfg.denoise),
+              ObservationStage(p))
+    frame, times, values, done = Frame(), [], [], 0
+    for hop_samples in HopStream(sr, p.sr, p.fine_hop).push(np.asarray(u, dtype=np.float32)):
+        done += hop_samples.shape[0]
+        frame.samples, frame.end_s = hop_samples, done / p.sr
+        frame.now_s = frame.end_s
+        for stage in stages:
+            stage.process_frame(frame)
+        times.append(frame.end_s)
+        values.append(float(frame.onset))
+    return np.asarray(times), np.asarray(values)
+
+
+def peaks_known(times: np.ndarray, values: np.ndarray, threshold: float) -> np.ndarray:
+    """Times (seconds) at which each peak of ``values`` of at least ``threshold`` is known:
+    the frame after it (a peak: at least the frame before, above the frame after)."""
+    v = values
+    peak = np.flatnonzero((v[1:-1] >= threshold) & (v[1:-1] >= v[:-2]) & (v[1:-1] > v[2:])) + 1
+    return times[peak + 1]
 
 
 def novelty(u: np.ndarray, sr: int, kind: str, n_fft: int = 1024, hop: int = 128,
@@ -56,8 +98,8 @@ def novelty(u: np.ndarray, sr: int, kind: str, n_fft: int = 1024, hop: int = 128
     last sample arrives (when a causal detector knows the value) and the value (see the
     module docstring for ``kind``: ``"flux"``, ``"rise"`` or ``"change"``).
     """
-    if kind not in THRESHOLDS:
-        raise ValueError(f"unknown detector {kind!r} (one of {', '.join(THRESHOLDS)})")
+    if kind not in ("flux", "rise", "change"):
+        raise ValueError(f"unknown detector {kind!r} (one of flux, rise, change)")
     freqs, times, z = stft(u, sr, nperseg=n_fft, noverlap=n_fft - hop, boundary=None, padded=False)
     lo, hi = np.searchsorted(freqs, BAND_HZ)
     mag = np.abs(z[lo:hi])
@@ -132,11 +174,14 @@ def main() -> None:
         takes.append((to_mono(u), sr, solo_onsets(case)))
     seconds = sum(u.size / sr for u, sr, _ in takes)
     for kind in args.detector:
-        curves = [(novelty(u, sr, kind, args.n_fft, args.hop, args.back), onsets) for u, sr, onsets in takes]
+        curves = [(player_onset_strength(u, sr) if kind == "player" else novelty(u, sr, kind, args.n_fft, args.hop,
+                                                                                 args.back), onsets)
+                  for u, sr, onsets in takes]
+        fire = peaks_known if kind == "player" else firings
         for threshold in THRESHOLDS[kind]:
             lags, false_alarms, n = [], 0, 0
             for (times, values), onsets in curves:
-                found, false = match(firings(times, values, threshold), onsets)
+                found, false = match(fire(times, values, threshold), onsets)
                 lags.append(found)
                 false_alarms += false
                 n += onsets.size

@@ -64,3 +64,22 @@ def test_the_reaction_ceiling_delays_only_early_onsets_the_soloist_starts():
     err = np.array([-80.0, -80.0, 60.0, np.nan])
     solo = np.array([1.01, 2.0, 2.5])  # the soloist starts with the first, third and fourth
     assert np.allclose(reacted(u_on, err, solo, 40.0), [40.0, -80.0, 60.0, np.nan], equal_nan=True)
+
+
+def test_the_player_s_own_detector_sees_the_notes_later_than_the_fast_ones():
+    """The player's onset strength (a 93-ms window at its analysis hop) finds the notes too,
+    but 60-110 ms after they start: what the fast detectors are measured against."""
+    from benchmarks.solo_onsets import peaks_known, player_onset_strength
+
+    u, onsets = legato_take()
+    times, values = player_onset_strength(u, SR)
+    lags, _ = match(peaks_known(times, values, 0.3), onsets)
+    fast, _ = match(firings(*novelty(u, SR, "change", n_fft=512, hop=64, back=6), 0.33), onsets)
+    assert lags.size >= 0.7 * onsets.size
+    assert 0.04 <= np.median(lags) <= 0.1
+    assert np.median(fast) < np.median(lags) - 0.03
+
+
+def test_an_unknown_detector_is_refused():
+    with pytest.raises(ValueError, match="unknown detector"):
+        novelty(np.zeros(4096, np.float32), SR, "player")
