@@ -18,11 +18,17 @@ them), so the gap between today's schedule and a perfect one splits into its cau
   ``--react-ms`` after it, the others as they were: what waiting for the soloist at those
   notes would give if each were seen that soon and nothing else were taken for one
   (:mod:`benchmarks.solo_onsets` measures how soon detectors see them, and how often they
-  are fooled);
+  are fooled). With ``--react-detector KIND:THRESHOLD`` (a detector of
+  :mod:`benchmarks.solo_onsets`, e.g. ``rise:0.1``) it is a realistic ceiling instead: an
+  early onset that starts with the soloist waits from when it would have played until the
+  detector's next firing on U (a true note or a false alarm) or, if none comes first, until
+  today's detector would anchor (:data:`FALLBACK_S` after the note), and is heard half a
+  block (:data:`HALF_BLOCK_S`) after that; it still assumes the player knows which
+  onsets the soloist starts;
 - ``none``: the player as it is (the reference row).
 
     .venv/bin/python -m benchmarks.heard_oracles CASES_DIR [...] [--oracle none anchor tempo both react]
-        [--window 0.5] [--lag 0.1] [--react-ms 40] [--work /tmp/follow_eval]
+        [--window 0.5] [--lag 0.1] [--react-ms 40] [--react-detector rise:0.1] [--work /tmp/follow_eval]
 
 Each case needs X.flac, U.flac, gt_dense.csv and notes.csv (as ../shared/corpus has).
 Bundles are built into --work once and shared with follow_eval.
@@ -45,7 +51,7 @@ from benchmarks.follow_eval import (
     read_take,
     signed_median_ms,
 )
-from benchmarks.solo_onsets import solo_onsets
+from benchmarks.solo_onsets import THRESHOLDS, firings, novelty, peaks_known, player_onset_strength, solo_onsets
 from player.anticipate import Anticipator
 from player.engine import Engine
 from player.filemode import default_blocksize
@@ -56,6 +62,10 @@ from shared.bundle import load_bundle
 ORACLES = ("none", "anchor", "tempo", "both", "react")
 #: An accompaniment onset this close (seconds of U) to one of the soloist's starts with it.
 TOGETHER_S = 0.03
+#: When today's detector anchors the schedule after a note (seconds): its peak's lag and a frame.
+FALLBACK_S = 0.125
+#: Half an output block (seconds): a note seen inside a block is heard from the next one.
+HALF_BLOCK_S = 0.01
 
 
 class TruthAnticipator(Anticipator):
@@ -90,15 +100,41 @@ class TruthAnticipator(Anticipator):
         return (self._truth(end) - self._truth(end - self._window_s)) / self._window_s
 
 
-def reacted(u_on: np.ndarray, err_ms: np.ndarray, solo_u: np.ndarray, react_ms: float) -> np.ndarray:
-    """``err_ms`` (``(m,)``, of the accompaniment's onsets at U times ``u_on``) with every onset
-    within :data:`TOGETHER_S` of a solo onset (``solo_u``, seconds) heard ``react_ms`` after
-    the soloist at the earliest (a NaN, never played, stays one)."""
+def reacted(u_on: np.ndarray, err_ms: np.ndarray, solo_u: np.ndarray, react_ms: float,
+            fired: np.ndarray | None = None) -> np.ndarray:
+    """``err_ms`` (``(m,)``, of the accompaniment's onsets at U times ``u_on``) as if the
+    player waited for the soloist at every onset within :data:`TOGETHER_S` of a solo onset
+    (``solo_u``, seconds): heard ``react_ms`` after the soloist at the earliest; or, given a
+    detector's firings (``fired``, seconds of U, ascending), an early onset held from when it
+    would have played until the next firing or :data:`FALLBACK_S` after the note, whichever
+    comes first, then heard :data:`HALF_BLOCK_S` later. Late onsets (and NaN, never played)
+    stay as they were."""
     gap = np.abs(u_on[:, None] - solo_u[None, :]).min(axis=1) if solo_u.size else np.full(u_on.shape, np.inf)
-    return np.where((gap <= TOGETHER_S) & np.isfinite(err_ms), np.maximum(err_ms, react_ms), err_ms)
+    together = (gap <= TOGETHER_S) & np.isfinite(err_ms)
+    if fired is None:
+        return np.where(together, np.maximum(err_ms, react_ms), err_ms)
+    out = err_ms.copy()
+    for k in np.flatnonzero(together & (err_ms < 0)):
+        played = u_on[k] + err_ms[k] / 1000.0
+        note = solo_u[np.argmin(np.abs(solo_u - u_on[k]))]
+        later = fired[fired > played]
+        release = min(later[0] if later.size else np.inf, note + FALLBACK_S)
+        out[k] = max(err_ms[k], (release + HALF_BLOCK_S - u_on[k]) * 1000.0)
+    return out
 
 
-def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: float, react_ms: float = 40.0) -> dict:
+def detector_firings(case: Path, spec: str) -> np.ndarray:
+    """The firings (seconds of U) of detector ``spec`` (``KIND:THRESHOLD``, see
+    :mod:`benchmarks.solo_onsets`) on ``case``'s take."""
+    kind, _, threshold = spec.partition(":")
+    u, sr = read_take(case)
+    if kind == "player":
+        return peaks_known(*player_onset_strength(u, sr), float(threshold))
+    return firings(*novelty(u, sr, kind), float(threshold))
+
+
+def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: float, react_ms: float = 40.0,
+               react_detector: str | None = None) -> dict:
     """The heard figures of ``case`` with ``oracle`` (one of :data:`ORACLES`) in the schedule."""
     truth_u, truth_x = read_map(case / "gt_dense.csv")
     u, sr = read_take(case)
@@ -120,7 +156,8 @@ def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: floa
     figures = heard_figures(trace.heard, trace.path, case / "notes.csv", len(u) / sr)
     if oracle == "react":
         u_on, err = heard_errors(trace.heard, case / "notes.csv", len(u) / sr)
-        err = reacted(u_on, err, solo_onsets(case), react_ms)
+        fired = detector_firings(case, react_detector) if react_detector else None
+        err = reacted(u_on, err, solo_onsets(case), react_ms, fired)
         figures.update(percent_within(err, (30, 50, 100), "h"), h_signed_ms=signed_median_ms(err))
     return figures
 
@@ -133,8 +170,19 @@ def main() -> None:
     ap.add_argument("--lag", type=float, default=0.1, help="seconds late the true tempo is known")
     ap.add_argument("--react-ms", type=float, default=40.0,
                     help="ms after the soloist the 'react' ceiling hears the onsets they start together")
+    ap.add_argument("--react-detector", default=None, metavar="KIND:THRESHOLD",
+                    help="the 'react' ceiling released by this detector of benchmarks.solo_onsets (e.g. rise:0.1)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/follow_eval"))
     args = ap.parse_args()
+    if args.react_detector is not None:
+        kind, _, threshold = args.react_detector.partition(":")
+        try:
+            float(threshold)
+        except ValueError:
+            kind = ""
+        if kind not in THRESHOLDS:
+            raise SystemExit(f"heard_oracles: --react-detector wants KIND:THRESHOLD with KIND one of "
+                             f"{', '.join(THRESHOLDS)} (got {args.react_detector!r})")
     cases = sorted(c for s in args.sets for c in ([s] if (s / "gt_dense.csv").exists() else s.iterdir())
                    if (c / "gt_dense.csv").exists() and (c / "notes.csv").exists())
     if not cases:
@@ -144,7 +192,7 @@ def main() -> None:
     means: dict[str, list[dict]] = {o: [] for o in args.oracle}
     for case in cases:
         for oracle in args.oracle:
-            row = run_oracle(case, args.work, oracle, args.window, args.lag, args.react_ms)
+            row = run_oracle(case, args.work, oracle, args.window, args.lag, args.react_ms, args.react_detector)
             means[oracle].append(row)
             print(f"{case.name[:28]:28s} {oracle:7s} " + " ".join(f"{row[k]:11.1f}" for k in keys), flush=True)
     for oracle, rows in means.items():

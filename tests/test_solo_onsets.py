@@ -83,3 +83,12 @@ def test_the_player_s_own_detector_sees_the_notes_later_than_the_fast_ones():
 def test_an_unknown_detector_is_refused():
     with pytest.raises(ValueError, match="unknown detector"):
         novelty(np.zeros(4096, np.float32), SR, "player")
+
+
+def test_the_realistic_reaction_waits_for_the_detector_or_for_today_s_anchor():
+    u_on = np.array([1.0, 2.0, 3.0, 4.0])
+    err = np.array([-80.0, -80.0, -80.0, 30.0])
+    solo = np.array([1.0, 2.0, 3.0, 4.0])
+    fired = np.array([1.02, 2.5, 2.95])  # 1.0 seen 20 ms late; 2.0 missed; a false alarm before 3.0
+    got = reacted(u_on, err, solo, 40.0, fired)
+    assert np.allclose(got, [30.0, 135.0, -40.0, 30.0])  # +10 ms (half a block) after each release
