@@ -51,7 +51,7 @@ from benchmarks.follow_eval import (
     read_take,
     signed_median_ms,
 )
-from benchmarks.solo_onsets import THRESHOLDS, firings, novelty, peaks_known, player_onset_strength, solo_onsets
+from benchmarks.solo_onsets import THRESHOLDS, curve, detections, solo_onsets
 from player.anticipate import Anticipator
 from player.engine import Engine
 from player.filemode import default_blocksize
@@ -128,9 +128,7 @@ def detector_firings(case: Path, spec: str) -> np.ndarray:
     :mod:`benchmarks.solo_onsets`) on ``case``'s take."""
     kind, _, threshold = spec.partition(":")
     u, sr = read_take(case)
-    if kind == "player":
-        return peaks_known(*player_onset_strength(u, sr), float(threshold))
-    return firings(*novelty(u, sr, kind), float(threshold))
+    return detections(*curve(u, sr, kind), kind, float(threshold))
 
 
 def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: float, react_ms: float = 40.0,

@@ -128,6 +128,17 @@ def firings(times: np.ndarray, values: np.ndarray, threshold: float) -> np.ndarr
     return np.asarray(out)
 
 
+def curve(u: np.ndarray, sr: int, kind: str, n_fft: int = 1024, hop: int = 128,
+          back: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Detector ``kind``'s curve of ``u`` (any of :data:`THRESHOLDS`): ``(times, values)``."""
+    return player_onset_strength(u, sr) if kind == "player" else novelty(u, sr, kind, n_fft, hop, back)
+
+
+def detections(times: np.ndarray, values: np.ndarray, kind: str, threshold: float) -> np.ndarray:
+    """When detector ``kind`` fires on its curve (seconds, ascending) at ``threshold``."""
+    return peaks_known(times, values, threshold) if kind == "player" else firings(times, values, threshold)
+
+
 def match(fired: np.ndarray, onsets: np.ndarray) -> tuple[np.ndarray, int]:
     """Detection lag (seconds, ``(k,)``) of each onset some firing detects (the first unused
     firing within :data:`MATCH_S`), and the number of firings that detect none."""
@@ -174,14 +185,11 @@ def main() -> None:
         takes.append((to_mono(u), sr, solo_onsets(case)))
     seconds = sum(u.size / sr for u, sr, _ in takes)
     for kind in args.detector:
-        curves = [(player_onset_strength(u, sr) if kind == "player" else novelty(u, sr, kind, args.n_fft, args.hop,
-                                                                                 args.back), onsets)
-                  for u, sr, onsets in takes]
-        fire = peaks_known if kind == "player" else firings
+        curves = [(curve(u, sr, kind, args.n_fft, args.hop, args.back), onsets) for u, sr, onsets in takes]
         for threshold in THRESHOLDS[kind]:
             lags, false_alarms, n = [], 0, 0
             for (times, values), onsets in curves:
-                found, false = match(fire(times, values, threshold), onsets)
+                found, false = match(detections(times, values, kind, threshold), onsets)
                 lags.append(found)
                 false_alarms += false
                 n += onsets.size
