@@ -84,16 +84,16 @@ def score_path(path: np.ndarray, gt: np.ndarray, gt_dense: np.ndarray | None = N
     return out
 
 
-def accompaniment_onsets(notes_csv: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The accompaniment's distinct onsets of a case (its ``notes.csv``, role ``acc``): X
+def note_onsets(notes_csv: Path, role: str = "acc") -> tuple[np.ndarray, np.ndarray]:
+    """The distinct onsets of one role (``"acc"`` or ``"solo"``) in a case's ``notes.csv``: X
     times and the U times where they belong, float64 ``(m,)`` each, in X order."""
     x_on, u_on = [], []
     with open(notes_csv) as fh:
         header = fh.readline().strip().split(",")
-        role, xi, ui = header.index("role"), header.index("x_on_s"), header.index("u_on_s")
+        column, xi, ui = header.index("role"), header.index("x_on_s"), header.index("u_on_s")
         for line in fh:
             cells = line.strip().split(",")
-            if len(cells) == len(header) and cells[role] == "acc":
+            if len(cells) == len(header) and cells[column] == role:
                 x_on.append(float(cells[xi]))
                 u_on.append(float(cells[ui]))
     x, u = np.asarray(x_on), np.asarray(u_on)
@@ -101,14 +101,20 @@ def accompaniment_onsets(notes_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], u[keep]
 
 
-def heard_errors(rows: np.ndarray, notes_csv: Path, u_duration_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """When each of the accompaniment's onsets inside the take is heard against when it
-    belongs: its U time (seconds) and the error (ms, negative = early; NaN: never played),
-    ``(m,)`` each. ``rows``: ``(n, 2)`` (u_s, x_s) per output block (a run's
-    :attr:`RunTrace.heard`, or any schedule: see :func:`shared.alignment.heard_times`)."""
-    x_on, u_on = accompaniment_onsets(notes_csv)
+def onsets_inside(notes_csv: Path, u_duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The accompaniment's onsets (:func:`note_onsets`) that belong inside a take of
+    ``u_duration_s`` seconds."""
+    x_on, u_on = note_onsets(notes_csv, "acc")
     inside = (u_on >= 0) & (u_on <= u_duration_s)
-    return u_on[inside], (heard_times(rows, x_on[inside]) - u_on[inside]) * 1000.0
+    return x_on[inside], u_on[inside]
+
+
+def heard_errors(rows: np.ndarray, x_on: np.ndarray, u_on: np.ndarray) -> np.ndarray:
+    """When each X time ``x_on`` is heard against when it belongs (``u_on``): the error (ms,
+    negative = early; NaN: never played), ``(m,)``. ``rows``: ``(n, 2)`` (u_s, x_s) per
+    output block (a run's :attr:`RunTrace.heard`, or any schedule: see
+    :func:`shared.alignment.heard_times`)."""
+    return (heard_times(rows, x_on) - u_on) * 1000.0
 
 
 def percent_within(err_ms: np.ndarray, limits: tuple[int, ...], prefix: str) -> dict:
@@ -133,11 +139,12 @@ def heard_figures(heard: np.ndarray, path: np.ndarray, notes_csv: Path, u_durati
     ``p50``, ``p100``: the same for an output that played exactly along the follower's
     path (``path`` ``(n, 2)``): what the belief allows, the rate controller aside."""
     out = {}
+    x_on, u_on = onsets_inside(notes_csv, u_duration_s)
     series = [("h", heard, (30, 50, 100)), ("p", path, (50, 100))]
     if scheduled is not None:
         series.append(("a", scheduled, (50, 100)))
     for prefix, rows, limits in series:
-        err = heard_errors(rows, notes_csv, u_duration_s)[1]
+        err = heard_errors(rows, x_on, u_on)
         out.update(percent_within(err, limits, prefix))
         if prefix == "h":
             out["h_signed_ms"] = signed_median_ms(err)

@@ -46,6 +46,7 @@ from benchmarks.follow_eval import (
     engine_config,
     heard_errors,
     heard_figures,
+    onsets_inside,
     percent_within,
     read_map,
     read_take,
@@ -109,16 +110,17 @@ def reacted(u_on: np.ndarray, err_ms: np.ndarray, solo_u: np.ndarray, react_ms: 
     would have played until the next firing or :data:`FALLBACK_S` after the note, whichever
     comes first, then heard :data:`HALF_BLOCK_S` later. Late onsets (and NaN, never played)
     stay as they were."""
-    gap = np.abs(u_on[:, None] - solo_u[None, :]).min(axis=1) if solo_u.size else np.full(u_on.shape, np.inf)
-    together = (gap <= TOGETHER_S) & np.isfinite(err_ms)
+    if not solo_u.size:
+        return err_ms.copy()
+    nearest = solo_u[np.abs(u_on[:, None] - solo_u[None, :]).argmin(axis=1)]  # each onset's solo note
+    together = (np.abs(u_on - nearest) <= TOGETHER_S) & np.isfinite(err_ms)
     if fired is None:
         return np.where(together, np.maximum(err_ms, react_ms), err_ms)
     out = err_ms.copy()
     for k in np.flatnonzero(together & (err_ms < 0)):
         played = u_on[k] + err_ms[k] / 1000.0
-        note = solo_u[np.argmin(np.abs(solo_u - u_on[k]))]
         later = fired[fired > played]
-        release = min(later[0] if later.size else np.inf, note + FALLBACK_S)
+        release = min(later[0] if later.size else np.inf, nearest[k] + FALLBACK_S)
         out[k] = max(err_ms[k], (release + HALF_BLOCK_S - u_on[k]) * 1000.0)
     return out
 
@@ -153,7 +155,8 @@ def run_oracle(case: Path, work: Path, oracle: str, window_s: float, lag_s: floa
         trace = recorder.result()
     figures = heard_figures(trace.heard, trace.path, case / "notes.csv", len(u) / sr)
     if oracle == "react":
-        u_on, err = heard_errors(trace.heard, case / "notes.csv", len(u) / sr)
+        x_on, u_on = onsets_inside(case / "notes.csv", len(u) / sr)
+        err = heard_errors(trace.heard, x_on, u_on)
         fired = detector_firings(case, react_detector) if react_detector else None
         err = reacted(u_on, err, solo_onsets(case), react_ms, fired)
         figures.update(percent_within(err, (30, 50, 100), "h"), h_signed_ms=signed_median_ms(err))

@@ -33,15 +33,13 @@ Detectors (``player``: the player's own; the others on an STFT of ``--n-fft`` sa
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import stft
 
-from shared.audio import to_mono
+from benchmarks.follow_eval import note_onsets, read_take
 
 #: The least time between two firings of a detector (seconds).
 REFRACTORY_S = 0.08
@@ -153,9 +151,8 @@ def match(fired: np.ndarray, onsets: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def solo_onsets(case: Path) -> np.ndarray:
-    """The solo's note onsets (seconds of U) from ``case/notes.csv``."""
-    with open(case / "notes.csv", newline="") as f:
-        return np.array(sorted({float(row["u_on_s"]) for row in csv.DictReader(f) if row["role"] == "solo"}))
+    """The solo's note onsets (seconds of U, ascending) from ``case/notes.csv``."""
+    return np.unique(note_onsets(case / "notes.csv", "solo")[1])
 
 
 def figures(lags_s: np.ndarray, n_onsets: int, false_alarms: int, seconds: float) -> dict:
@@ -179,10 +176,7 @@ def main() -> None:
     cases = sorted(c for s in args.sets for c in s.iterdir() if (c / "notes.csv").exists() and (c / "U.flac").exists())
     if not cases:
         raise SystemExit("solo_onsets: no cases (folders with U.flac and notes.csv) found")
-    takes = []
-    for case in cases:
-        u, sr = sf.read(case / "U.flac", dtype="float32")
-        takes.append((to_mono(u), sr, solo_onsets(case)))
+    takes = [(*read_take(case), solo_onsets(case)) for case in cases]
     seconds = sum(u.size / sr for u, sr, _ in takes)
     for kind in args.detector:
         curves = [(curve(u, sr, kind, args.n_fft, args.hop, args.back), onsets) for u, sr, onsets in takes]
