@@ -184,7 +184,7 @@ def main() -> None:
         if kind not in THRESHOLDS:
             raise SystemExit(f"heard_oracles: --react-detector wants KIND:THRESHOLD with KIND one of "
                              f"{', '.join(THRESHOLDS)} (got {args.react_detector!r})")
-    cases = sorted(c for s in args.sets for c in ([s] if (s / "gt_dense.csv").exists() else s.iterdir())
+    cases = sorted(c for s in args.sets if s.is_dir() for c in ([s] if (s / "gt_dense.csv").exists() else s.iterdir())
                    if (c / "gt_dense.csv").exists() and (c / "notes.csv").exists())
     if not cases:
         raise SystemExit("no case with gt_dense.csv and notes.csv in " + " ".join(map(str, args.sets)))

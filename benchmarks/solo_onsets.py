@@ -173,9 +173,10 @@ def main() -> None:
     ap.add_argument("--back", type=int, default=6, help="look-back of 'rise' and 'change' (hops)")
     ap.add_argument("--detector", nargs="+", default=list(THRESHOLDS), choices=list(THRESHOLDS))
     args = ap.parse_args()
-    cases = sorted(c for s in args.sets for c in s.iterdir() if (c / "notes.csv").exists() and (c / "U.flac").exists())
+    cases = sorted(c for s in args.sets if s.is_dir() for c in s.iterdir()
+                   if (c / "notes.csv").exists() and (c / "U.flac").exists())
     if not cases:
-        raise SystemExit("solo_onsets: no cases (folders with U.flac and notes.csv) found")
+        raise SystemExit("solo_onsets: no cases (folders with U.flac and notes.csv) in " + " ".join(map(str, args.sets)))
     takes = [(*read_take(case), solo_onsets(case)) for case in cases]
     seconds = sum(u.size / sr for u, sr, _ in takes)
     for kind in args.detector:

@@ -92,3 +92,13 @@ def test_the_realistic_reaction_waits_for_the_detector_or_for_today_s_anchor():
     fired = np.array([1.02, 2.5, 2.95])  # 1.0 seen 20 ms late; 2.0 missed; a false alarm before 3.0
     got = reacted(u_on, err, solo, 40.0, fired)
     assert np.allclose(got, [30.0, 135.0, -40.0, 30.0])  # +10 ms (half a block) after each release
+
+
+def test_a_folder_without_cases_gets_one_line_not_a_traceback(tmp_path, monkeypatch):
+    from benchmarks import heard_oracles, solo_onsets
+
+    for module, name in ((solo_onsets, "solo_onsets"), (heard_oracles, "heard_oracles")):
+        monkeypatch.setattr("sys.argv", [name, str(tmp_path / "missing")])
+        with pytest.raises(SystemExit) as exit_:
+            module.main()
+        assert "missing" in str(exit_.value.code), name
