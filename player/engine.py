@@ -49,7 +49,6 @@ from shared.audio import ResampledAudio, first_sound_s, to_mono
 from shared.bundle import Bundle
 from shared.bundle_schema import MAX_SAMPLE_RATE
 from shared.errors import BundleError, ConfigError
-from shared.jit_startup import defer_blas_probe
 from shared.spectral import peak_indices
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "check_supported"]
@@ -187,7 +186,6 @@ class Engine:
         head = bundle.audio.read(0, int(min(bundle.duration_s, MUSIC_START_SEARCH_S) * bundle.audio.sr))
         self.music_start_s = first_sound_s(head, bundle.audio.sr)
         self.follower.reset(self._waiting_place(start), wait=not cfg.intro)
-        defer_blas_probe()  # before the first kernel loads: 0.2 s less start-up
         self.follower.warm_up()
         self.remover.warm_up()
         self.vocoder.warm_up()

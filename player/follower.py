@@ -48,10 +48,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from player.stages import Frame
 from shared.config import check_fields, field_error
+from shared.kernels import kernel
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
 
@@ -655,7 +655,11 @@ class Follower:
         return self._s_hat
 
 
-@njit(cache=True, fastmath=True)
+@kernel(
+    "float64(float32[:, :, ::1], int64, int64, float32[::1], float64, float64[::1], float64[::1], int64, int64, "
+    "float64[::1], boolean[::1])",
+    fastmath=True,
+)
 def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidence, scored):  # pragma: no cover (numba)
     """The filter's observation update over the band, in place; returns the frame's log
     evidence ``log p(u_t | u_<t)`` (nats).

@@ -40,11 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from player.bands import BandTemplates
 from player.jump_prior import JumpPrior
 from shared.config import check_fields
+from shared.kernels import kernel
 from shared.spectral import AnalysisParams, QuantizedTemplates
 
 
@@ -497,7 +497,7 @@ class _ContextSimilarities:
         self.filled[lo:hi] = n_obs
 
 
-@njit(cache=True)
+@kernel("int64(float64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], int64, int64, float64)")
 def _merge_peaks(scores, order, ends, kept, kept_states, source, n, k, apart):  # pragma: no cover (numba)
     """Merge the places ``order`` (indices into ``scores``/``ends``, best first) into the
     ``n`` kept ones (``kept`` scores, descending, ``kept_states``, ``source``; capacity ``k
@@ -530,7 +530,7 @@ def _merge_peaks(scores, order, ends, kept, kept_states, source, n, k, apart):  
     return n
 
 
-@njit(cache=True)
+@kernel("void(float32[:, ::1], int64[::1], int64[:, ::1], int64[::1], int64, float32[::1], float64, float64[::1], int64[::1])")
 def _context_scores(sim, ends, lags, columns, lo, weights, total, best, which):  # pragma: no cover (numba)
     """For each end state ``ends[i]`` (ascending): the best over tempos ``t`` of the
     weighted mean ``sum_k weights[k] * sim[columns[k], ends[i] - lags[t, k]] / total`` (a
@@ -568,7 +568,7 @@ _PATH_STEPS = float(np.log(0.5))
 _HOLD, _SKIP = float(np.log(0.25) - np.log(0.5)), float(np.log(0.25) - np.log(0.5))
 
 
-@njit(cache=True, fastmath=True)
+@kernel("float64(float32[:, ::1], float64[::1], float64[::1], float64[:, ::1])", fastmath=True)
 def _best_path(sim, weights, recency, dp):  # pragma: no cover (numba)
     """The best recency-weighted sum of ``sim`` (``(n_rows, n_obs)``: row ``j`` is the
     state ``j`` before the place, column ``k`` the ``k``-th newest observation) along a

@@ -31,12 +31,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from player.stages import Frame
 from shared.audio import to_mono
 from shared.bundle import NMFBases
 from shared.config import check_fields, field_error
+from shared.kernels import kernel
 from shared.pgnmf import GammaPriors, PGNMFState, init_state, update
 from shared.spectral import AnalysisParams, analysis_window, detune_spectrum, spectral_subtract
 
@@ -277,7 +277,7 @@ class SoloRemover:
         return out
 
 
-@njit(cache=True)
+@kernel("void(float64[::1], int64, float64, float64[::1])")
 def _support_weights(u_row, k, support_db, out):  # pragma: no cover (numba)
     """``out[i]``: 1 where the loudest of ``u_row[i-k : i+k+1]`` is within ``support_db`` of
     ``u_row``'s loudest bin, fading to 0 over the next 6 dB down. The sliding maximum by

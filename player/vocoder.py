@@ -67,9 +67,9 @@ import math
 from collections import deque
 
 import numpy as np
-from numba import njit
 
 from shared.audio import AudioSource, to_mono
+from shared.kernels import kernel
 from shared.spectral import analysis_window
 
 MIN_RATE = 0.25
@@ -431,7 +431,7 @@ class StreamingVocoder:
         _lock_to_peaks(unlocked, mag, out)
 
 
-@njit(cache=True)
+@kernel("void(complex128[::1], complex128[::1], complex128[::1], complex128[::1])")
 def _advanced_rotation(u, phasor, prev, out):  # pragma: no cover (numba)
     """``out = U * P(last) * conj(P(prev))`` as unit phasors (complex ``(n_bins,)``):
     ``prev``, the spectrum one hop before the frame, is normalised on the way."""
@@ -440,7 +440,7 @@ def _advanced_rotation(u, phasor, prev, out):  # pragma: no cover (numba)
         out[k] = r * (1.0 / math.sqrt(r.real * r.real + r.imag * r.imag))
 
 
-@njit(cache=True)
+@kernel("void(complex128[::1], float64[::1], complex128[::1])")
 def _lock_to_peaks(unlocked, mag, out):  # pragma: no cover (numba)
     """Identity phase locking: ``out[b] = unlocked[peak nearest b]`` (a tie half-way goes to
     the lower peak), the peaks being the bins of ``mag`` above their two neighbours on each
@@ -468,7 +468,7 @@ def _lock_to_peaks(unlocked, mag, out):  # pragma: no cover (numba)
         out[j] = unlocked[last]
 
 
-@njit(cache=True)
+@kernel("void(complex128[:, ::1], complex128[::1], float64[::1])")
 def _mid_spectrum(spec, mid, mag):  # pragma: no cover (numba)
     """The mean of the channels' spectra ``spec`` ``(n_bins, channels)`` into ``mid`` and
     its magnitude into ``mag``."""
@@ -483,7 +483,7 @@ def _mid_spectrum(spec, mid, mag):  # pragma: no cover (numba)
         mag[k] = math.sqrt(z.real * z.real + z.imag * z.imag)  # (hypot: 3x slower)
 
 
-@njit(cache=True)
+@kernel()
 def _unit(z):  # pragma: no cover (numba)
     """``(z + tiny) / |z + tiny|``: the unit phasor of ``z`` (1 where ``z`` is 0)."""
     re, im = z.real + 1e-30, z.imag
@@ -491,14 +491,14 @@ def _unit(z):  # pragma: no cover (numba)
     return complex(re * scale, im * scale)
 
 
-@njit(cache=True)
+@kernel("void(complex128[::1], complex128[::1])")
 def _unit_phasor(z, out):  # pragma: no cover (numba)
     """``out[k] = _unit(z[k])`` for the spectrum ``z`` ``(n_bins,)``."""
     for k in range(z.size):
         out[k] = _unit(z[k])
 
 
-@njit(cache=True)
+@kernel("void(float64[:, ::1], float64[::1], float64[:, ::1], float64[::1], float64[::1], int64, float32[:, ::1])")
 def _overlap_add(frames, window, ola, missing, norm, hop, fifo):  # pragma: no cover (numba)
     """Add the windowed synthesis ``frames`` ``(n_fft, channels)`` into ``ola``; move its
     first ``hop`` samples, normalised by the overlap-add weight (``norm - missing``, at
@@ -521,7 +521,7 @@ def _overlap_add(frames, window, ola, missing, norm, hop, fifo):  # pragma: no c
             ola[j, c] = 0.0
 
 
-@njit(cache=True)
+@kernel("void(float32[:, ::1], int64, float64[::1], float64[::1])")
 def _diff_energy(samples, block, diff, energy):  # pragma: no cover (numba)
     """The first difference of the mono mix of ``samples`` ``(1 + len(energy) * block,
     channels)`` into ``diff``, and its energy per ``block`` samples into ``energy``."""

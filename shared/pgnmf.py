@@ -58,8 +58,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 from numpy.typing import ArrayLike, NDArray
+
+from shared.kernels import kernel
 
 __all__ = [
     "EPS",
@@ -89,7 +90,7 @@ FloatArray = NDArray[np.float64]
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@kernel()
 def _psi_minus_log(y: float) -> float:
     """``psi(y) - log(y)`` by the asymptotic series; error < 2e-12 for ``y >= 6``."""
     r = 1.0 / y
@@ -100,7 +101,7 @@ def _psi_minus_log(y: float) -> float:
     )
 
 
-@njit(cache=True)
+@kernel()
 def _shift(x: float) -> tuple[float, float]:
     """``(y, s)`` with ``y >= 6`` and ``psi(x) = psi(y) - s``, for ``x > 0``.
 
@@ -118,13 +119,13 @@ def _shift(x: float) -> tuple[float, float]:
     return x + 6.0, q / p
 
 
-@njit(cache=True)
+@kernel()
 def _digamma_pos(x: float) -> float:
     y, s = _shift(x)
     return math.log(y) + _psi_minus_log(y) - s
 
 
-@njit(cache=True)
+@kernel()
 def _digamma_scalar(x: float) -> float:
     if x > 0.0:
         return _digamma_pos(x)
@@ -138,20 +139,20 @@ def _digamma_scalar(x: float) -> float:
     return _digamma_pos(1.0 - x) - math.pi / math.tan(math.pi * x)
 
 
-@njit(cache=True)
+@kernel()
 def _exp_digamma_pos(x: float) -> float:
     """``exp(psi(x))`` for ``x > 0``: one exp, no log, two divisions (0 for x below ~1e-3)."""
     y, s = _shift(x)
     return y * math.exp(_psi_minus_log(y) - s)
 
 
-@njit(cache=True)
+@kernel("void(float64[::1], float64[::1])")
 def _digamma_flat(x, out):
     for j in range(x.size):
         out[j] = _digamma_scalar(x[j])
 
 
-@njit(cache=True)
+@kernel("void(float64[::1], float64[::1])")
 def _exp_digamma_flat(x, out):
     for j in range(x.size):
         out[j] = _exp_digamma_pos(x[j])
@@ -178,7 +179,7 @@ def _exp_digamma(x: ArrayLike) -> FloatArray:
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@kernel("void(float64[:, ::1], float64[:, ::1], float64[:, ::1], float64[::1])")
 def _h_stats(h_shape, h_rate, Lh, eh_colsum):
     """``Lh = exp(E log H)`` and ``eh_colsum[i] = sum_n E[H(n,i)]`` from q(H) (N, K)."""
     N, K = h_shape.shape
@@ -191,7 +192,7 @@ def _h_stats(h_shape, h_rate, Lh, eh_colsum):
             eh_colsum[i] += s / r
 
 
-@njit(cache=True)
+@kernel("void(float64[:, ::1], float64[:, ::1], int64[::1], float64[:, ::1], float64[::1])")
 def _w_stats_rows(w_shape, w_rate, rows, Lw, ew_rowsum):
     """``Lw[i] = exp(E log W(i,:))`` and ``ew_rowsum[i] = sum_f E[W(i,f)]`` for i in rows."""
     F = w_shape.shape[1]
@@ -205,7 +206,8 @@ def _w_stats_rows(w_shape, w_rate, rows, Lw, ew_rowsum):
         ew_rowsum[i] = acc
 
 
-@njit(cache=True)
+@kernel("void(float64[:, ::1], float64[:, ::1], float64[:, ::1], float64[:, ::1], float64, float64, float64[::1], float64, "
+        "float64[::1])")
 def _update_h(h_shape, h_rate, Lh, RLw, a, b, ew_rowsum, floor, eh_colsum):
     """q(H) update from the source statistic ``Lh * RLw``; refreshes Lh and eh_colsum."""
     N, K = h_shape.shape
@@ -222,7 +224,8 @@ def _update_h(h_shape, h_rate, Lh, RLw, a, b, ew_rowsum, floor, eh_colsum):
             eh_colsum[i] += s / r
 
 
-@njit(cache=True)
+@kernel("void(float64[:, ::1], float64[:, ::1], float64[:, ::1], float64[:, ::1], int64[::1], float64, float64, float64[::1], "
+        "float64, float64[::1])")
 def _update_w_rows(w_shape, w_rate, Lw, LhR, rows, c, d, eh_colsum, floor, ew_rowsum):
     """q(W) update of the listed rows; ``LhR[j]`` is ``(Lh^T R)[rows[j]]``. Refreshes Lw, ew_rowsum."""
     F = w_shape.shape[1]

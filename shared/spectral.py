@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import numpy as np
-from numba import njit
 
 from shared.config import check_fields
 from shared.errors import ConfigError
+from shared.kernels import kernel
 
 #: Smallest value a normalised template bin may take, so no template gives log(0).
 TEMPLATE_FLOOR = 1e-4
@@ -285,7 +285,7 @@ def detune_spectrum(mag: np.ndarray, cents: float, params: AnalysisParams,
     return out
 
 
-@njit(cache=True)
+@kernel("void(float64[:, ::1], float64, float64[:, ::1])")
 def _detune_rows(mag, cents, out):  # pragma: no cover (numba)
     """:func:`detune_spectrum` on rows ``(m, n)`` into ``out`` ``(m, n)``. The arithmetic is
     in ``mag``'s own precision (float32 magnitudes stay float32), the fraction in float32."""

@@ -5,6 +5,7 @@ modules, and no compiled kernel is compiled or loaded while audio flows."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,14 @@ import pytest
 import soundfile as sf
 
 from benchmarks.bench_cost import GAP_S, join_cases
+from shared.kernels import compiled_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_python(code: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
 
@@ -35,15 +38,13 @@ def test_the_player_starts_without_scipy_signal_stats_or_librosa():
 KERNELS = """
 import json, sys
 import numpy as np, soundfile as sf
-from numba.core.registry import CPUDispatcher
-import player.search, player.follower, player.vocoder, shared.pgnmf
+from shared import kernels
 from player.config import EngineConfig
 from player.engine import Engine
 from shared.bundle import load_bundle
 
 def signatures():
-    return {f"{m.__name__}.{n}": len(f.signatures) for m in (player.search, player.follower, player.vocoder, shared.pgnmf)
-            for n, f in vars(m).items() if isinstance(f, CPUDispatcher)}
+    return {f"{k.__module__}.{k.__name__}": k.jit_signatures for k in kernels.kernels()}
 
 u, sr = sf.read(sys.argv[2], dtype="float32")
 with load_bundle(sys.argv[1]) as bundle:
@@ -55,26 +56,46 @@ with load_bundle(sys.argv[1]) as bundle:
     engine.relocator.search.long_score(5.0)  # (a 12-s piece has no far places to score on the long context)
     after = signatures()
     print(json.dumps({"new": {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)},
-                      "kernels": len(after), "relocations": engine.stats.jumps,
-                      "scipy_linalg": "scipy.linalg" in sys.modules}))
+                      "kernels": sum(1 for v in after.values() if v), "relocations": engine.stats.jumps,
+                      "compiled": sum(k.compiled for k in kernels.kernels()),
+                      "numba": "numba" in sys.modules, "scipy_linalg": "scipy.linalg" in sys.modules}))
 """
 
 
-def test_no_kernel_is_compiled_or_loaded_once_audio_flows(case, bundle_path, tmp_path):
-    """Every numba kernel the engine runs is loaded when it is built (the live stream starts
-    after that): loading one in an audio callback takes tenths of a second (a dropout). The
-    take plays the duet's second half, then its first half again (the search and the relocator
-    move the player), so that every stage runs: follower, search, relocator, separation,
-    vocoder at changing rates; then the search scores a place on its long context. In a
-    fresh interpreter."""
+@pytest.fixture(scope="module")
+def three_part_take(case, tmp_path_factory):
+    """The duet's second half, then its first half again (the search and the relocator move
+    the player), then the second half: every stage runs (follower, search, relocator,
+    separation, vocoder at changing rates)."""
     half = case.u.size // 2
     take = np.concatenate([case.u[half:], case.u[:half], case.u[half:]])
-    path = tmp_path / "take.wav"
+    path = tmp_path_factory.mktemp("take") / "take.wav"
     sf.write(path, take, case.sr, subtype="FLOAT")
-    result = json.loads(run_python(KERNELS, str(bundle_path), str(path)))
+    return path
+
+
+def test_no_kernel_is_compiled_or_loaded_once_audio_flows(bundle_path, three_part_take):
+    """With numba's JIT alone (``KARAOKE_KERNELS=jit``), every kernel the engine runs is
+    loaded when it is built (the live stream starts after that): loading one in an audio
+    callback takes tenths of a second (a dropout). Then the search scores a place on its
+    long context. In a fresh interpreter."""
+    result = json.loads(run_python(KERNELS, str(bundle_path), str(three_part_take), env={"KARAOKE_KERNELS": "jit"}))
     assert result["kernels"] >= 5
     assert result["new"] == {}
+    assert result["compiled"] == 0
     assert not result["scipy_linalg"]  # numba's BLAS probe was deferred (shared.jit_startup)
+
+
+@pytest.mark.skipif(compiled_module() is None, reason="kernels not compiled ahead of time (python -m shared.kernels)")
+def test_with_the_compiled_kernels_the_player_never_imports_numba(bundle_path, three_part_take):
+    """With the kernels compiled at install (``python -m shared.kernels``), every kernel call
+    of the same run goes to the compiled module: numba is never imported (its import and
+    its kernels' loading were 0.6 s of a 1-s start-up), so nothing is compiled or loaded
+    while audio flows either."""
+    result = json.loads(run_python(KERNELS, str(bundle_path), str(three_part_take)))
+    assert result["compiled"] >= 14
+    assert not result["numba"]
+    assert result["new"] == {} and result["kernels"] == 0
 
 
 DEFERRED_PROBE = """
