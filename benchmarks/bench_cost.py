@@ -101,6 +101,9 @@ def main() -> None:
         if tree is not None:
             for package in ("shared", "player", "prep"):
                 compileall.compile_dir(tree / package, quiet=1)
+            if (tree / "shared" / "kernels.py").is_file():  # its kernels compiled ahead of time, as installed
+                subprocess.run([sys.executable, "-m", "shared.kernels"], cwd=tree, check=False,
+                               env={**os.environ, "PYTHONPATH": str(tree.resolve())})
     bindir = Path(sys.executable).parent
     prep, player = str(bindir / "prep"), str(bindir / "player")
     with tempfile.TemporaryDirectory() as tmp_name:
