@@ -45,7 +45,7 @@ from player.search import GlobalSearch
 from player.separation import PositionSpectrum, SoloPresence, SoloRemover, gain_on_bins
 from player.stages import Frame, FrameStage
 from player.vocoder import StreamingVocoder
-from shared.audio import ResampledAudio, first_sound_s, to_mono
+from shared.audio import ResampledAudio, music_start_s, to_mono
 from shared.bundle import Bundle
 from shared.bundle_schema import MAX_SAMPLE_RATE
 from shared.errors import BundleError, ConfigError
@@ -67,10 +67,6 @@ class EngineStats:
     seconds: dict = field(default_factory=lambda: {"analysis": 0.0, "follower": 0.0, "search": 0.0,
                                                    "separation": 0.0, "vocoder": 0.0})
 
-
-#: Seconds at the head of X searched for where its music begins (and whose loudest moment
-#: sets the level that counts as music).
-MUSIC_START_SEARCH_S = 30.0
 
 #: Analysis frame periods (seconds) this player runs at: the block is one frame long.
 SUPPORTED_FRAME_PERIOD_S = (0.005, 0.05)
@@ -183,8 +179,8 @@ class Engine:
         self._out_samples = 0
         # nobody starts playing in the recording's leading silence: waiting at the start of
         # the piece means waiting where its music begins
-        head = bundle.audio.read(0, int(min(bundle.duration_s, MUSIC_START_SEARCH_S) * bundle.audio.sr))
-        self.music_start_s = first_sound_s(head, bundle.audio.sr)
+        stored = bundle.music_start_s  # (prep stores it: the opening need not be decoded now)
+        self.music_start_s = stored if stored is not None else music_start_s(bundle.audio)
         self.follower.reset(self._waiting_place(start), wait=not cfg.intro)
         self.follower.warm_up()
         self.remover.warm_up()

@@ -94,17 +94,46 @@ def to_mono(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return samples.astype(np.float32, copy=False) @ np.full(channels, 1.0 / channels, dtype=np.float32)
 
 
+#: Seconds of a recording's opening searched for where its music starts (:func:`music_start_s`).
+MUSIC_START_SEARCH_S = 30.0
+
+
+def music_start_s(audio: ChunkedAudio, threshold_db: float = -40.0, frame_s: float = 0.01) -> float:
+    """Where a recording's music starts: :func:`first_sound_s` over its first
+    :data:`MUSIC_START_SEARCH_S` seconds (seconds), read a chunk at a time (prep stores it
+    in the bundle, so that the player need not decode those seconds at start-up; memory
+    holds a chunk, never the 30 s)."""
+    hop = max(1, int(round(frame_s * audio.sr)))
+    n = int(min(audio.duration_s, MUSIC_START_SEARCH_S) * audio.sr) // hop  # whole frames
+    step = max(1, audio.chunk_samples // hop)  # frames per read
+    power = np.concatenate([frame_mean_square(audio.read(a * hop, min(step, n - a) * hop), hop)
+                            for a in range(0, n, step)] or [np.zeros(0)])
+    return _first_above(power, hop, audio.sr, threshold_db)
+
+
 def first_sound_s(samples: np.ndarray, sr: int, threshold_db: float = -40.0, frame_s: float = 0.01) -> float:
     """Where the music starts: the first ``frame_s`` frame of ``samples`` (``(n,)`` or
     ``(n, channels)`` at ``sr`` Hz) whose RMS is within ``-threshold_db`` dB of the
     excerpt's loudest frame (seconds; 0.0 if it is all silence). Leading digital silence or
     room tone before the first note lies below it."""
-    mono = to_mono(np.asarray(samples))
     hop = max(1, int(round(frame_s * sr)))
+    return _first_above(frame_mean_square(np.asarray(samples), hop), hop, sr, threshold_db)
+
+
+def frame_mean_square(samples: np.ndarray, hop: int) -> np.ndarray:
+    """The mean square of the mono mix of ``samples`` over each whole frame of ``hop``
+    samples, float64 ``(len(samples) // hop,)`` (a frame's value depends on its samples
+    alone: frames read in pieces give the same values as read at once)."""
+    mono = to_mono(samples)
     n = mono.size // hop
-    if n == 0:
+    return np.mean(np.square(mono[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
+
+
+def _first_above(power: np.ndarray, hop: int, sr: int, threshold_db: float) -> float:
+    """The start (seconds) of the first frame of ``power`` within ``-threshold_db`` dB of its
+    loudest (0.0 for none or all silence)."""
+    if power.size == 0:
         return 0.0
-    power = np.mean(np.square(mono[: n * hop].reshape(n, hop), dtype=np.float64), axis=1)
     peak = float(power.max())
     if peak <= 0.0:
         return 0.0

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import soundfile as sf
 
-from shared.audio import ChunkedAudio
+from shared.audio import ChunkedAudio, music_start_s
 from shared.errors import BundleError
 
 #: FLAC holds at most this many channels; more are stored as gzip'd integer PCM.
@@ -95,6 +95,7 @@ def encode_audio(group: h5py.Group, blocks: Iterable[np.ndarray], n_samples: int
             dset[start:start + chunk.shape[0]] = np.round(np.clip(chunk, -1.0, _FULL_SCALE) * scale).astype(dtype)
             if progress:
                 progress(i + 1, n_chunks)
+        _store_music_start(group)
         return
     group.attrs["codec"] = "flac"
     data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(FLAC_DATA_CHUNK,),
@@ -114,6 +115,14 @@ def encode_audio(group: h5py.Group, blocks: Iterable[np.ndarray], n_samples: int
             progress(i + 1, n_chunks)
     _append(data, pending)
     group.create_dataset("offsets", data=offsets, track_times=False)
+    _store_music_start(group)
+
+
+def _store_music_start(group: h5py.Group) -> None:
+    """Where the music starts (:func:`shared.audio.music_start_s`), computed from the audio
+    as stored and decoded (the player's own samples), kept as ``/audio`` attribute
+    ``music_start_s``: the player need not decode the opening at start-up."""
+    group.attrs["music_start_s"] = music_start_s(GroupAudio(group))
 
 
 def _append(dset: h5py.Dataset, data: bytes | bytearray) -> None:
@@ -163,21 +172,45 @@ class BundleAudio(ChunkedAudio):
                 self._file = None
 
     def _decode(self, index: int) -> np.ndarray:
-        start = index * self.chunk_samples
-        expect = min(self.chunk_samples, self.n_samples - start)
         try:
-            group = self._h5()["audio"]
-            if self.codec == "flac":
-                lo, hi = (int(v) for v in group["offsets"][index:index + 2])
-                blob = group["data"][lo:hi].tobytes()
-                block, _ = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
-            else:
-                raw = group["data"][start:start + expect]
-                scale = 2.0**15 if raw.dtype == np.int16 else 2.0**23
-                block = raw.astype(np.float32) / np.float32(scale)
+            return decode_chunk(self._h5()["audio"], index, self.codec, self.chunk_samples, self.n_samples,
+                                self.channels)
         except (OSError, RuntimeError, sf.LibsndfileError, ValueError) as exc:
             raise BundleError(f"bundle {self.path.name}: audio chunk {index} is unreadable ({exc})") from None
-        if block.shape != (expect, self.channels):
-            raise BundleError(f"bundle {self.path.name}: audio chunk {index} has shape {block.shape}, "
-                              f"expected {(expect, self.channels)}")
-        return block
+
+
+class GroupAudio(ChunkedAudio):
+    """Random access to the audio of an open bundle's ``/audio`` group (prep reads back what
+    it has just stored, with the player's own decoding)."""
+
+    def __init__(self, group: h5py.Group) -> None:
+        a = group.attrs
+        super().__init__(int(a["sr"]), int(a["channels"]), int(a["n_samples"]), int(a["chunk_samples"]))
+        self._group = group
+        self.codec = str(a["codec"])
+
+    def _decode(self, index: int) -> np.ndarray:
+        return decode_chunk(self._group, index, self.codec, self.chunk_samples, self.n_samples, self.channels)
+
+
+def decode_chunk(group: h5py.Group, index: int, codec: str, chunk_samples: int, n_samples: int,
+                 channels: int) -> np.ndarray:
+    """Chunk ``index`` of the audio stored in ``group`` (a bundle's ``/audio``): float32
+    ``(min(chunk_samples, n_samples - index * chunk_samples), channels)``.
+
+    Raises:
+        ValueError: the chunk decodes to another shape (or cannot be decoded by soundfile).
+    """
+    start = index * chunk_samples
+    expect = min(chunk_samples, n_samples - start)
+    if codec == "flac":
+        lo, hi = (int(v) for v in group["offsets"][index:index + 2])
+        blob = group["data"][lo:hi].tobytes()
+        block, _ = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
+    else:
+        raw = group["data"][start:start + expect]
+        scale = 2.0**15 if raw.dtype == np.int16 else 2.0**23
+        block = raw.astype(np.float32) / np.float32(scale)
+    if block.shape != (expect, channels):
+        raise ValueError(f"audio chunk {index} has shape {block.shape}, expected {(expect, channels)}")
+    return block

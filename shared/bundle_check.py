@@ -281,6 +281,7 @@ def read_validated(f: h5py.File, path: Path, spectra: bool = True) -> Bundle:
         templates=templates,
         nmf=NMFBases(ws, wr, priors, n_iter, _finite(path, "nmf/bound_trace", trace[()]), data_scale),
         audio=BundleAudio(path, audio_attrs, identity=file_identity(path)),
+        music_start_s=audio_attrs.get("music_start_s"),
     )
 
 
@@ -296,6 +297,9 @@ def _audio_attrs(f: h5py.File, path: Path) -> dict:
     if out["n_samples"] / out["sr"] > MAX_AUDIO_SAMPLES / MAX_SAMPLE_RATE:
         raise _fail(path, f"its audio lasts {out['n_samples'] / out['sr'] / 3600:.1f} h "
                           f"(at most {MAX_AUDIO_SAMPLES / MAX_SAMPLE_RATE / 3600:.0f} h)")
+    if "music_start_s" in raw:  # prep stores it; a bundle of an older prep lacks it (the player computes it)
+        out["music_start_s"] = _number(path, "/audio attribute music_start_s", raw["music_start_s"], 0.0,
+                                       out["n_samples"] / out["sr"])
     codec = raw.get("codec")
     codec = codec.decode(errors="replace") if isinstance(codec, bytes) else codec
     if codec not in ("flac", "pcm"):

@@ -10,7 +10,9 @@ Layout (schema version 2)::
     /audio/data          FLAC:  uint8 (n_bytes,)    concatenated FLAC streams, one per chunk
                          PCM:   int16|int32 (n_samples, channels), shuffle+gzip (> 8 channels)
     /audio/offsets       int64 (n_chunks + 1,)      byte offsets of the FLAC chunks
-    /audio               attrs: codec, sr, channels, n_samples, chunk_samples, subtype
+    /audio               attrs: codec, sr, channels, n_samples, chunk_samples, subtype,
+                                music_start_s (where the music starts, seconds: see
+                                shared.audio.music_start_s; optional, older bundles lack it)
     /spectra/coarse      float16 (n_states, n_bins) magnitude of X at the coarse hop
     /spectra/power       float64 (n_states,)        each state's power: the sum of its stored
                          magnitudes squared (in float32); optional (older bundles lack it)
@@ -118,6 +120,9 @@ class Bundle:
     templates: QuantizedTemplates
     nmf: NMFBases
     audio: BundleAudio
+    #: where the music starts (seconds; :func:`shared.audio.music_start_s` of the stored
+    #: audio), None for a bundle of an older prep
+    music_start_s: float | None = None
 
     @property
     def n_states(self) -> int:

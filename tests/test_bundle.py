@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from player.config import EngineConfig
+from player.engine import Engine
 from prep.compare import diff_bundles
 from prep.pipeline import build_bundle
+from shared.audio import music_start_s
 from shared.bundle import FORMAT_VERSION, load_bundle
 from shared.errors import BundleError, OutputError
 from shared.spectral import AnalysisParams, frame_power, onset_filterbank
@@ -62,6 +65,23 @@ def test_a_bundle_without_the_stored_power_loads_the_same(bundle_path, tmp_path)
         np.testing.assert_array_equal(lean.state_power, stored.state_power)
     with pytest.raises(BundleError, match="NaN"):
         load_bundle(unread)
+
+
+def test_the_music_start_is_stored_as_the_player_would_find_it(bundle_path, tmp_path, case):
+    """prep stores where the music starts, computed from the audio as stored and decoded:
+    the value the player would compute from the bundle itself (so it need not decode the
+    opening at start-up); a bundle of an older prep, without it, has it computed: the same.
+    The synthetic duet's music starts at its first note."""
+    with load_bundle(bundle_path) as b:
+        assert b.music_start_s is not None
+        assert b.music_start_s == music_start_s(b.audio)
+        assert abs(b.music_start_s - case.onsets_x[0]) <= 0.02
+        stored = b.music_start_s
+    older = broken(bundle_path, tmp_path, lambda f: f["audio"].attrs.__delitem__("music_start_s"))
+    with load_bundle(older) as b:
+        assert b.music_start_s is None
+        engine = Engine(b, case.sr, EngineConfig())
+        assert engine.music_start_s == stored
 
 
 def test_audio_is_lossless_and_blockwise(bundle_path, x_wav):
@@ -158,6 +178,10 @@ CASES = {
     "onset bank negative": (lambda f: f["spectra/onset_bank"].__setitem__((0, 0), -1.0), "outside"),
     "onsets too short": (lambda f: _replace(f, "spectra/onsets", np.zeros(10, np.float32)), "onsets has 10 frames"),
     "bad offsets": (lambda f: _replace(f, "audio/offsets", np.zeros(f["audio/offsets"].shape, np.int64)), "offsets"),
+    "music start NaN": (lambda f: f["audio"].attrs.__setitem__("music_start_s", np.nan), "music_start_s"),
+    "music start negative": (lambda f: f["audio"].attrs.__setitem__("music_start_s", -1.0), "music_start_s"),
+    "music start after the end": (lambda f: f["audio"].attrs.__setitem__("music_start_s", 1e6), "music_start_s"),
+    "music start text": (lambda f: f["audio"].attrs.__setitem__("music_start_s", "soon"), "music_start_s"),
 }
 
 
