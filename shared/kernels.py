@@ -18,8 +18,8 @@ dtype, number of dimensions and C order (checked per call: the compiled function
 check their arguments and would crash on others) and the module was built from the
 kernel's present code (each export's name carries a fingerprint of the kernel's code, of
 the kernels it calls and of the constants it reads). Otherwise (other dtypes, a stale or
-missing module, ``KARAOKE_KERNELS=jit`` in the environment) the call goes to numba's JIT
-dispatcher, created then (``cache=True``).
+missing module, a module built on a processor with other instruction sets, ``KARAOKE_KERNELS=jit``
+in the environment) the call goes to numba's JIT dispatcher, created then (``cache=True``).
 
 Why: importing numba and loading its cached kernels took about 0.6 s of the player's 1-s
 start-up (numba's import 0.25 s, its typing registries and 15 cached kernels 0.4 s). With
@@ -266,14 +266,34 @@ def _jit(k: Kernel):
 
 
 def compiled_module() -> types.ModuleType | None:
-    """The compiled kernels' extension module, or None where it was not built (or cannot load)."""
+    """The compiled kernels' extension module, or None where it was not built, cannot load,
+    or was built on a processor with other instruction sets (its code is this CPU's, as the
+    JIT's is: moved to an older one it could crash on an instruction that does not exist)."""
     global _compiled
     if _compiled is False:
         try:
-            _compiled = importlib.import_module(f"shared.{COMPILED_MODULE}")
+            module = importlib.import_module(f"shared.{COMPILED_MODULE}")
         except ImportError:
-            _compiled = None
+            module = None
+        _compiled = module if module is not None and hasattr(module, f"host_{host_fingerprint()}") else None
     return _compiled
+
+
+def host_fingerprint() -> str:
+    """A digest of this machine's architecture and CPU instruction sets (Linux: the
+    ``flags`` or ``Features`` line of /proc/cpuinfo), which the build records."""
+    import platform
+
+    digest = hashlib.blake2b(platform.machine().encode(), digest_size=8)
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    digest.update(" ".join(sorted(line.split(":", 1)[-1].split())).encode())
+                    break
+    except OSError:  # not Linux: the architecture and the processor's name
+        digest.update(platform.processor().encode())
+    return digest.hexdigest()
 
 
 def prefer_compiled(prefer: bool) -> bool:
@@ -300,6 +320,11 @@ def _forwarder(k: Kernel) -> Callable:
     return namespace["forward"]
 
 
+def _built_here() -> int:
+    """What the build exports under the host's fingerprint: its name is the information."""
+    return 1
+
+
 def build(output_dir: Path | None = None) -> tuple[Path, int]:
     """Compile every declared signature of every kernel into the extension module
     (:data:`COMPILED_MODULE`, in ``output_dir``, by default beside this file). Written to a
@@ -321,6 +346,7 @@ def build(output_dir: Path | None = None) -> tuple[Path, int]:
         cc.output_dir = tmp
         cc.target_cpu = "host"  # built where it runs: the JIT's CPU, so the JIT's code
         cc.verbose = False
+        cc.export(f"host_{host_fingerprint()}", "int64()")(_built_here)  # (see compiled_module)
         count = 0
         for k in _REGISTRY:
             for signature in k.signatures:

@@ -167,3 +167,14 @@ def test_the_player_plays_the_same_bits_with_compiled_and_jit_kernels(case, bund
     finally:
         kernels.prefer_compiled(previous)
     assert outputs[True] == outputs[False]
+
+
+@pytest.mark.skipif(kernels.compiled_module() is None, reason="kernels not compiled ahead of time (python -m shared.kernels)")
+def test_a_module_built_on_another_processor_is_not_used(monkeypatch):
+    """The compiled code uses this CPU's instruction sets: on a machine whose differ (a copied
+    checkout, a container moved to an older host) it could crash, so it is not loaded."""
+    monkeypatch.setattr(kernels, "_compiled", False)
+    assert kernels.compiled_module() is not None  # built here
+    monkeypatch.setattr(kernels, "_compiled", False)
+    monkeypatch.setattr(kernels, "host_fingerprint", lambda: "0" * 16)
+    assert kernels.compiled_module() is None
