@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--baseline", type=Path, help="a checkout of another revision whose player runs alternately")
     args = ap.parse_args()
+    args.cases = [case.resolve() for case in args.cases]  # (the baseline's player runs in its own folder)
     if args.baseline is not None and not (args.baseline / "player" / "cli.py").is_file():
         raise SystemExit(f"bench_cost: {args.baseline} is not a checkout of this project (no player/cli.py)")
     rubberband = shutil.which("rubberband")
