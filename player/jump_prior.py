@@ -19,10 +19,13 @@ a jump is a rare event with a prior (log odds, nats, against staying):
   place only seconds after the player began there;
 - a player who has not yet been followed for ``tenure_s`` seconds of playing since the
   start has no record to defend: the cost is scaled by that tenure. (A track that
-  follows the wrong music from the start earns a record all the same: a start in the
-  middle of the piece without ``--start`` is found later than without the prior;
-  docs/DECISIONS.md.) After a far jump the relocator lets the player go back where they
-  were for free for a while: a wrong jump is undone at once;
+  follows the wrong music from the start earns a record all the same, unless it is found
+  failing (below) before its tenure is complete: then it never explained the playing (the
+  player began elsewhere than where it waited) and its tenure starts again from nothing,
+  so that a far place costs no more than a near one until a relocation or a record says
+  where the player is. A start in the middle of the piece without ``--start`` is still found later than
+  without the prior; docs/DECISIONS.md.) After a far jump the relocator lets the player go
+  back where they were for free for a while: a wrong jump is undone at once;
 - a track that is failing has no record to defend either: when for ``lost_window_s``
   some far place has explained the last seconds of playing better than the track's own
   place (the search's long context, :meth:`player.search.GlobalSearch.sustained_lead`),
@@ -72,6 +75,9 @@ class JumpPriorConfig:
         max_nats: the most a jump costs (nats).
         tenure_s: seconds of playing followed since the start before the cost applies in
             full.
+        unearned_failing_resets: a track found failing (see ``lost_from``) before its
+            tenure is complete never explained the playing (the player began elsewhere than
+            where it waited): its tenure starts again from nothing.
         undo_s: for this long (seconds of U) after a far jump, going back to where the
             player was believed to be (within the near window) costs nothing.
         lost_window_s: seconds over which a far place's lead must hold for the track to
@@ -95,6 +101,7 @@ class JumpPriorConfig:
     far_nats: float = 15.0
     max_nats: float = 90.0
     tenure_s: float = 15.0
+    unearned_failing_resets: bool = True
     undo_s: float = 15.0
     lost_window_s: float = 3.0
     lost_from: float = 0.1

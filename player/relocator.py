@@ -209,6 +209,7 @@ class Relocator:
         self._budget = 0
         self._pending: Trial | None = None  # the trial in progress
         self._tenure = 0  # active frames the main track has followed since the start
+        self._relocated = False  # the main track has been moved by a trial since the start
         self._left: tuple[float, float, int] | None = None  # (state, tempo, frame) the last far jump left
         self._silent = 0  # frames the player has been silent for
         self._run = 0  # frames since the player's present run of playing began (after a pause)
@@ -247,6 +248,12 @@ class Relocator:
         if not main.started:
             return
         self._tenure += int(frame.active)
+        if self.prior is not None and self.prior.config.unearned_failing_resets and not self._relocated and \
+                self._tenure * self.frame_s < self.prior.config.tenure_s and \
+                self.prior.failing_scale(self.search.sustained_lead(self.prior.config.lost_window_s)) < 1.0:
+            # failing before it earned a record: it never explained the playing (a player who
+            # began elsewhere than where it waited), so a far place costs no more than a near one
+            self._tenure = 0
         self._settled += int(frame.active)
         self.search.step(frame.obs, frame.active, main.state.detune_cents, main.position_states)  # (keeps its context)
         if self._job is not None:
@@ -358,6 +365,7 @@ class Relocator:
                 # a far jump: going back there stays free for a while (a wrong jump is undone at once)
                 self._left = (follower.position_states, follower.state.tempo, self._count)
             follower.adopt(trial.shadows[best])
+            self._relocated = True
             self._settled = 0
             return True
         # the main track may itself have run off since the trial began (its band spans

@@ -241,10 +241,13 @@ def test_a_far_jump_is_undone_at_once_but_not_followed_by_another():
     assert not look_alike_trial(played_s=60.0, far_s=-480.0, lead_nats=200.0, then=back_to(300.0))
 
 
-def two_place_trial(near_rate: float, far_rate: float) -> str:
-    """A failing track (no record to defend) at 600 s of X; a place 10 s back and one 480
-    s back both explain the replay, then gain ``near_rate`` and ``far_rate`` nats a frame on
-    trial. Which one the player is moved to ("near" or "far")."""
+def two_place_trial(near_rate: float, far_rate: float, played_s: float = 60.0, failing_after_s: float = 30.0,
+                    resets: bool = True) -> str:
+    """A track at 600 s of X, followed for ``played_s`` seconds and failing (no record to
+    defend) after ``failing_after_s`` of them; a place 10 s back and one 480 s back both
+    explain the replay, then gain ``near_rate`` and ``far_rate`` nats a frame on trial.
+    Which one the player is moved to ("near" or "far"). ``resets``: the prior's
+    ``unearned_failing_resets``."""
     here = s(600)
     main = ScriptedTrack(lambda n: 0.0, position_states=here, speed=0.0)
     config = RelocatorConfig()
@@ -252,9 +255,15 @@ def two_place_trial(near_rate: float, far_rate: float) -> str:
     near = ScriptedTrack(lambda n: 1.0 if n <= replay else near_rate)
     far = ScriptedTrack(lambda n: 1.0 if n <= replay else far_rate)
     relocator = make_relocator(main, ScriptedTrack(lambda n: 0.0), [near, far], config)
-    relocator.prior = JumpPrior(np.array([0]), PERIOD_S)
-    relocator.search.sustained_lead = lambda window_s: JumpPriorConfig().lost_at  # failing
-    for _ in range(int(round(60.0 / FRAME_S))):
+    relocator.prior = JumpPrior(np.array([0]), PERIOD_S, JumpPriorConfig(unearned_failing_resets=resets))
+    frames = [0]
+
+    def sustained_lead(window_s):
+        return JumpPriorConfig().lost_at if frames[0] * FRAME_S >= failing_after_s else 0.0
+
+    relocator.search.sustained_lead = sustained_lead
+    for _ in range(max(replay, int(round(played_s / FRAME_S)))):
+        frames[0] += 1
         play(relocator, main, np.zeros(8))
     relocator.screen([Candidate(state=here - s(10), tempo=1.0), Candidate(state=here - s(480), tempo=1.0)])
     assert relocator.on_trial and len(relocator.trial.shadows) == 2
@@ -266,10 +275,23 @@ def two_place_trial(near_rate: float, far_rate: float) -> str:
 
 
 def test_places_on_trial_for_a_failing_track_compete_under_the_prior_in_full():
-    """A failing track defends no record, so either place may take it at the margin; but a
-    place 10 s back is where a player who went back more likely is than one 8 minutes
+    """A failing track (one that followed the player for half a minute first) defends no
+    record, so either place may take it at the margin; but a place 10 s back is where a
+    player who went back more likely is than one 8 minutes
     back, so the far place must out-gain it by what the prior says the distance costs, not
     merely reach the margin first."""
     assert two_place_trial(near_rate=1.0, far_rate=1.3) == "near"
     assert two_place_trial(near_rate=1.0, far_rate=1.0) == "near"
     assert two_place_trial(near_rate=0.0, far_rate=1.3) == "far"  # the near place explains nothing new
+
+
+def test_a_track_failing_before_it_earned_a_record_makes_no_place_near():
+    """The player began elsewhere than where the track waited (a mid-piece start without
+    ``--start``): failing within its first ``tenure_s`` of playing, the track never explained
+    the playing, so a place near it is no likelier than a far one and the one that gains
+    more wins. Once the track has a record (a minute), or without the rule, the near place
+    still wins unless the far one out-gains it by the distance's cost."""
+    assert two_place_trial(near_rate=1.0, far_rate=1.3, played_s=10.0, failing_after_s=0.0) == "far"
+    assert two_place_trial(near_rate=1.3, far_rate=1.0, played_s=10.0, failing_after_s=0.0) == "near"
+    assert two_place_trial(near_rate=1.0, far_rate=1.3, played_s=10.0, failing_after_s=0.0, resets=False) == "near"
+    assert two_place_trial(near_rate=1.0, far_rate=1.3, played_s=60.0, failing_after_s=30.0) == "near"
