@@ -30,7 +30,7 @@ def bundle_summary(path: Path) -> dict:
             "tool_version": str(b.attrs.get("tool_version", "")),
             "source": {"name": b.source.name, "sha256": b.source.sha256, "duration_s": round(b.source.duration_s, 3)},
             "audio": {"sample_rate": b.audio.sr, "channels": b.audio.channels, "samples": b.audio.n_samples,
-                      "codec": b.audio.codec},
+                      "codec": b.audio.codec, "music_start_s": b.music_start_s},
             "states": b.n_states,
             "state_rate_hz": round(1.0 / p.coarse_period_s, 3),
             "live_frame_rate_hz": round(1.0 / p.fine_period_s, 3),
@@ -53,6 +53,8 @@ def print_summary_table(bundle: Path, info: dict) -> None:
         ("source", f"{info['source']['name']} ({int(minutes)}:{seconds:04.1f})"),
         ("sha256", info["source"]["sha256"][:16] + "..."),
         ("audio", f"{info['audio']['sample_rate']} Hz, {info['audio']['channels']} ch, {info['audio']['codec']}"),
+        ("music starts", "not stored (a bundle of an older prep)" if info["audio"]["music_start_s"] is None
+         else f"at {info['audio']['music_start_s']:.2f} s"),
         ("states", f"{info['states']} at {info['state_rate_hz']:g}/s (live frames {info['live_frame_rate_hz']:g}/s)"),
         ("detune", ", ".join(f"{c:+g}" for c in info["detune_cents"]) + " cents"),
         ("observation", f"{info['observation_bins']} bins, {info['params']['fmin_hz']:g}-{info['params']['fmax_hz']:g} Hz"),

@@ -58,6 +58,7 @@ def test_builds_any_rate_and_channel_count(tmp_path, short_tutti, sr, channels):
     info = json.loads(run("inspect", out, "--json").stdout)
     assert info["audio"]["sample_rate"] == sr and info["audio"]["channels"] == channels
     assert info["audio"]["codec"] == "flac"
+    assert info["audio"]["music_start_s"] is not None
 
 
 def test_many_channels_use_pcm_fallback(tmp_path, short_tutti):
@@ -67,6 +68,7 @@ def test_many_channels_use_pcm_fallback(tmp_path, short_tutti):
     assert result.exit_code == 0, result.output
     info = json.loads(run("inspect", tmp_path / "out.h5", "--json").stdout)
     assert info["audio"]["codec"] == "pcm" and info["audio"]["channels"] == 10
+    assert 0.0 <= info["audio"]["music_start_s"] <= 0.5  # stored for PCM audio too (the tutti starts at once)
 
 
 def test_inspect_and_diff(tmp_path, short_tutti):
