@@ -178,3 +178,19 @@ def test_a_module_built_on_another_processor_is_not_used(monkeypatch):
     monkeypatch.setattr(kernels, "_compiled", False)
     monkeypatch.setattr(kernels, "host_fingerprint", lambda: "0" * 16)
     assert kernels.compiled_module() is None
+
+
+def test_the_export_names_are_the_same_in_every_process():
+    """The build and the player are different processes: the names must not depend on
+    anything that varies between them (string hashing, the order modules were imported)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from shared import kernels\n"
+            "import importlib\n"
+            "for m in reversed(kernels.KERNEL_MODULES): importlib.import_module(m)\n"
+            "print(sorted(k.export_name(s) for k in kernels.kernels() for s in k.signatures))")
+    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(names) == 1 and "player_follower__band_update__0_" in names.pop()
