@@ -250,7 +250,7 @@ class Relocator:
         self._tenure += int(frame.active)
         if self.prior is not None and self.prior.config.unearned_failing_resets and not self._relocated and \
                 self._tenure * self.frame_s < self.prior.config.tenure_s and \
-                self.prior.failing_scale(self.search.sustained_lead(self.prior.config.lost_window_s)) < 1.0:
+                self.prior.failing_scale(self._sustained_lead()) < 1.0:
             # failing before it earned a record: it never explained the playing (a player who
             # began elsewhere than where it waited), so a far place costs no more than a near one
             self._tenure = 0
@@ -348,7 +348,7 @@ class Relocator:
             full = np.array([self._cost(sh.position_states, sh.state.tempo, trusted=False) for sh in trial.shadows])
             # a jump costs less once the track is failing (the search's evidence grows during
             # a trial), never more (the track's tenure grows too, the player does not change)
-            failing = self.prior.failing_scale(self.search.sustained_lead(self.prior.config.lost_window_s))
+            failing = self.prior.failing_scale(self._sustained_lead())
             trial.required = np.minimum(trial.required, self.config.margin_nats + full * failing)
         gains = trial.gains(follower.log_evidence, self.home)
         leads = trial.leads(gains)
@@ -469,6 +469,12 @@ class Relocator:
         self._settled = 0
         return True
 
+    def _sustained_lead(self) -> float:
+        """How far some far place has been explaining the playing better than the main
+        track over the prior's ``lost_window_s`` (the search's sustained lead, nats per
+        observation): what says the track is failing."""
+        return self.search.sustained_lead(self.prior.config.lost_window_s)
+
     def _cost(self, state: float, tempo: float = 1.0, trusted: bool = True) -> float:
         """The prior's cost (nats) of moving the main track to ``state`` (where a player
         at ``tempo`` would be now): nothing back to where the track the last far jump left
@@ -490,7 +496,7 @@ class Relocator:
                 if abs(state - there) * period <= self.prior.config.free_s:
                     return 0.0
         began = state - self._run * self.frame_s * tempo / period
-        lead = self.search.sustained_lead(self.prior.config.lost_window_s) if trusted else 0.0
+        lead = self._sustained_lead() if trusted else 0.0
         return self.prior.cost(self.main.position_states, state, self._tenure * self.frame_s, lead, began)
 
     # ------------------------------------------------------------------ screenings

@@ -173,7 +173,7 @@ class Kernel:
         arrays the arguments are exactly (type, dtype, dimensions, C order, alignment), else
         the JIT: written out as one expression per signature (0.8 us a call with two arrays,
         against 1.0 us as a loop; kernels are called tens of thousands of times a minute)."""
-        names = ", ".join(f"a{i}" for i in range(self.py_func.__code__.co_argcount))
+        names = _argument_names(self.py_func)
         namespace: dict = {"ndarray": np.ndarray, "jit": self._call_jit}
         lines = [f"def call({names}):"]
         for j, (checks, function) in enumerate(self._aot):
@@ -312,10 +312,15 @@ def kernels() -> list[Kernel]:
     return list(_REGISTRY)
 
 
+def _argument_names(func: Callable) -> str:
+    """``"a0, a1, ..."``, one name per positional argument of ``func``: the parameter list
+    of the functions generated for a kernel (its guarded call, the build's forwarder)."""
+    return ", ".join(f"a{i}" for i in range(func.__code__.co_argcount))
+
+
 def _forwarder(k: Kernel) -> Callable:
     """A function of the kernel's arity that calls its dispatcher: what the build exports."""
-    n = k.py_func.__code__.co_argcount
-    names = ", ".join(f"a{i}" for i in range(n))
+    names = _argument_names(k.py_func)
     namespace = {"target": k.dispatcher}
     exec(f"def forward({names}):\n    return target({names})\n", namespace)  # noqa: S102 (fixed text)
     return namespace["forward"]
