@@ -323,14 +323,17 @@ class Follower:
         self._scored = np.ones(self.n_detune, dtype=bool)
         self._cache_lo = 0
         self._cache = np.zeros((self.n_detune, 0, params.n_obs_bins), dtype=np.float32)
-        self._offsets = np.arange(self.band, dtype=np.float64)
-        self._onset_term = np.zeros(self.band)
-        self._onset_scratch = np.zeros(self.band)
         self._reach = max(1, int(round(cfg.floor_reach_s / params.coarse_period_s * self.m)))  # sub-states
-        self._steps = np.arange(int(np.ceil(cfg.max_tempo * self.sub_per_frame + 3 * cfg.step_std)) + 1)
+        self._steps = np.arange(int(np.ceil(cfg.max_tempo * self.sub_per_frame + 3 * cfg.step_std)) + 1,
+                                dtype=np.float64)
+        self._step_weights = np.zeros(self._steps.size)
+        self._local = np.zeros(2)  # the mass near the mode and its mean index (scratch)
         self._confidence = 0.0
         self._mode = 0
-        self._prev_root: np.ndarray | None = None
+        # square roots of the last two observations (for the Hellinger distance), swapped each frame
+        self._roots = np.zeros((2, params.n_obs_bins), dtype=np.float32)
+        self._root_slot = 0
+        self._has_prev_root = False
         self.last_change: float | None = None  # Hellinger distance of the last observation to the one before
         self._silent_frames = 0
         self._rest_from = 0  # the mode (sub-state) when the present rest began
@@ -357,7 +360,7 @@ class Follower:
         self.started = not wait
         self._silent_frames = 0
         self._confidence = 0.0
-        self._prev_root = None  # the first frame after a reset is compared with nothing
+        self._has_prev_root = False  # the first frame after a reset is compared with nothing
         self.last_change = None
         self.frames = 0
         self.log_evidence = 0.0
@@ -377,7 +380,7 @@ class Follower:
         j = int(round(state * self.m))
         self._centre_on(j, spread=spread_states * self.m)
         self.tempo_tracker.reset(self.tempo_tracker.tempo if tempo is None else tempo)
-        self._prev_root = None
+        self._has_prev_root = False
         self._silent_frames = 0
         self._rest_from = j
         self._s_hat = state
@@ -444,9 +447,9 @@ class Follower:
         # through a rest the tempo is only a guess: widen the steps so the belief spreads
         # behind and ahead of the extrapolation, ready for wherever the soloist comes back in
         std = cfg.step_std if active else cfg.silent_step_std
-        kernel = np.exp(-0.5 * ((self._steps - mean) / std) ** 2)
-        kernel /= kernel.sum()
-        self.posterior = np.convolve(self.posterior, kernel)[: self.band]
+        predicted = np.empty(self.band)
+        _predicted(self.posterior, self._steps, mean, std, self._step_weights, predicted)
+        self.posterior = predicted
 
     def _silent_tempo(self) -> float:
         """The tempo (X seconds per U second) the position moves at through a silence: the
@@ -463,11 +466,12 @@ class Follower:
     def _change(self, u: np.ndarray) -> float | None:
         """Hellinger distance between this frame's observation and the previous one's (None
         for the first frame since a reset)."""
-        root = np.sqrt(u)
-        prev, self._prev_root = self._prev_root, root
-        if prev is None:
+        self._root_slot ^= 1  # the last frame's root becomes the previous one
+        overlap = _root_overlap(u, self._roots[self._root_slot], self._roots[self._root_slot ^ 1])
+        had_prev, self._has_prev_root = self._has_prev_root, True
+        if not had_prev:
             return None
-        return float(np.sqrt(max(0.0, 1.0 - float(np.dot(root, prev)))))
+        return math.sqrt(max(0.0, 1.0 - overlap))
 
     def _novelty_weight(self, change: float | None) -> float:
         """A frame's evidence weight from its ``change``: proportional to it up to 1 at
@@ -524,14 +528,7 @@ class Follower:
     def _apply_onset(self, onset: float) -> None:
         """Weigh the band by the onset term of a frame of onset strength ``onset`` (not
         counted in ``log_evidence``: see the module's docstring)."""
-        band = slice(self.lo, self.lo + self.band)
-        term, scratch = self._onset_term, self._onset_scratch
-        np.multiply(self.onsets.heard[band], onset, out=term)
-        np.multiply(self.onsets.unheard[band], 1.0 - onset, out=scratch)
-        term += scratch
-        term -= term.max()
-        np.exp(term, out=term)
-        self.posterior *= term
+        _weigh_by_onset(self.onsets.heard, self.onsets.unheard, self.lo, float(onset), self.posterior)
 
     def _update(self, u: np.ndarray, evidence_scale: float, onset: float) -> None:
         cfg = self.config
@@ -548,9 +545,8 @@ class Follower:
             self._apply_onset(onset)
         # detune: this frame's evidence for each variant scored, into the slowly forgetting
         # posterior (the others' weights wait, far below, for the next frame that scores all)
-        forget = np.exp(-self.params.fine_period_s / cfg.detune_memory_s)
-        updated = forget * self.log_w + cfg.detune_rate * (evidence - evidence.max())
-        np.copyto(self.log_w, updated, where=scored)
+        forget = math.exp(-self.params.fine_period_s / cfg.detune_memory_s)
+        _forget_and_add(self.log_w, evidence, scored, forget, cfg.detune_rate)
         if scored.all():
             # a variant that explains this frame as well as the favourite is scored at every
             # frame until the next full frame: a player who retunes is followed at the usual pace
@@ -575,8 +571,7 @@ class Follower:
 
     def _floored(self, posterior: np.ndarray, mode: int) -> np.ndarray:
         """``posterior`` (in place) plus the floor within reach of band index ``mode``, normalised."""
-        posterior[max(0, mode - self._reach): mode + self._reach + 1] += self.config.floor
-        posterior /= posterior.sum()
+        _floor_and_normalise(posterior, mode, self._reach, self.config.floor)
         return posterior
 
     def _normalise_and_follow(self) -> None:
@@ -591,12 +586,10 @@ class Follower:
             mode -= shift
         a = self._floored(a, mode)
         self.posterior = a
-        h = cfg.mean_halfwidth
-        i0, i1 = max(0, mode - h), min(self.band, mode + h + 1)
-        local = a[i0:i1]
-        mass = float(local.sum())
-        self._s_hat = (self.lo + float((local * self._offsets[i0:i1]).sum() / mass)) / self.m
-        self._confidence = mass
+        local = self._local
+        _local_mean(a, mode, cfg.mean_halfwidth, local)
+        self._s_hat = (self.lo + float(local[1])) / self.m
+        self._confidence = float(local[0])
         self._mode = self.lo + mode
 
     def process_frame(self, frame: Frame) -> None:
@@ -630,24 +623,31 @@ class Follower:
         tempo = self.tempo_tracker.tempo if active else self._silent_tempo()
         if active and self.started and self._confidence > 0.5:
             tempo = self.tempo_tracker.add(frame_end_s - self.centre_delay_s, x_centre)
-        w = np.exp(self.log_w - self.log_w.max())
         st = self.state
         ahead = now_s - frame_end_s + self.centre_delay_s + self.config.lead_s  # U seconds since the frame's centre
         st.x_s = x_centre + (tempo * ahead if self.started else 0.0)
         st.x_frame_s = x_centre
         st.tempo = tempo
         st.confidence = self._confidence if self.started else 0.0
-        st.detune_cents = float((w @ self.cents) / w.sum())
+        st.detune_cents = _mixture_mean(self.log_w, self.cents)
         st.active = bool(active)
         st.state = int(self._mode // self.m)
 
     def warm_up(self) -> None:
-        """Load the compiled filter kernel now (about half a second the first time in a
+        """Load the compiled filter kernels now (about half a second the first time in a
         process), not at the soloist's first note, where a live stream would drop blocks."""
         n_obs = self.params.n_obs_bins
         templates = np.zeros((self.n_detune, 2, n_obs), np.float32)  # same types as _update's call
         _band_update(templates, 0, 2, np.zeros(n_obs, np.float32), 1.0, np.zeros(self.n_detune),
                      np.full(2 * self.m, 0.5 / self.m), 0, self.m, np.zeros(self.n_detune), self._all_variants)
+        belief = np.full(self.band, 1.0 / self.band)
+        _predicted(belief, self._steps, 1.0, 1.0, self._step_weights.copy(), np.empty(self.band))
+        _root_overlap(np.zeros(n_obs, np.float32), self._roots[0].copy(), self._roots[1].copy())
+        _weigh_by_onset(np.zeros(self.band), np.zeros(self.band), 0, 0.5, belief)
+        _floor_and_normalise(belief, 0, self._reach, self.config.floor)
+        _local_mean(belief, 0, self.config.mean_halfwidth, self._local.copy())
+        _forget_and_add(np.zeros(self.n_detune), np.zeros(self.n_detune), self._all_variants, 0.5, 0.5)
+        _mixture_mean(np.zeros(self.n_detune), self.cents)
 
     @property
     def position_states(self) -> float:
@@ -725,3 +725,98 @@ def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidenc
         posterior[i] *= math.exp(ll[i] - top)
         total += posterior[i]
     return math.log(total + 1e-300) + top + peak
+
+
+@kernel("void(float64[::1], float64[::1], float64, float64, float64[::1], float64[::1])")
+def _predicted(posterior, steps, mean, std, weights, out):  # pragma: no cover (numba)
+    """The prediction step: ``out[i] = sum_j w[j] posterior[i - j]`` (the first ``out.size``
+    sub-states of the full convolution), ``w`` (into ``weights``) a Gaussian over the
+    advances ``steps`` (sub-states) of ``mean`` and ``std``, normalised."""
+    total = 0.0
+    for j in range(steps.size):
+        z = (steps[j] - mean) / std
+        weights[j] = math.exp(-0.5 * z * z)
+        total += weights[j]
+    for j in range(steps.size):
+        weights[j] /= total
+    for i in range(out.size):
+        acc = 0.0
+        for j in range(min(i + 1, weights.size)):
+            acc += weights[j] * posterior[i - j]
+        out[i] = acc
+
+
+@kernel("float64(float32[::1], float32[::1], float32[::1])")
+def _root_overlap(u, root, prev):  # pragma: no cover (numba)
+    """``root = sqrt(u)`` and its overlap with the previous frame's ``prev``,
+    ``sum(root * prev)`` (1 minus the squared Hellinger distance of two distributions)."""
+    acc = 0.0
+    for b in range(u.size):
+        r = math.sqrt(u[b])
+        root[b] = r
+        acc += r * prev[b]
+    return acc
+
+
+@kernel("void(float64[::1], float64[::1], int64, float64, float64[::1])")
+def _weigh_by_onset(heard, unheard, lo, onset, posterior):  # pragma: no cover (numba)
+    """``posterior`` ``(band,)`` (sub-states ``lo ..``) times the onset term of a frame of
+    onset strength ``onset``: ``exp(heard * onset + unheard * (1 - onset))``, scaled so that
+    its largest value is 1."""
+    top = -math.inf
+    for i in range(posterior.size):
+        top = max(top, heard[lo + i] * onset + unheard[lo + i] * (1.0 - onset))
+    for i in range(posterior.size):
+        posterior[i] *= math.exp(heard[lo + i] * onset + unheard[lo + i] * (1.0 - onset) - top)
+
+
+@kernel("void(float64[::1], int64, int64, float64)")
+def _floor_and_normalise(posterior, mode, reach, floor):  # pragma: no cover (numba)
+    """Add ``floor`` to the sub-states within ``reach`` of index ``mode``, then normalise."""
+    for i in range(max(0, mode - reach), min(posterior.size, mode + reach + 1)):
+        posterior[i] += floor
+    total = 0.0
+    for i in range(posterior.size):
+        total += posterior[i]
+    for i in range(posterior.size):
+        posterior[i] /= total
+
+
+@kernel("void(float64[::1], int64, int64, float64[::1])")
+def _local_mean(posterior, mode, halfwidth, out):  # pragma: no cover (numba)
+    """The mass of ``posterior`` within ``halfwidth`` of index ``mode`` into ``out[0]``, and
+    its mean index there into ``out[1]``."""
+    mass = 0.0
+    moment = 0.0
+    for i in range(max(0, mode - halfwidth), min(posterior.size, mode + halfwidth + 1)):
+        mass += posterior[i]
+        moment += posterior[i] * i
+    out[0] = mass
+    out[1] = moment / mass
+
+
+@kernel("void(float64[::1], float64[::1], boolean[::1], float64, float64)")
+def _forget_and_add(log_w, evidence, scored, forget, rate):  # pragma: no cover (numba)
+    """The detune posterior's update, for the ``scored`` variants only: ``log_w = forget *
+    log_w + rate * (evidence - max(evidence))``."""
+    top = -math.inf
+    for d in range(evidence.size):
+        top = max(top, evidence[d])
+    for d in range(log_w.size):
+        if scored[d]:
+            log_w[d] = forget * log_w[d] + rate * (evidence[d] - top)
+
+
+@kernel("float64(float64[::1], float64[::1])")
+def _mixture_mean(log_w, values):  # pragma: no cover (numba)
+    """The mean of ``values`` under the weights ``exp(log_w)`` (normalised)."""
+    top = -math.inf
+    for d in range(log_w.size):
+        top = max(top, log_w[d])
+    total = 0.0
+    acc = 0.0
+    for d in range(log_w.size):
+        w = math.exp(log_w[d] - top)
+        total += w
+        acc += w * values[d]
+    return acc / total

@@ -126,7 +126,6 @@ class StreamingVocoder:
         self.resets = 0
 
         self._win = analysis_window(n_fft, np.float64)
-        self._win_c = self._win[:, None]
         self._win2 = self._win**2
         norm = np.zeros(hop)
         for start in range(0, n_fft, hop):
@@ -137,14 +136,16 @@ class StreamingVocoder:
         # preallocated buffers
         self._read_buf = np.zeros((n_fft + hop, channels), dtype=np.float32)
         self._ref_buf = np.zeros((n_fft, channels), dtype=np.float32)
-        self._frames = np.zeros((n_fft, channels))
+        # rows: each channel's frame at the read position, then the mid's one hop earlier
+        self._frames = np.zeros((channels + 1, n_fft))
         self._mid_frame = np.zeros(n_fft)
-        self._ola = np.zeros((n_fft, channels))
+        self._ola = np.zeros((channels, n_fft))
         self._ola_missing = np.zeros(n_fft)  # overlap-add weight removed by pre-onset cuts
         self._fifo = np.zeros((hop, channels), dtype=np.float32)
         self._fifo_pos = 0
         self._fifo_len = 0
         self._gain = np.ones(self.n_bins)
+        self._no_gain = np.ones(self.n_bins)
         self._rot = np.ones(self.n_bins, dtype=np.complex128)
         self._unlocked = np.ones(self.n_bins, dtype=np.complex128)  # the rotation before locking
 
@@ -184,10 +185,11 @@ class StreamingVocoder:
         """Load the compiled kernels now, not in the first audio callback that stretches
         (see :meth:`player.follower.Follower.warm_up`); the vocoder's state is unchanged."""
         unlocked = np.ones(self.n_bins, dtype=np.complex128)
-        _advanced_rotation(unlocked, unlocked, unlocked, unlocked)
+        _windowed_frames(self._read_buf, self.hop, self._win, self._frames.copy(), True)
+        spec = np.ones((self.channels + 1, self.n_bins), dtype=np.complex128)
+        _mid_and_advance(spec, self.channels, self._mid.copy(), self._mag.copy(), unlocked, unlocked, unlocked.copy(), True)
         _lock_to_peaks(unlocked, np.zeros(self.n_bins), unlocked)
-        _mid_spectrum(np.zeros((self.n_bins, self.channels), dtype=np.complex128), self._mid.copy(), self._mag.copy())
-        _unit_phasor(unlocked, unlocked.copy())
+        _apply_rotation(unlocked, self._no_gain, unlocked.copy(), spec, unlocked, unlocked.copy())
         _overlap_add(np.zeros_like(self._ola), self._win, self._ola.copy(), self._ola_missing.copy(), self._norm, self.hop,
                      self._fifo.copy())
         _diff_energy(self._read_buf[: 1 + self._block], self._block, self._diff.copy(), np.empty(1))
@@ -268,7 +270,8 @@ class StreamingVocoder:
         else:
             p = self._p_last + rate * hop
         start = math.floor(p + 0.5) - half  # first X sample of the frame centred on round(p)
-        buf, spec, mid, mag = self._analyse(start)
+        buf, spec, unlocked = self._analyse(start, advance=not fresh)
+        mid, mag = self._mid, self._mag
         u = self._u
         cut_weight = None
 
@@ -281,7 +284,6 @@ class StreamingVocoder:
             self._last_onset = -math.inf
             self._scan(buf, start)
         else:
-            unlocked = self._advance(buf, start)
             self._scan(buf, start)
 
             if self._reset_at is not None and p >= self._reset_at - 0.5 * rate * hop:
@@ -291,8 +293,7 @@ class StreamingVocoder:
                 moved = math.floor(t0 - (t0 - p) / rate + 0.5) - half
                 if moved != start:
                     start = moved
-                    buf, spec, mid, mag = self._analyse(start)
-                    unlocked = self._advance(buf, start)
+                    buf, spec, unlocked = self._analyse(start, advance=True)
                 new = self._new_bins(mag, t0)
                 self._lock(unlocked, mag, out=u)
                 u[new] = 1.0
@@ -322,18 +323,15 @@ class StreamingVocoder:
                 cut = math.floor(self._reset_at) - self._cut_margin - start
                 if 0 < cut < n_fft:
                     fade = self._fade[max(0, fade_len - cut):]  # a short fade-out ending at the cut
-                    self._frames[cut - fade.size:cut] *= fade[:, None]
-                    self._frames[cut:] = 0.0
-                    spec = np.fft.rfft(self._frames, axis=0)
+                    frames = self._frames[:self.channels]
+                    frames[:, cut - fade.size:cut] *= fade
+                    frames[:, cut:] = 0.0
+                    spec = np.fft.rfft(frames, axis=-1)
                     cut_weight = cut
 
-        rot = self._rot
-        if gain is None:
-            np.copyto(rot, u)
-        else:
-            np.multiply(u, gain, out=rot)
-        spec *= rot[:, None]
-        frames = np.fft.irfft(spec, n=n_fft, axis=0)
+        channel_spec = spec[:self.channels]  # (the mid's row, if any, is not synthesised)
+        _apply_rotation(u, self._no_gain if gain is None else gain, self._rot, channel_spec, mid, self._phasor)
+        frames = np.fft.irfft(channel_spec, n=n_fft, axis=-1)
         missing = self._ola_missing
         if cut_weight is not None:
             missing[cut_weight:] += self._win2[cut_weight:]
@@ -343,36 +341,31 @@ class StreamingVocoder:
         self._fifo_pos, self._fifo_len = 0, hop
         self._ola_origin += hop
 
-        _unit_phasor(mid, self._phasor)  # of the mid at this frame
         self._last_start = start
         self._p_last = p
         self._points.append((centre, p))
         if len(self._points) > 16:  # only reachable if position_s is never read
             self._points.popleft()
 
-    def _analyse(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Read X[start - hop, start + n_fft); window the frame at ``start`` of every channel.
+    def _analyse(self, start: int, advance: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read X[start - hop, start + n_fft) and analyse the frame at ``start``: the mid's
+        spectrum (mean of the channels') and magnitude into ``_mid`` and ``_mag``.
 
-        Returns the read block, the channels' spectra ``(n_bins, channels)``, the mid's
-        spectrum (mean of the channels') and its magnitude."""
-        hop = self.hop
+        Returns the read block ``(n_fft + hop, channels)``, the spectra ``(rows, n_bins)``
+        (the channels', then, when advancing, the mid's one hop before the frame) and, with
+        ``advance``, the rotation before locking: ``U_{k-1} * P(last frame) * conj(P(mid
+        one hop before the frame))`` (else ``_u``, unchanged)."""
+        hop, channels = self.hop, self.channels
         buf = self.audio.read(start - hop, self.n_fft + hop, out=self._read_buf)
-        np.multiply(buf[hop:], self._win_c, out=self._frames)
-        spec = np.fft.rfft(self._frames, axis=0)
-        _mid_spectrum(spec, self._mid, self._mag)
-        return buf, spec, self._mid, self._mag
-
-    def _advance(self, buf: np.ndarray, start: int) -> np.ndarray:
-        """The rotation before locking: ``U_{k-1} * P(last frame) * conj(P(mid one hop before
-        the frame at start))`` (the mid frame at ``start - hop`` is the start of ``buf``)."""
-        if start - self.hop == self._last_start:  # e.g. rate 1: that frame is the last frame
-            return self._u
-        to_mono(buf[:self.n_fft], out=self._mid_frame)
-        self._mid_frame *= self._win
-        prev = np.fft.rfft(self._mid_frame)
-        _advanced_rotation(self._u, self._phasor, prev, self._unlocked)
+        # the mid one hop before is the last frame itself when X advanced by one hop (rate 1)
+        advance = advance and start - hop != self._last_start
+        _windowed_frames(buf, hop, self._win, self._frames, advance)
+        spec = np.fft.rfft(self._frames if advance else self._frames[:channels], axis=-1)
+        _mid_and_advance(spec, channels, self._mid, self._mag, self._u, self._phasor, self._unlocked, advance)
+        if not advance:
+            return buf, spec, self._u
         self._u_is_one = False
-        return self._unlocked
+        return buf, spec, self._unlocked
 
     def _set_identity(self) -> None:
         self._u.fill(1.0)
@@ -431,13 +424,43 @@ class StreamingVocoder:
         _lock_to_peaks(unlocked, mag, out)
 
 
-@kernel("void(complex128[::1], complex128[::1], complex128[::1], complex128[::1])")
-def _advanced_rotation(u, phasor, prev, out):  # pragma: no cover (numba)
-    """``out = U * P(last) * conj(P(prev))`` as unit phasors (complex ``(n_bins,)``):
-    ``prev``, the spectrum one hop before the frame, is normalised on the way."""
-    for k in range(u.size):
-        r = u[k] * phasor[k] * _unit(prev[k]).conjugate()
-        out[k] = r * (1.0 / math.sqrt(r.real * r.real + r.imag * r.imag))
+@kernel("void(float32[:, ::1], int64, float64[::1], float64[:, ::1], boolean)")
+def _windowed_frames(buf, hop, window, frames, with_mid):  # pragma: no cover (numba)
+    """Window the frames of a read block ``buf`` ``(n_fft + hop, channels)``: row ``c`` of
+    ``frames`` ``(channels + 1, n_fft)`` gets channel ``c`` from ``hop`` on; with
+    ``with_mid``, the last row the mid (mean of the channels) of the first ``n_fft``."""
+    n, channels = window.size, buf.shape[1]
+    for c in range(channels):
+        for j in range(n):
+            frames[c, j] = buf[hop + j, c] * window[j]
+    if with_mid:
+        for j in range(n):
+            m = float(buf[j, 0])
+            for c in range(1, channels):
+                m += buf[j, c]
+            if channels > 1:
+                m *= 1.0 / channels
+            frames[channels, j] = m * window[j]
+
+
+@kernel("void(complex128[:, ::1], int64, complex128[::1], float64[::1], complex128[::1], complex128[::1], "
+        "complex128[::1], boolean)")
+def _mid_and_advance(spec, channels, mid, mag, u, phasor, out, advance):  # pragma: no cover (numba)
+    """The mean of the channels' spectra (the first ``channels`` rows of ``spec`` ``(rows,
+    n_bins)``) into ``mid`` and its magnitude into ``mag``; with ``advance``, the rotation
+    ``out = U * P(last) * conj(P(prev))`` as unit phasors, ``prev`` being the row after
+    the channels' (the mid one hop before the frame, normalised on the way)."""
+    for k in range(mid.size):
+        z = spec[0, k]
+        for c in range(1, channels):
+            z += spec[c, k]
+        if channels > 1:
+            z *= 1.0 / channels
+        mid[k] = z
+        mag[k] = math.sqrt(z.real * z.real + z.imag * z.imag)  # (hypot: 3x slower)
+        if advance:
+            r = u[k] * phasor[k] * _unit(spec[channels, k]).conjugate()
+            out[k] = r * (1.0 / math.sqrt(r.real * r.real + r.imag * r.imag))
 
 
 @kernel("void(complex128[::1], float64[::1], complex128[::1])")
@@ -468,21 +491,6 @@ def _lock_to_peaks(unlocked, mag, out):  # pragma: no cover (numba)
         out[j] = unlocked[last]
 
 
-@kernel("void(complex128[:, ::1], complex128[::1], float64[::1])")
-def _mid_spectrum(spec, mid, mag):  # pragma: no cover (numba)
-    """The mean of the channels' spectra ``spec`` ``(n_bins, channels)`` into ``mid`` and
-    its magnitude into ``mag``."""
-    n, channels = spec.shape
-    for k in range(n):
-        z = spec[k, 0]
-        for c in range(1, channels):
-            z += spec[k, c]
-        if channels > 1:
-            z *= 1.0 / channels
-        mid[k] = z
-        mag[k] = math.sqrt(z.real * z.real + z.imag * z.imag)  # (hypot: 3x slower)
-
-
 @kernel()
 def _unit(z):  # pragma: no cover (numba)
     """``(z + tiny) / |z + tiny|``: the unit phasor of ``z`` (1 where ``z`` is 0)."""
@@ -491,34 +499,41 @@ def _unit(z):  # pragma: no cover (numba)
     return complex(re * scale, im * scale)
 
 
-@kernel("void(complex128[::1], complex128[::1])")
-def _unit_phasor(z, out):  # pragma: no cover (numba)
-    """``out[k] = _unit(z[k])`` for the spectrum ``z`` ``(n_bins,)``."""
-    for k in range(z.size):
-        out[k] = _unit(z[k])
+@kernel("void(complex128[::1], float64[::1], complex128[::1], complex128[:, ::1], complex128[::1], complex128[::1])")
+def _apply_rotation(u, gain, rot, spec, mid, phasor):  # pragma: no cover (numba)
+    """The synthesis spectra: every row of ``spec`` ``(channels, n_bins)`` times ``rot = u *
+    gain``; and ``phasor``, the unit phasor of this frame's ``mid``, for the next frame."""
+    for k in range(u.size):
+        r = u[k] * gain[k]
+        rot[k] = r
+        for c in range(spec.shape[0]):
+            spec[c, k] *= r
+        phasor[k] = _unit(mid[k])
 
 
 @kernel("void(float64[:, ::1], float64[::1], float64[:, ::1], float64[::1], float64[::1], int64, float32[:, ::1])")
 def _overlap_add(frames, window, ola, missing, norm, hop, fifo):  # pragma: no cover (numba)
-    """Add the windowed synthesis ``frames`` ``(n_fft, channels)`` into ``ola``; move its
-    first ``hop`` samples, normalised by the overlap-add weight (``norm - missing``, at
-    least ``norm / 3``), into ``fifo``; shift ``ola`` and ``missing`` by ``hop``."""
-    n, channels = frames.shape
-    for j in range(n):
-        for c in range(channels):
-            ola[j, c] += frames[j, c] * window[j]
+    """Add the windowed synthesis ``frames`` ``(channels, n_fft)`` into ``ola`` (the same
+    shape); move its first ``hop`` samples, normalised by the overlap-add weight (``norm -
+    missing``, at least ``norm / 3``), into ``fifo`` ``(hop, channels)``; shift ``ola`` and
+    ``missing`` by ``hop``."""
+    channels, n = frames.shape
+    for c in range(channels):
+        for j in range(n):
+            ola[c, j] += frames[c, j] * window[j]
     for j in range(hop):
         weight = max(norm[j] - missing[j], norm[j] / 3.0)  # compensate a cut by at most +9.5 dB
         for c in range(channels):
-            fifo[j, c] = ola[j, c] / weight
+            fifo[j, c] = ola[c, j] / weight
     for j in range(n - hop):
         missing[j] = missing[j + hop]
-        for c in range(channels):
-            ola[j, c] = ola[j + hop, c]
     for j in range(n - hop, n):
         missing[j] = 0.0
-        for c in range(channels):
-            ola[j, c] = 0.0
+    for c in range(channels):
+        for j in range(n - hop):
+            ola[c, j] = ola[c, j + hop]
+        for j in range(n - hop, n):
+            ola[c, j] = 0.0
 
 
 @kernel("void(float32[:, ::1], int64, float64[::1], float64[::1])")
