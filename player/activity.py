@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from player.stages import Frame
 from shared.config import check_fields, field_error
+from shared.kernels import kernel
 from shared.spectral import AnalysisParams
 
 
@@ -60,6 +63,7 @@ class ActivityDetector:
         self._levels = np.empty(max(8, int(round(self.config.window_s / params.fine_period_s))), dtype=np.float64)
         self._flatness = np.empty_like(self._levels)  # spectral flatness of the same frames
         self._every = 5  # re-estimate the floor every few frames (a percentile of a few hundred values)
+        self._band_stats = np.zeros(2)  # the band's power and mean log magnitude (scratch)
         self.reset()
 
     def reset(self) -> None:
@@ -73,6 +77,11 @@ class ActivityDetector:
         self._held = 0
         self._frames = 0
         self._count = 0
+
+    def warm_up(self) -> None:
+        """Load the compiled kernel now, not in the first audio callback (see
+        :meth:`player.follower.Follower.warm_up`); the gate's state is unchanged."""
+        _band_power(np.ones(self.params.n_bins, dtype=np.float32), 0, 1, np.zeros(2))
 
     def release(self) -> None:
         """Close the gate now (drop its hold); the noise floor, a property of the room, stays."""
@@ -104,9 +113,11 @@ class ActivityDetector:
 
     def update(self, mag: np.ndarray) -> bool:
         """Take one magnitude frame ``(n_bins,)``; True while the soloist is playing."""
-        band = mag[self.params.obs_bins]
-        power = float(np.dot(band, band))
-        level = 10.0 * np.log10(power / self._ref + 1e-20)
+        band = self.params.obs_bins
+        stats = self._band_stats
+        _band_power(mag, band.start, band.stop, stats)
+        power = float(stats[0])
+        level = 10.0 * math.log10(power / self._ref + 1e-20)
         self.level_db = level
         cfg = self.config
         self._frames += 1
@@ -117,7 +128,7 @@ class ActivityDetector:
             self._levels[slot] = level
             # geometric over arithmetic mean of the band's power: ~0.3 for room noise,
             # ~0.001 for a note
-            self.flatness = float(np.exp(2.0 * (np.log(band + 1e-12).sum() / band.size)) * band.size / (power + 1e-30))
+            self.flatness = math.exp(2.0 * float(stats[1])) * (band.stop - band.start) / (power + 1e-30)
             self._flatness[slot] = self.flatness
             self._count += 1
             if self._count % self._every == 1:
@@ -134,3 +145,17 @@ class ActivityDetector:
         self.room_noise = (not on and self.flatness > cfg.noise_flatness
                            and level <= room + cfg.quiet_span_db)
         return on
+
+
+@kernel("void(float32[::1], int64, int64, float64[::1])")
+def _band_power(mag, lo, hi, out):  # pragma: no cover (numba)
+    """The power of ``mag[lo:hi]`` (sum of squares) into ``out[0]`` and its mean log
+    magnitude (``log(mag + 1e-12)``) into ``out[1]``."""
+    power = 0.0
+    logs = 0.0
+    for i in range(lo, hi):
+        m = float(mag[i])
+        power += m * m
+        logs += math.log(m + 1e-12)
+    out[0] = power
+    out[1] = logs / (hi - lo)

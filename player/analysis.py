@@ -36,10 +36,17 @@ class ObservationStage:
     def __init__(self, params: AnalysisParams, onset_bank: np.ndarray | None = None) -> None:
         self.params = params
         self.onsets = OnsetStrength(params, onset_bank)
+        self._obs = np.zeros(params.n_obs_bins, dtype=np.float32)  # reused: later stages copy what they keep
 
     def process_frame(self, frame: Frame) -> None:
-        frame.obs = observation_features(frame.clean, self.params)
+        frame.obs = observation_features(frame.clean, self.params, out=self._obs)
         frame.onset = self.onsets.push(frame.clean)  # after the leak and noise removal: the soloist's own
+
+    def warm_up(self) -> None:
+        """Load the compiled kernels now, not in the first audio callback (see
+        :meth:`player.follower.Follower.warm_up`); the stage's state is unchanged."""
+        observation_features(np.zeros(self.params.n_bins, dtype=np.float32), self.params, out=self._obs.copy())
+        self.onsets.warm_up()
 
     def reset(self) -> None:
         self.onsets.reset()

@@ -185,8 +185,8 @@ class GlobalSearch:
         self._acc_n = 0
         self._acc_active = 0
         self._cursor = 0
-        self._found: list[tuple[float, int, float, int]] = []  # this sweep's (score, end, tempo, frame)
-        self._found_free: list[tuple[float, int, float, int]] = []  # its best free place (see ``prior``)
+        self._found = _Places(self.config.pool * self._keep)  # this sweep's best places
+        self._found_free = _Places(self._keep)  # its best free place (see ``prior``)
         # the last sweep's places to propose (score, state, tempo, frame): free and far ones
         self._latest_free: list[tuple[float, float, float, int]] = []
         self._latest_far: list[tuple[float, float, float, int]] = []
@@ -215,7 +215,7 @@ class GlobalSearch:
         _context_scores(sim, ends, self._lags, np.arange(self.ctx), 0, np.ones(self.ctx, dtype=np.float32), 1.0,
                         self._best, self._which)
         index = np.zeros(2, dtype=np.int64)
-        _merge_peaks(np.zeros(1), index[:1], ends, np.zeros(2), index.copy(), index.copy(), 0, 1, self._apart)
+        _Places(1).merge(np.zeros(1), np.ones(1), ends, 0, self._apart)
         _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
 
     # ------------------------------------------------------------------ scoring
@@ -306,11 +306,11 @@ class GlobalSearch:
         hi = min(self.n_states, lo + self.slice)
         ends = np.arange(lo, hi)
         scores, tempos = self._scores(ends, bands=self._bands is not None)
-        self._keep_peaks(scores, tempos, ends, self._found, self.config.pool * self._keep)
+        self._found.merge(scores, tempos, ends, self._frame, self._apart)
         if self.prior is not None:
             free = self.prior.near(position_states, ends) | self._at_section_start[lo:hi]  # = prior.free
             if free.any():
-                self._keep_peaks(scores[free], tempos[free], ends[free], self._found_free, self._keep)
+                self._found_free.merge(scores[free], tempos[free], ends[free], self._frame, self._apart)
         self._cursor = 0 if hi >= self.n_states else hi
         if not self._cursor:  # a sweep is complete
             self._sweep_done(position_states)
@@ -322,8 +322,7 @@ class GlobalSearch:
         while the last one's places are being scored is dropped: the next finds them
         again)."""
         cfg = self.config
-        found, found_free = self._found, self._found_free
-        self._found, self._found_free = [], []
+        found, found_free = self._found.take(), self._found_free.take()
         if self._queue:  # the last sweep's places are still being scored
             return
         if self._bands is not None:  # screened on bands: the best at full resolution
@@ -434,25 +433,38 @@ class GlobalSearch:
         """Where a place found at ``state`` in frame ``at`` is now, at its ``tempo`` (states)."""
         return state + (self._frame - at) * tempo / self.per_state
 
-    def _keep_peaks(self, scores: np.ndarray, tempos: np.ndarray, ends: np.ndarray,
-                    found: list[tuple[float, int, float, int]], k: int) -> None:
-        """Merge this slice's best places into ``found``, the sweep's top ``k`` (in place),
-        at least ``min_jump_s`` apart from each other (one place per passage)."""
-        # enough to find k separated peaks (contiguous: one compiled kernel for every slice)
-        order = np.ascontiguousarray(np.argsort(scores)[::-1][: 8 * k])
-        kept = np.empty(k + 1)
-        kept_states = np.empty(k + 1, dtype=np.int64)
-        source = np.empty(k + 1, dtype=np.int64)  # -1 - an entry of ``found``, or an index of the slice
-        for j, f in enumerate(found):
-            kept[j], kept_states[j], source[j] = f[0], f[1], -1 - j
-        n = _merge_peaks(scores, order, ends, kept, kept_states, source, len(found), k, self._apart)
-        merged = [found[-1 - i] if i < 0 else (float(scores[i]), int(ends[i]), float(tempos[i]), self._frame)
-                  for i in source[:n]]
-        found[:] = merged
-
 
 #: States either side of a place found on bands searched for its best full-resolution end.
 _REFINE_STATES = 3
+
+
+class _Places:
+    """A sweep's best places so far, best first and at least ``apart`` states from each
+    other (one place per passage): parallel arrays of scores, end states, tempos and the
+    frames they were found in, ``n`` of them (at most ``k``)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = int(k)
+        self.score = np.empty(self.k + 1)
+        self.state = np.empty(self.k + 1, dtype=np.int64)
+        self.tempo = np.empty(self.k + 1)
+        self.frame = np.empty(self.k + 1, dtype=np.int64)
+        self.n = 0
+
+    def merge(self, scores: np.ndarray, tempos: np.ndarray, ends: np.ndarray, frame: int, apart: float) -> None:
+        """Merge a slice's places (``scores``, ``tempos`` float ``(m,)``, ``ends`` int ``(m,)``),
+        found in ``frame``, into the kept ones."""
+        # enough to find k separated peaks (contiguous: one compiled kernel for every slice)
+        order = np.ascontiguousarray(np.argsort(scores)[::-1][: 8 * self.k])
+        self.n = _merge_places(scores, tempos, ends, order, frame, self.score, self.state, self.tempo, self.frame,
+                               self.n, self.k, apart)
+
+    def take(self) -> list[tuple[float, int, float, int]]:
+        """The kept places as ``(score, end, tempo, frame)``, best first; none are kept after."""
+        out = [(float(self.score[i]), int(self.state[i]), float(self.tempo[i]), int(self.frame[i]))
+               for i in range(self.n)]
+        self.n = 0
+        return out
 
 
 class _ContextSimilarities:
@@ -497,13 +509,15 @@ class _ContextSimilarities:
         self.filled[lo:hi] = n_obs
 
 
-@kernel("int64(float64[::1], int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], int64, int64, float64)")
-def _merge_peaks(scores, order, ends, kept, kept_states, source, n, k, apart):  # pragma: no cover (numba)
-    """Merge the places ``order`` (indices into ``scores``/``ends``, best first) into the
-    ``n`` kept ones (``kept`` scores, descending, ``kept_states``, ``source``; capacity ``k
-    + 1``): a place enters if it beats the worst of ``k`` kept ones and every kept place
-    within ``apart`` states (it replaces the first such); ties keep the earlier place
-    first. Returns the new count; ``source`` holds each kept place's origin."""
+@kernel("int64(float64[::1], float64[::1], int64[::1], int64[::1], int64, float64[::1], int64[::1], float64[::1], "
+        "int64[::1], int64, int64, float64)")
+def _merge_places(scores, tempos, ends, order, frame, kept, kept_states, kept_tempos, kept_frames, n, k,
+                  apart):  # pragma: no cover (numba)
+    """Merge the places ``order`` (indices into ``scores``/``tempos``/``ends``, best first,
+    found in ``frame``) into the ``n`` kept ones (``kept`` scores, descending, with their
+    states, tempos and frames; capacity ``k + 1``): a place enters if it beats the worst of
+    ``k`` kept ones and every kept place within ``apart`` states (it replaces the first
+    such); ties keep the earlier place first. Returns the new count."""
     for i in order:
         score = scores[i]
         if n == k and score <= kept[n - 1]:
@@ -518,14 +532,16 @@ def _merge_peaks(scores, order, ends, kept, kept_states, source, n, k, apart):  
             if score <= kept[clash]:
                 continue
             for j in range(clash, n - 1):
-                kept[j], kept_states[j], source[j] = kept[j + 1], kept_states[j + 1], source[j + 1]
+                kept[j], kept_states[j] = kept[j + 1], kept_states[j + 1]
+                kept_tempos[j], kept_frames[j] = kept_tempos[j + 1], kept_frames[j + 1]
             n -= 1
         at = n
         while at > 0 and kept[at - 1] < score:
             at -= 1
         for j in range(n, at, -1):
-            kept[j], kept_states[j], source[j] = kept[j - 1], kept_states[j - 1], source[j - 1]
-        kept[at], kept_states[at], source[at] = score, state, i
+            kept[j], kept_states[j] = kept[j - 1], kept_states[j - 1]
+            kept_tempos[j], kept_frames[j] = kept_tempos[j - 1], kept_frames[j - 1]
+        kept[at], kept_states[at], kept_tempos[at], kept_frames[at] = score, state, tempos[i], frame
         n = min(n + 1, k)
     return n
 

@@ -45,6 +45,7 @@ COMPILED_MODULE = "_compiled_kernels"
 KERNEL_MODULES = (
     "shared.spectral",
     "shared.pgnmf",
+    "player.activity",
     "player.follower",
     "player.search",
     "player.separation",

@@ -337,22 +337,50 @@ def spectral_subtract(mag: np.ndarray, estimate: np.ndarray, keep: float,
     return np.maximum(out, scratch, out=out)
 
 
-def observation_features(mag: np.ndarray, params: AnalysisParams) -> np.ndarray:
+def observation_features(mag: np.ndarray, params: AnalysisParams, out: np.ndarray | None = None) -> np.ndarray:
     """Normalised, compressed observation vectors from magnitude spectra.
 
     Args:
         mag: ``(..., n_bins)`` magnitudes on the full STFT axis.
+        out: optional float32 ``(..., n_obs_bins)`` C-ordered buffer to write into (the
+            live path calls this per frame: no allocation); it is returned.
 
     Returns:
         float32 ``(..., n_obs_bins)``, each vector non-negative and summing to 1
         (an all-zero input frame gives the uniform vector).
     """
-    band = np.asarray(mag[..., params.obs_bins], dtype=np.float32)
-    peak = band.max(axis=-1, keepdims=True)
-    comp = np.log1p(params.compression_gain * band / np.maximum(peak, 1e-12))
-    total = comp.sum(axis=-1, keepdims=True)
-    uniform = np.float32(1.0 / band.shape[-1])
-    return np.where(total > 0, comp / np.maximum(total, 1e-30), uniform).astype(np.float32)
+    mag = np.asarray(mag)
+    band = params.obs_bins
+    rows = np.ascontiguousarray(mag, dtype=np.float32).reshape(-1, mag.shape[-1])
+    if out is None:
+        out = np.empty(mag.shape[:-1] + (band.stop - band.start,), dtype=np.float32)
+    _features(rows, band.start, band.stop, np.float32(params.compression_gain), out.reshape(rows.shape[0], -1))
+    return out
+
+
+@kernel("void(float32[:, ::1], int64, int64, float32, float32[:, ::1])")
+def _features(mag, lo, hi, gain, out):  # pragma: no cover (numba)
+    """:func:`observation_features` of the rows of ``mag`` ``(m, n_bins)`` into ``out``
+    ``(m, hi - lo)``, in float32: ``log1p(gain * mag / max)`` over bins ``[lo, hi)``,
+    normalised to sum 1 (uniform where it sums to 0)."""
+    n = hi - lo
+    for r in range(mag.shape[0]):
+        peak = mag[r, lo]
+        for i in range(lo + 1, hi):
+            peak = max(peak, mag[r, i])
+        peak = max(peak, np.float32(1e-12))
+        total = np.float32(0.0)
+        for i in range(n):
+            c = np.float32(math.log1p(gain * mag[r, lo + i] / peak))
+            out[r, i] = c
+            total += c
+        if total > 0:
+            total = max(total, np.float32(1e-30))
+            for i in range(n):
+                out[r, i] = out[r, i] / total
+        else:
+            for i in range(n):
+                out[r, i] = np.float32(1.0 / n)
 
 
 def log_templates(state_mag: np.ndarray, params: AnalysisParams) -> np.ndarray:
@@ -522,6 +550,10 @@ class OnsetStrength:
         self._spread = np.zeros(n, dtype=np.float32)
         self.reset()
 
+    def warm_up(self) -> None:
+        """Load the compiled kernel now (the state is unchanged)."""
+        _onset_flux(self._band.copy(), np.float32(1.0), self._levels.copy(), 0, True, self._spread.copy())
+
     def reset(self) -> None:
         """Forget the past (a restart: what came before must not look like an onset)."""
         self._frames = 0
@@ -534,26 +566,39 @@ class OnsetStrength:
         band, spread = self._band, self._spread
         np.matmul(self._bank, mag, out=band)
         self._ref = max(float(band.max()), self._ref * self._ref_decay)
-        if self._ref <= SILENT_REF:  # digital silence so far (or for minutes: the peak has decayed away)
-            band[:] = 0.0
-        else:
-            np.multiply(band, np.float32(p.compression_gain / self._ref), out=band)
-            np.log1p(band, out=band)
+        # (digital silence so far, or for minutes, the peak decayed away: no level at all)
+        scale = 0.0 if self._ref <= SILENT_REF else p.compression_gain / self._ref
         slot = self._frames % p.onset_lag
-        flux = 0.0
-        if self._frames >= p.onset_lag:
-            past = self._levels[slot]
-            spread[:] = past
-            np.maximum(spread[1:], past[:-1], out=spread[1:])
-            np.maximum(spread[:-1], past[1:], out=spread[:-1])
-            np.subtract(band, spread, out=spread)
-            np.maximum(spread, 0.0, out=spread)
-            flux = float(spread.sum() / spread.size)  # (.mean()'s wrapper: 5 us a frame)
-        self._levels[slot] = band
+        flux = _onset_flux(band, np.float32(scale), self._levels, slot, self._frames >= p.onset_lag, spread)
         self._frames += 1
         excess = max(0.0, flux - self._baseline)
         self._baseline = self._base_decay * self._baseline + (1.0 - self._base_decay) * flux
         return 1.0 - math.exp(-excess / p.onset_scale)
+
+
+@kernel("float64(float32[::1], float32, float32[:, ::1], int64, boolean, float32[::1])")
+def _onset_flux(band, scale, levels, slot, have_past, spread):  # pragma: no cover (numba)
+    """One frame of :class:`OnsetStrength`: ``band`` ``(n,)`` (the bands' energies) turned
+    into levels ``log1p(scale * band)`` in place (0 everywhere if ``scale`` is 0) and kept as
+    ``levels[slot]``; with ``have_past``, returns the flux: the mean rise of the levels over
+    the ``levels[slot]`` they replace, that one first max-filtered over the neighbouring
+    bands (into ``spread``); else 0."""
+    n = band.size
+    for i in range(n):
+        band[i] = np.float32(math.log1p(scale * band[i])) if scale > 0 else np.float32(0.0)
+    flux = np.float32(0.0)
+    if have_past:
+        for i in range(n):
+            wide = levels[slot, i]
+            if i > 0:
+                wide = max(wide, levels[slot, i - 1])
+            if i < n - 1:
+                wide = max(wide, levels[slot, i + 1])
+            spread[i] = max(band[i] - wide, np.float32(0.0))
+            flux += spread[i]
+    for i in range(n):
+        levels[slot, i] = band[i]
+    return flux / n
 
 
 def onset_filterbank(params: AnalysisParams) -> np.ndarray:
