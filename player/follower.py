@@ -321,8 +321,11 @@ class Follower:
         self._evidence = np.zeros(self.n_detune)
         self._all_variants = np.ones(self.n_detune, dtype=bool)
         self._scored = np.ones(self.n_detune, dtype=bool)
-        self._cache_lo = 0
-        self._cache = np.zeros((self.n_detune, 0, params.n_obs_bins), dtype=np.float32)
+        # the templates' codes, read by the filter's kernel as they are (a quarter of the
+        # memory traffic of float32 templates, and nothing to convert when the band moves)
+        self._codes = np.ascontiguousarray(templates.q, dtype=np.uint8)
+        self._penalty = (np.zeros(self.n_states, dtype=np.float32) if templates.penalty is None
+                         else np.ascontiguousarray(templates.penalty, dtype=np.float32))
         self._reach = max(1, int(round(cfg.floor_reach_s / params.coarse_period_s * self.m)))  # sub-states
         self._steps = np.arange(int(np.ceil(cfg.max_tempo * self.sub_per_frame + 3 * cfg.step_std)) + 1,
                                 dtype=np.float64)
@@ -430,16 +433,6 @@ class Follower:
                 moved[-shift:] = posterior[: self.band + shift]
         return moved
 
-    def _band_templates(self, s0: int, s1: int) -> tuple[np.ndarray, int]:
-        """float32 log templates ``(n_detune, n, n_obs_bins)`` holding states ``[s0, s1)``
-        from index ``offset`` on, dequantised once per cache window: ``(cache, offset)``."""
-        if s0 < self._cache_lo or s1 > self._cache_lo + self._cache.shape[1]:
-            start = max(0, s0 - self.band_states // 2)
-            stop = min(self.n_states, start + 3 * self.band_states + 2)
-            self._cache_lo = start
-            self._cache = np.ascontiguousarray(self.templates.dequantize(slice(None), slice(start, stop)))
-        return self._cache, s0 - self._cache_lo
-
     # ------------------------------------------------------------------ per frame
     def _predict(self, active: bool) -> None:
         cfg = self.config
@@ -536,11 +529,11 @@ class Follower:
         kappa = cfg.kappa * evidence_scale * self._novelty_weight(self.last_change)
         s0 = self.lo // self.m
         s1 = min(self.n_states, (self.lo + self.band - 1) // self.m + 2)
-        cache, offset = self._band_templates(s0, s1)
         evidence = self._evidence
         scored = self._variants_to_score()
-        self.log_evidence += _band_update(cache, offset, s1 - s0, u, kappa, self.log_w, self.posterior,
-                                          self.lo - s0 * self.m, self.m, evidence, scored)
+        t = self.templates
+        self.log_evidence += _band_update(self._codes, t.offset, t.step, self._penalty, s0, s1 - s0, u, kappa,
+                                          self.log_w, self.posterior, self.lo - s0 * self.m, self.m, evidence, scored)
         if self.onsets is not None:
             self._apply_onset(onset)
         # detune: this frame's evidence for each variant scored, into the slowly forgetting
@@ -637,9 +630,9 @@ class Follower:
         """Load the compiled filter kernels now (about half a second the first time in a
         process), not at the soloist's first note, where a live stream would drop blocks."""
         n_obs = self.params.n_obs_bins
-        templates = np.zeros((self.n_detune, 2, n_obs), np.float32)  # same types as _update's call
-        _band_update(templates, 0, 2, np.zeros(n_obs, np.float32), 1.0, np.zeros(self.n_detune),
-                     np.full(2 * self.m, 0.5 / self.m), 0, self.m, np.zeros(self.n_detune), self._all_variants)
+        _band_update(self._codes, 0.0, 1.0, self._penalty, 0, 2, np.zeros(n_obs, np.float32), 1.0,
+                     np.zeros(self.n_detune), np.full(2 * self.m, 0.5 / self.m), 0, self.m, np.zeros(self.n_detune),
+                     self._all_variants)
         belief = np.full(self.band, 1.0 / self.band)
         _predicted(belief, self._steps, 1.0, 1.0, self._step_weights.copy(), np.empty(self.band))
         _root_overlap(np.zeros(n_obs, np.float32), self._roots[0].copy(), self._roots[1].copy())
@@ -656,18 +649,20 @@ class Follower:
 
 
 @kernel(
-    "float64(float32[:, :, ::1], int64, int64, float32[::1], float64, float64[::1], float64[::1], int64, int64, "
-    "float64[::1], boolean[::1])",
+    "float64(uint8[:, :, ::1], float64, float64, float32[::1], int64, int64, float32[::1], float64, float64[::1], "
+    "float64[::1], int64, int64, float64[::1], boolean[::1])",
     fastmath=True,
 )
-def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidence, scored):  # pragma: no cover (numba)
+def _band_update(codes, log_offset, log_step, penalty, s0, n, u, kappa, log_w, posterior, first, m, evidence,
+                 scored):  # pragma: no cover (numba)
     """The filter's observation update over the band, in place; returns the frame's log
     evidence ``log p(u_t | u_<t)`` (nats).
 
-    States ``offset .. offset + n`` of ``cache`` (log templates ``(D, *, B)`` float32) are the
-    band's; ``u`` ``(B,)`` the observation; ``posterior`` ``(band,)`` the predicted posterior
-    over sub-states, sub-state ``i`` lying at ``first + i`` sub-states (``m`` per state) from
-    the first state. Per state and detune ``d``: ``kappa * sum_b T[d, s, b] u[b]``; the
+    States ``s0 .. s0 + n`` are the band's, their log templates ``T[d, s] = log_offset +
+    log_step * codes[d, s] - penalty[s]`` (``codes`` uint8 ``(D, n_states, B)``); ``u``
+    ``(B,)`` the observation; ``posterior`` ``(band,)`` the predicted posterior over
+    sub-states, sub-state ``i`` lying at ``first + i`` sub-states (``m`` per state) from
+    state ``s0``. Per state and detune ``d``: ``kappa * sum_b T[d, s, b] u[b]``; the
     states' likelihood mixes the variants with weights ``exp(log_w)``, and is interpolated
     linearly between states for the sub-states. Only the variants flagged in ``scored``
     (bool ``(D,)``) are computed: the others' weight is too small to count (their share of
@@ -675,19 +670,22 @@ def _band_update(cache, offset, n, u, kappa, log_w, posterior, first, m, evidenc
     scored variant's log evidence under ``posterior`` (for the detune posterior), -1e300 for
     the others.
     """
-    n_detune = cache.shape[0]
+    n_detune = codes.shape[0]
     band = posterior.size
     scaled = np.empty((n_detune, n))
+    u_sum = 0.0
+    for b in range(u.size):
+        u_sum += u[b]
     peak = -np.inf
     for d in range(n_detune):
         if not scored[d]:
             continue
         for s in range(n):
-            row = cache[d, offset + s]
+            row = codes[d, s0 + s]
             acc = np.float32(0.0)
             for b in range(u.size):
-                acc += row[b] * u[b]
-            v = kappa * acc
+                acc += np.float32(row[b]) * u[b]
+            v = kappa * ((log_offset - penalty[s0 + s]) * u_sum + log_step * acc)
             scaled[d, s] = v
             peak = max(peak, v)
     mass = np.zeros(n)  # the predicted posterior's mass per state
