@@ -27,12 +27,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from player.hops import HopStream
 from player.stages import Frame
 from shared.audio import to_mono
 from shared.config import check_fields, field_error
+from shared.kernels import kernel
 from shared.spectral import AnalysisParams, OnlineSpectrum, spectral_subtract
 
 
@@ -95,15 +98,21 @@ class LeakCanceller:
         band = params.obs_bins
         self._out_c = np.zeros((self.n_lags + 1, band.stop - band.start), dtype=np.float32)  # sqrt, in band
         self._out_norm = np.zeros(self.n_lags + 1)
-        self._slot_of_lag = np.arange(self.n_lags)
         self._similarity = np.zeros(self.n_lags)  # running mean cosine per lag
-        self._sim_now = np.empty(self.n_lags)
+        self._root = np.empty(band.stop - band.start, dtype=np.float32)  # sqrt of the input's band (scratch)
         self._ratio = np.full(self.n_hist, np.nan)  # input/output band magnitude at the current lag
         self._leak = np.empty(params.n_bins, dtype=np.float32)
         self._cleaned = np.empty(params.n_bins, dtype=np.float32)  # cancel()'s result
         self._kept = np.empty(params.n_bins, dtype=np.float32)  # scratch of the subtraction
         self._band = params.obs_bins
         self.reset()
+
+    def warm_up(self) -> None:
+        """Load the compiled kernels now, not in the first audio callback (see
+        :meth:`player.follower.Follower.warm_up`); the canceller's state is unchanged."""
+        _band_root(self._silence, self._band.start, self._out_c[0].copy())
+        _track_similarity(self._silence, self._band.start, self._root, self._out_c, self._out_norm, 0,
+                          self._similarity.copy(), 1)
 
     def reset(self) -> None:
         """Forget what was played and the loop's estimate (the state at construction)."""
@@ -149,8 +158,7 @@ class LeakCanceller:
         """The magnitude spectrum ``(n_bins,)`` of what the player emitted during this hop."""
         slot = self.frames % self._out.shape[0]
         self._out[slot] = out_mag
-        np.sqrt(out_mag[self._band], out=self._out_c[slot])
-        self._out_norm[slot] = np.sqrt(np.dot(self._out_c[slot], self._out_c[slot]))
+        self._out_norm[slot] = _band_root(out_mag, self._band.start, self._out_c[slot])
 
     def cancel(self, in_mag: np.ndarray) -> np.ndarray:
         """The input spectrum ``(n_bins,)`` of this hop without the expected leak: ``in_mag``
@@ -163,8 +171,8 @@ class LeakCanceller:
         t = self.frames
         slot = t % self.n_hist
         band = self._band
-        self._track_similarity(in_mag)
-        e_in = float(np.dot(in_mag[band], in_mag[band]))
+        e_in = _track_similarity(in_mag, band.start, self._root, self._out_c, self._out_norm, self.frames,
+                                 self._similarity, min(self.frames + 1, self.n_hist))
         self.frames += 1
         if self.frames % self._every == 0 and self.frames >= self.n_hist:
             self._estimate()
@@ -178,16 +186,6 @@ class LeakCanceller:
             return in_mag
         np.multiply(leak, cfg.over * self.gain, out=self._leak)
         return spectral_subtract(in_mag, self._leak, cfg.floor, out=self._cleaned, scratch=self._kept)
-
-    def _track_similarity(self, in_mag: np.ndarray) -> None:
-        """Update the running mean cosine between this input frame and each lagged output."""
-        rows = (self.frames - self._slot_of_lag) % self._out.shape[0]
-        x = np.sqrt(in_mag[self._band])
-        norms = self._out_norm[rows] * np.sqrt(np.dot(x, x))
-        valid = norms > 1e-9  # silent frames say nothing (and tiny norms overflow)
-        self._sim_now[:] = 0.0
-        np.divide((self._out_c @ x)[rows], norms, out=self._sim_now, where=valid)
-        self._similarity += (self._sim_now - self._similarity) / min(self.frames + 1, self.n_hist)
 
     def _lagged_max(self, lag: int) -> np.ndarray:
         """Max of the output spectra ``lag - 1 .. lag + 1`` frames ago (timing tolerance)."""
@@ -214,3 +212,43 @@ class LeakCanceller:
         ratios = self._ratio[np.isfinite(self._ratio)]
         if ratios.size >= self.n_hist // 4:
             self.gain = float(np.percentile(ratios, cfg.gain_percentile))
+
+
+@kernel("float64(float32[::1], int64, float32[::1])")
+def _band_root(mag, lo, root):  # pragma: no cover (numba)
+    """``root = sqrt(mag[lo:lo + root.size])``; returns its norm."""
+    acc = 0.0
+    for i in range(root.size):
+        r = np.float32(math.sqrt(mag[lo + i]))
+        root[i] = r
+        acc += r * r
+    return math.sqrt(acc)
+
+
+@kernel("float64(float32[::1], int64, float32[::1], float32[:, ::1], float64[::1], int64, float64[::1], int64)")
+def _track_similarity(in_mag, lo, root, out_c, out_norm, frames, similarity, count):  # pragma: no cover (numba)
+    """Update the running mean (over ``count`` frames) ``similarity`` ``(n_lags,)`` of the
+    cosine between the input frame's band (``sqrt`` of ``in_mag[lo:lo + root.size]``, into
+    ``root``) and each lagged output's (``out_c`` row ``(frames - lag) % rows``, norms
+    ``out_norm``; a silent pair counts 0). Returns the input band's power."""
+    rows = out_c.shape[0]
+    power = 0.0
+    norm = 0.0
+    for i in range(root.size):
+        m = float(in_mag[lo + i])
+        power += m * m
+        r = np.float32(math.sqrt(in_mag[lo + i]))
+        root[i] = r
+        norm += r * r
+    norm = math.sqrt(norm)
+    for lag in range(similarity.size):
+        row = (frames - lag) % rows
+        scale = out_norm[row] * norm
+        now = 0.0
+        if scale > 1e-9:  # silent frames say nothing (and tiny norms overflow)
+            dot = 0.0
+            for i in range(root.size):
+                dot += out_c[row, i] * root[i]
+            now = dot / scale
+        similarity[lag] += (now - similarity[lag]) / count
+    return power

@@ -158,6 +158,8 @@ class SoloRemover:
         self._history = np.ones((self.config.smooth_blocks, n_bins))
         self._last = np.ones(n_bins)  # the last ratio computed from data
         self._u_row = np.empty(n_bins)  # U's row of the factorisation (scratch)
+        self._rows = np.empty((2, n_bins))  # the factorised block [X; U] (scratch)
+        self._weights = np.ones(n_bins)  # where removal may act (scratch; 1: everywhere)
         self._next = 0
         self._held = self.config.ratio_every - 1  # blocks since the ratio was last computed from data
         self._leak_ratios = np.zeros(self.config.leak_blocks)  # recent U/X leak levels (a ring)
@@ -171,6 +173,8 @@ class SoloRemover:
         """Load the compiled NMF kernels now rather than at the first note (see
         :meth:`player.follower.Follower.warm_up`)."""
         _support_weights(np.ones(4), 1, 30.0, np.empty(4))
+        _kept_ratio(np.ones((2, self._W.shape[0])), self._W, 1.0, self._weights, True, np.empty(self._W.shape[1]))
+        _smoothed_gain(self._history.copy(), 0, self._last, 1.0, 1.0, self.gain.copy())
         detune_spectrum(np.ones(4), 1.0, self.params, out=np.empty(4))
         update(np.ones((2, self._W.shape[1])), self._initial, self.priors, n_iter=1,
                fixed_components=self._fixed, update_w=False)
@@ -216,40 +220,30 @@ class SoloRemover:
             strength: how surely the soloist is (or was just) sounding, in [0, 1].
         """
         cfg = self.config
-        ratio = self._history[self._next]
         if cfg.alpha == 0.0 or strength <= 0.0:
-            ratio[:] = 1.0
-        elif x_mag is None or u_mag is None:  # the solo's decay: the last notes heard, fading
-            ratio[:] = 1.0 - strength * (1.0 - self._last)
-        else:
+            strength = 0.0  # X unmasked
+        elif x_mag is not None and u_mag is not None:  # else the solo's decay: the last notes heard, fading
             self._last[:] = self._ratio(x_mag, u_mag, detune_cents)
-            ratio[:] = 1.0 - strength * (1.0 - self._last)
+        _smoothed_gain(self._history, self._next, self._last, float(strength), float(cfg.power), self.gain)
         self._next = (self._next + 1) % cfg.smooth_blocks
-        np.add.reduce(self._history, axis=0, out=self.gain)  # np.mean, without its Python wrapper
-        np.true_divide(self.gain, self._history.shape[0], out=self.gain)
-        if cfg.power != 1.0:
-            np.power(self.gain, cfg.power, out=self.gain)
         return self.gain
 
     def _ratio(self, x_mag: np.ndarray, u_mag: np.ndarray, detune_cents: float) -> np.ndarray:
-        x_row = np.asarray(x_mag, dtype=np.float64) * self.data_scale
+        M = self._rows
+        x_row = np.multiply(x_mag, self.data_scale, out=M[0])
         u_mag = self._without_leak(x_row, np.asarray(u_mag, dtype=np.float64))
         u_row = detune_spectrum(u_mag, -detune_cents, self.params, out=self._u_row)
         x_total, u_total = x_row.sum(), u_row.sum()
         if x_total < self.config.min_counts_per_bin * x_row.size or u_total <= 0.0:
             return np.ones_like(x_row)
-        u_row *= x_total / u_total
-        M = np.vstack([x_row, u_row])
+        np.multiply(u_row, x_total / u_total, out=M[1])
         self._state = update(M, self._state, self.priors, n_iter=self.config.n_iter,
                              fixed_components=self._fixed, update_w=False)
-        H = self._state.H
-        tutti = H[0] @ self._W
-        kept = np.maximum(H[0] - self.config.alpha * H[1], 0.0) @ self._W
-        # where the model explains (almost) nothing there is nothing to remove
-        tiny = 1e-6 * float(tutti.max()) + 1e-12
-        ratio = np.clip((kept + tiny) / (tutti + tiny), 0.0, 1.0)
-        if self.config.support_db > 0:
-            ratio = 1.0 - (1.0 - ratio) * self._support(u_row)
+        use_support = self.config.support_db > 0
+        if use_support:
+            _support_weights(M[1], self.config.support_bins, self.config.support_db, self._weights)
+        ratio = np.empty(x_row.size)
+        _kept_ratio(self._state.H, self._W, self.config.alpha, self._weights, use_support, ratio)
         return ratio
 
     def _without_leak(self, x_row: np.ndarray, u_mag: np.ndarray) -> np.ndarray:
@@ -269,12 +263,45 @@ class SoloRemover:
             self.leak_level = linear_quantile(self._leak_ratios[: self._leak_count], 0.5)
         return spectral_subtract(u_mag, self.leak_level * x_row, cfg.leak_keep)
 
-    def _support(self, u_row: np.ndarray) -> np.ndarray:
-        """Where the soloist has energy: 1 within ``support_db`` of U's loudest bin (widened
-        by ``support_bins`` for vibrato and detune errors), fading to 0 over 6 dB below."""
-        out = np.empty(u_row.size)
-        _support_weights(u_row, self.config.support_bins, self.config.support_db, out)
-        return out
+
+
+@kernel("void(float64[:, ::1], int64, float64[::1], float64, float64, float64[::1])")
+def _smoothed_gain(history, row, last, strength, power, gain):  # pragma: no cover (numba)
+    """This block's ratio ``1 - strength * (1 - last)`` into ``history[row]`` (``(blocks,
+    F)``, a ring), and ``gain`` ``(F,)`` the mean of the ring's rows, to the ``power``."""
+    blocks, n = history.shape
+    for f in range(n):
+        history[row, f] = 1.0 - strength * (1.0 - last[f])
+    for f in range(n):
+        acc = history[0, f]
+        for r in range(1, blocks):
+            acc += history[r, f]
+        g = acc / blocks
+        gain[f] = g if power == 1.0 else g ** power
+
+
+@kernel("void(float64[:, ::1], float64[:, ::1], float64, float64[::1], boolean, float64[::1])")
+def _kept_ratio(h, w, alpha, support, use_support, out):  # pragma: no cover (numba)
+    """The accompaniment's share of X's bins: ``ratio = sum_i H'(i) W(i) / sum_i H(0, i)
+    W(i)`` with ``H' = max(H(0) - alpha * H(1), 0)`` (``h`` ``(2, K)``, ``w`` ``(K, F)``),
+    a tiny share of the loudest added to both (where the model explains almost nothing
+    there is nothing to remove), clipped to [0, 1]; with ``use_support``, then ``1 - (1 -
+    ratio) * support``."""
+    k_n, n = w.shape
+    tutti = np.zeros(n)
+    out[:] = 0.0  # the kept sum, first
+    for k in range(k_n):
+        a, b = h[0, k], max(h[0, k] - alpha * h[1, k], 0.0)
+        for f in range(n):
+            tutti[f] += a * w[k, f]
+            out[f] += b * w[k, f]
+    top = 0.0
+    for f in range(n):
+        top = max(top, tutti[f])
+    tiny = 1e-6 * top + 1e-12
+    for f in range(n):
+        ratio = min(max((out[f] + tiny) / (tutti[f] + tiny), 0.0), 1.0)
+        out[f] = 1.0 - (1.0 - ratio) * support[f] if use_support else ratio
 
 
 @kernel("void(float64[::1], int64, float64, float64[::1])")

@@ -46,6 +46,7 @@ KERNEL_MODULES = (
     "shared.spectral",
     "shared.pgnmf",
     "player.activity",
+    "player.echo",
     "player.follower",
     "player.search",
     "player.separation",

@@ -544,6 +544,11 @@ class OnsetStrength:
         frame_s = params.fine_period_s
         self._ref_decay = float(np.exp(-frame_s / params.onset_ref_s))
         self._base_decay = float(np.exp(-frame_s / params.onset_baseline_s))
+        # each band's bins with a weight (a mel band covers a few: the product skips the rest)
+        nonzero = self._bank != 0
+        self._first = np.argmax(nonzero, axis=1).astype(np.int64)
+        self._stop = np.where(nonzero.any(axis=1), self._bank.shape[1] - np.argmax(nonzero[:, ::-1], axis=1),
+                              0).astype(np.int64)
         n = params.onset_bands
         self._levels = np.zeros((params.onset_lag, n), dtype=np.float32)  # ring of past levels
         self._band = np.zeros(n, dtype=np.float32)
@@ -552,6 +557,8 @@ class OnsetStrength:
 
     def warm_up(self) -> None:
         """Load the compiled kernel now (the state is unchanged)."""
+        _bank_energies(self._bank, self._first, self._stop, np.zeros(self.params.n_bins, np.float32),
+                       self._band.copy())
         _onset_flux(self._band.copy(), np.float32(1.0), self._levels.copy(), 0, True, self._spread.copy())
 
     def reset(self) -> None:
@@ -564,8 +571,8 @@ class OnsetStrength:
         """Onset strength of one magnitude frame ``(n_bins,)``, in [0, 1]."""
         p = self.params
         band, spread = self._band, self._spread
-        np.matmul(self._bank, mag, out=band)
-        self._ref = max(float(band.max()), self._ref * self._ref_decay)
+        top = _bank_energies(self._bank, self._first, self._stop, mag, band)
+        self._ref = max(top, self._ref * self._ref_decay)
         # (digital silence so far, or for minutes, the peak decayed away: no level at all)
         scale = 0.0 if self._ref <= SILENT_REF else p.compression_gain / self._ref
         slot = self._frames % p.onset_lag
@@ -574,6 +581,20 @@ class OnsetStrength:
         excess = max(0.0, flux - self._baseline)
         self._baseline = self._base_decay * self._baseline + (1.0 - self._base_decay) * flux
         return 1.0 - math.exp(-excess / p.onset_scale)
+
+
+@kernel("float64(float32[:, ::1], int64[::1], int64[::1], float32[::1], float32[::1])")
+def _bank_energies(bank, first, stop, mag, out):  # pragma: no cover (numba)
+    """``out = bank @ mag`` (float32), each band ``b`` summed over its bins ``first[b] ..
+    stop[b]`` only (the others weigh 0); returns the largest."""
+    top = -math.inf
+    for b in range(bank.shape[0]):
+        acc = np.float32(0.0)
+        for i in range(first[b], stop[b]):
+            acc += bank[b, i] * mag[i]
+        out[b] = acc
+        top = max(top, float(acc))
+    return top
 
 
 @kernel("float64(float32[::1], float32, float32[:, ::1], int64, boolean, float32[::1])")
