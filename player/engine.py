@@ -42,7 +42,7 @@ from player.jump_prior import JumpPrior, section_starts, silent_states
 from player.playback import PlaybackController
 from player.relocator import Relocator
 from player.search import GlobalSearch
-from player.separation import PositionSpectrum, SoloPresence, SoloRemover, gain_on_bins
+from player.separation import BinMap, PositionSpectrum, SoloPresence, SoloRemover
 from player.stages import Frame, FrameStage
 from player.vocoder import StreamingVocoder
 from shared.audio import ResampledAudio, music_start_s, to_mono
@@ -162,7 +162,7 @@ class Engine:
         self.remover = SoloRemover(bundle.nmf, p, cfg.separation)
         self.x_spectrum = PositionSpectrum(bundle.audio, p)
         self._gain = np.ones(self.vocoder.n_bins)
-        self._vocoder_freqs = np.arange(self.vocoder.n_bins) * self.vocoder.bin_hz
+        self._gain_on_bins = BinMap(self.remover.freqs_hz, np.arange(self.vocoder.n_bins) * self.vocoder.bin_hz)
         self._u_mag = np.zeros(p.n_bins, dtype=np.float32)
         self._playing = False
         #: X time (s) of the first sample of the last block returned (NaN: it held silence);
@@ -187,6 +187,7 @@ class Engine:
         self.activity.warm_up()
         self.observation.warm_up()
         self.remover.warm_up()
+        self._gain_on_bins(self.remover.gain, out=self._gain.copy())
         self.vocoder.warm_up()
         if self.relocator is not None:
             self.relocator.search.warm_up()
@@ -293,7 +294,7 @@ class Engine:
             fresh = self.remover.due(self.presence.sounding_now, self.follower.last_change)
             x_mag = self.x_spectrum.at(st.x_frame_s) if fresh else None
             g = self.remover.update(x_mag, self._u_mag, st.detune_cents, strength=self.presence.value)
-            gain = gain_on_bins(g, self.remover.freqs_hz, self._vocoder_freqs, out=self._gain)
+            gain = self._gain_on_bins(g, out=self._gain)
         t1 = time.perf_counter()
         self.heard_x_s = self.vocoder.position_s
         self.heard_rate = rate

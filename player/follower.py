@@ -539,11 +539,10 @@ class Follower:
         # detune: this frame's evidence for each variant scored, into the slowly forgetting
         # posterior (the others' weights wait, far below, for the next frame that scores all)
         forget = math.exp(-self.params.fine_period_s / cfg.detune_memory_s)
-        _forget_and_add(self.log_w, evidence, scored, forget, cfg.detune_rate)
-        if scored.all():
+        if _forget_and_add(self.log_w, evidence, scored, forget, cfg.detune_rate) == self.n_detune:
             # a variant that explains this frame as well as the favourite is scored at every
             # frame until the next full frame: a player who retunes is followed at the usual pace
-            favourite = int(np.argmax(self.log_w))
+            favourite = int(self.log_w.argmax())
             self._contenders = evidence >= evidence[favourite]
 
     def _variants_to_score(self) -> np.ndarray:
@@ -558,9 +557,8 @@ class Follower:
         if cfg.detune_prune_nats <= 0 or self._since_full >= cfg.detune_refresh_frames:
             self._since_full = 0
             return self._all_variants
-        scored = self._scored
-        np.greater_equal(self.log_w, self.log_w.max() - cfg.detune_prune_nats, out=scored)
-        return np.logical_or(scored, self._contenders, out=scored)
+        _near_favourite(self.log_w, cfg.detune_prune_nats, self._contenders, self._scored)
+        return self._scored
 
     def _floored(self, posterior: np.ndarray, mode: int) -> np.ndarray:
         """``posterior`` (in place) plus the floor within reach of band index ``mode``, normalised."""
@@ -570,7 +568,7 @@ class Follower:
     def _normalise_and_follow(self) -> None:
         cfg = self.config
         a = self.posterior
-        mode = int(np.argmax(a))
+        mode = int(a.argmax())
         new_lo = self._band_start(self.lo + mode)
         if new_lo != self.lo:
             shift = new_lo - self.lo
@@ -640,6 +638,7 @@ class Follower:
         _floor_and_normalise(belief, 0, self._reach, self.config.floor)
         _local_mean(belief, 0, self.config.mean_halfwidth, self._local.copy())
         _forget_and_add(np.zeros(self.n_detune), np.zeros(self.n_detune), self._all_variants, 0.5, 0.5)
+        _near_favourite(np.zeros(self.n_detune), 1.0, self._all_variants, self._scored.copy())
         _mixture_mean(np.zeros(self.n_detune), self.cents)
 
     @property
@@ -793,16 +792,29 @@ def _local_mean(posterior, mode, halfwidth, out):  # pragma: no cover (numba)
     out[1] = moment / mass
 
 
-@kernel("void(float64[::1], float64[::1], boolean[::1], float64, float64)")
+@kernel("int64(float64[::1], float64[::1], boolean[::1], float64, float64)")
 def _forget_and_add(log_w, evidence, scored, forget, rate):  # pragma: no cover (numba)
     """The detune posterior's update, for the ``scored`` variants only: ``log_w = forget *
-    log_w + rate * (evidence - max(evidence))``."""
+    log_w + rate * (evidence - max(evidence))``. Returns how many were scored."""
     top = -math.inf
     for d in range(evidence.size):
         top = max(top, evidence[d])
+    count = 0
     for d in range(log_w.size):
         if scored[d]:
             log_w[d] = forget * log_w[d] + rate * (evidence[d] - top)
+            count += 1
+    return count
+
+
+@kernel("void(float64[::1], float64, boolean[::1], boolean[::1])")
+def _near_favourite(log_w, nats, contenders, out):  # pragma: no cover (numba)
+    """``out``: the variants within ``nats`` of the largest log weight, or contenders."""
+    top = -math.inf
+    for d in range(log_w.size):
+        top = max(top, log_w[d])
+    for d in range(log_w.size):
+        out[d] = log_w[d] >= top - nats or contenders[d]
 
 
 @kernel("float64(float64[::1], float64[::1])")

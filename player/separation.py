@@ -353,15 +353,52 @@ def linear_quantile(values: np.ndarray, q: float) -> float:
     return a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t)
 
 
-def gain_on_bins(gain: np.ndarray, gain_freqs_hz: np.ndarray, bin_freqs_hz: np.ndarray,
-                 out: np.ndarray | None = None) -> np.ndarray:
-    """Carry a gain ``(F,)`` given at ``gain_freqs_hz`` onto another STFT's bins ``(B,)``
-    (linear interpolation; above the analysis band the top value holds)."""
-    values = np.interp(bin_freqs_hz, gain_freqs_hz, gain)
-    if out is None:
-        return values
-    out[:] = values
-    return out
+class BinMap:
+    """Carry a gain ``(F,)`` given at ``gain_freqs_hz`` onto another STFT's bins ``(B,)``:
+    linear interpolation (``np.interp``'s values to the bit; above the gain's band its top
+    value holds), the bins' places on the gain's axis found once.
+
+    Args:
+        gain_freqs_hz: the gain's frequencies ``(F,)``, ascending.
+        bin_freqs_hz: the target bins' ``(B,)``.
+    """
+
+    def __init__(self, gain_freqs_hz: np.ndarray, bin_freqs_hz: np.ndarray) -> None:
+        self.xp = np.ascontiguousarray(gain_freqs_hz, dtype=np.float64)
+        self.x = np.ascontiguousarray(bin_freqs_hz, dtype=np.float64)
+        # the last gain frequency at or below each bin's (-1: below the first)
+        self.below = (np.searchsorted(self.xp, self.x, side="right") - 1).astype(np.int64)
+
+    def __call__(self, gain: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The gain ``(F,)`` float64 on the bins, into ``out`` ``(B,)`` float64."""
+        _interp_at(np.ascontiguousarray(gain, dtype=np.float64), self.xp, self.x, self.below, out)
+        return out
+
+
+@kernel("void(float64[::1], float64[::1], float64[::1], int64[::1], float64[::1])")
+def _interp_at(fp, xp, x, below, out):  # pragma: no cover (numba)
+    """``np.interp(x, xp, fp)`` with ``below[i]`` the last ``xp`` at or below ``x[i]``: the
+    same arithmetic as numpy's (its slope, its order of operations, its special cases)."""
+    n = xp.size
+    for i in range(x.size):
+        j = below[i]
+        v = x[i]
+        if v != v:
+            out[i] = v
+        elif j < 0:
+            out[i] = fp[0]
+        elif j >= n - 1:
+            out[i] = fp[n - 1]
+        elif xp[j] == v:
+            out[i] = fp[j]
+        else:
+            slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+            r = slope * (v - xp[j]) + fp[j]
+            if r != r:  # a NaN one way: try the other
+                r = slope * (v - xp[j + 1]) + fp[j + 1]
+                if r != r and fp[j] == fp[j + 1]:
+                    r = fp[j]
+            out[i] = r
 
 
 class PositionSpectrum:

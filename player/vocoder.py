@@ -189,6 +189,7 @@ class StreamingVocoder:
         spec = np.ones((self.channels + 1, self.n_bins), dtype=np.complex128)
         _mid_and_advance(spec, self.channels, self._mid.copy(), self._mag.copy(), unlocked, unlocked, unlocked.copy(), True)
         _lock_to_peaks(unlocked, np.zeros(self.n_bins), unlocked)
+        _clip_gain(self._gain.copy())
         _apply_rotation(unlocked, self._no_gain, unlocked.copy(), spec, unlocked, unlocked.copy())
         _overlap_add(np.zeros_like(self._ola), self._win, self._ola.copy(), self._ola_missing.copy(), self._norm, self.hop,
                      self._fifo.copy())
@@ -240,8 +241,7 @@ class StreamingVocoder:
             if garr.shape != (self.n_bins,):
                 raise ValueError(f"gain must have shape ({self.n_bins},) (got {garr.shape})")
             np.copyto(self._gain, garr, casting="unsafe")
-            np.clip(self._gain, 0.0, 1.0, out=self._gain)  # (infinities too)
-            np.copyto(self._gain, 0.0, where=np.isnan(self._gain))
+            _clip_gain(self._gain)
             g = self._gain
         out = np.empty((n, self.channels), dtype=np.float32)
         filled = 0
@@ -422,6 +422,14 @@ class StreamingVocoder:
     def _lock(self, unlocked: np.ndarray, mag: np.ndarray, out: np.ndarray) -> None:
         """Identity phase locking: each bin takes the rotation of its closest peak."""
         _lock_to_peaks(unlocked, mag, out)
+
+
+@kernel("void(float64[::1])")
+def _clip_gain(gain):  # pragma: no cover (numba)
+    """``gain`` clipped to [0, 1] in place (infinities too), NaN made 0."""
+    for k in range(gain.size):
+        g = gain[k]
+        gain[k] = 0.0 if g != g else min(max(g, 0.0), 1.0)
 
 
 @kernel("void(float32[:, ::1], int64, float64[::1], float64[:, ::1], boolean)")

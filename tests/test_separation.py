@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from player.separation import PositionSpectrum, SeparationConfig, SoloRemover, gain_on_bins
+from player.separation import BinMap, PositionSpectrum, SeparationConfig, SoloRemover
 from prep.pipeline import BuildOptions, build_bundle
 from shared.audio import ArrayAudio, resample
 from shared.bundle import load_bundle
@@ -160,8 +160,18 @@ def test_position_spectrum_of_a_recording_below_the_analysis_rate():
 def test_gain_on_bins_interpolates_and_holds_the_top():
     src_f = np.array([0.0, 100.0, 200.0])
     gain = np.array([1.0, 0.0, 0.5])
-    out = gain_on_bins(gain, src_f, np.array([0.0, 50.0, 150.0, 1000.0]))
+    out = BinMap(src_f, np.array([0.0, 50.0, 150.0, 1000.0]))(gain, np.empty(4))
     np.testing.assert_allclose(out, [1.0, 0.5, 0.25, 0.5])
+
+
+def test_gain_on_bins_gives_numpys_interpolation_to_the_bit():
+    rng = np.random.default_rng(3)
+    src_f = np.arange(1025) * 22050 / 2048  # the analysis axis, onto the vocoder's at 44.1 kHz
+    bins = np.concatenate([[-5.0], np.arange(1025) * 44100 / 2048, src_f[:7], [np.nan]])
+    on_bins = BinMap(src_f, bins)
+    for gain in (rng.uniform(0, 1, src_f.size), np.r_[np.ones(500), np.zeros(525)], np.full(src_f.size, 0.3)):
+        out = on_bins(gain, np.empty(bins.size))
+        np.testing.assert_array_equal(out, np.interp(bins, src_f, gain))
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 2.5, float("nan")])
