@@ -136,7 +136,9 @@ class GlobalSearch:
         self.config = cfg = config or SearchConfig()
         self.templates = templates
         self.cents = np.asarray(params.detune_cents)
+        self._cents = [float(c) for c in self.cents]
         self.n_states = n = templates.n_states
+        self._states = np.arange(n, dtype=np.int64)  # (slices of it: a slice's end states)
         self.per_state = params.fine_per_coarse
         # a player expected slower than the recording covers less of its music in the same
         # seconds: the context is lengthened to hold as much of it (never shortened: a
@@ -181,6 +183,7 @@ class GlobalSearch:
         self.u_obs = np.zeros((self.n_long, self.params.n_obs_bins), dtype=np.float32)  # newest first
         self.u_bands = np.zeros((self.ctx, self._bands.n_bands if self._bands else 0), dtype=np.float32)
         self.u_active = np.zeros(self.n_long, dtype=np.float32)
+        self._ctx_active = 0.0  # the sum of u_active over the short context
         self._acc = np.zeros(self.params.n_obs_bins, dtype=np.float64)
         self._acc_n = 0
         self._acc_active = 0
@@ -192,7 +195,7 @@ class GlobalSearch:
         self._latest_far: list[tuple[float, float, float, int]] = []
         self._frame = 0
         self._played = 0  # active frames so far (the clock the leads are kept on)
-        self._detune = int(np.argmin(np.abs(self.cents)))  # the variant nearest X's own tuning
+        self._detune = self._nearest_variant(0.0)  # the variant nearest X's own tuning
         self._n_obs = 0  # observations pushed so far (the newest is numbered this)
         self._sims.reset()
         if self._band_sims is not None:
@@ -265,6 +268,11 @@ class GlobalSearch:
         total = max(float(self._snap_w.sum()), 1e-9)
         return float(self.templates.offset + (path + _PATH_STEPS * self._recency[1:].sum()) / total)
 
+    def _nearest_variant(self, detune_cents: float) -> int:
+        """The template variant whose detune is nearest ``detune_cents`` (the first of equals)."""
+        cents = self._cents
+        return min(range(len(cents)), key=lambda d: abs(cents[d] - detune_cents))
+
     def _snapshot(self) -> None:
         """Freeze the long context (and the template variant) the queued places are scored on
         (each queued place carries the frame it was moved on to)."""
@@ -279,7 +287,7 @@ class GlobalSearch:
         a few queued places on the long context (``position_states``: the filter's place)."""
         self._frame += 1
         self._played += int(active)
-        self._detune = int(np.argmin(np.abs(self.cents - detune_cents)))
+        self._detune = self._nearest_variant(detune_cents)
         self._acc += u
         self._acc_n += 1
         self._acc_active += int(active)
@@ -292,6 +300,7 @@ class GlobalSearch:
                 self.u_bands[1:] = self.u_bands[:-1]
                 self.u_bands[0] = self._bands.pool(mean)
             self.u_active[0] = 1.0 if self._acc_active * 2 > self._acc_n else 0.0
+            self._ctx_active = float(self.u_active[: self.ctx].sum())
             self._n_obs += 1
             self._columns[1:] = self._columns[:-1]
             self._columns[0] = self._n_obs % self.ctx
@@ -299,12 +308,12 @@ class GlobalSearch:
             self._acc_n = self._acc_active = 0
         if self._queue:
             self._rescore()
-        if self.u_active[: self.ctx].sum() / self.ctx < self.config.min_active:  # (.mean()'s wrapper: 5 us a frame)
+        if self._ctx_active / self.ctx < self.config.min_active:
             self._latest_free, self._latest_far = [], []  # found on a context of mostly silence: proves nothing
             return
         lo = self._cursor
         hi = min(self.n_states, lo + self.slice)
-        ends = np.arange(lo, hi)
+        ends = self._states[lo:hi]
         scores, tempos = self._scores(ends, bands=self._bands is not None)
         self._found.merge(scores, tempos, ends, self._frame, self._apart)
         if self.prior is not None:
