@@ -343,12 +343,14 @@ class GlobalSearch:
         free, far = [], []
         # the free places among the best few and the best free place, checked against the
         # filter's place when asked for; far places among the whole pool
-        for rank, (score, state, tempo, at) in enumerate(extra + found):
-            there = self._moved_on(state, tempo, at)
+        places = extra + found
+        theres = [self._moved_on(state, tempo, at) for _, state, tempo, at in places]
+        frees = (np.ones(len(places), dtype=bool) if self.prior is None
+                 else self.prior.free(position_states, np.array(theres, dtype=np.float64)))
+        for rank, ((score, _, tempo, _), there, is_free) in enumerate(zip(places, theres, frees.tolist(), strict=True)):
             apart_s = abs(there - position_states) * self.params.coarse_period_s
             if apart_s < cfg.min_jump_s or there >= self._last_candidate:
                 continue
-            is_free = self.prior is None or bool(self.prior.free(position_states, np.array([there]))[0])
             if is_free and rank < len(extra) + cfg.candidates:
                 free.append((score, there, tempo, self._frame))
             elif not is_free and score > bar:
