@@ -16,9 +16,8 @@ short hold).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from player.stages import Frame
 from shared.config import check_fields, field_error
 from shared.kernels import kernel
 from shared.spectral import AnalysisParams
+from shared.stats import linear_quantile
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class ActivityDetector:
         quietest = recent <= quiet + cfg.quiet_span_db
         if self.room_db is not None:
             self.room_db = min(self.room_db, quiet)  # the room is at most as loud as this
-        if float(np.median(self._flatness[:n][quietest])) > cfg.noise_flatness:
+        if linear_quantile(self._flatness[:n][quietest], 0.5) > cfg.noise_flatness:
             # the quiet moments sound like noise: the room (which may get noisier, but not
             # suddenly: a breathy soft note can look like noise too)
             rise = cfg.room_rise_db_per_s * self._every * self.params.fine_period_s

@@ -25,9 +25,8 @@ each input frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +36,7 @@ from shared.audio import to_mono
 from shared.config import check_fields, field_error
 from shared.kernels import kernel
 from shared.spectral import AnalysisParams, OnlineSpectrum, spectral_subtract
+from shared.stats import linear_quantile
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class LeakCanceller:
         cfg = self.config
         sim = self._similarity[: self.n_lags - 1]
         best_lag = int(np.argmax(sim))
-        self.prominence = float(sim[best_lag] - np.median(sim))
+        self.prominence = float(sim[best_lag] - linear_quantile(sim, 0.5))
         if self.prominence < cfg.min_prominence:
             self.lag, self.gain = -1, 0.0
             return
@@ -211,7 +211,7 @@ class LeakCanceller:
             return
         ratios = self._ratio[np.isfinite(self._ratio)]
         if ratios.size >= self.n_hist // 4:
-            self.gain = float(np.percentile(ratios, cfg.gain_percentile))
+            self.gain = linear_quantile(ratios, cfg.gain_percentile / 100.0)
 
 
 @kernel("float64(float32[::1], int64, float32[::1])")

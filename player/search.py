@@ -217,7 +217,6 @@ class GlobalSearch:
         ends = np.arange(2, 3, dtype=np.int64)
         _context_scores(sim, ends, self._lags, np.arange(self.ctx), 0, np.ones(self.ctx, dtype=np.float32), 1.0,
                         self._best, self._which)
-        index = np.zeros(2, dtype=np.int64)
         _Places(1).merge(np.zeros(1), np.ones(1), ends, 0, self._apart)
         _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
 

@@ -27,7 +27,6 @@ so that its harmonics fall on X's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +38,7 @@ from shared.config import check_fields, field_error
 from shared.kernels import kernel
 from shared.pgnmf import GammaPriors, PGNMFState, init_state, update
 from shared.spectral import AnalysisParams, analysis_window, detune_spectrum, spectral_subtract
+from shared.stats import linear_quantile
 
 
 @dataclass(frozen=True)
@@ -337,20 +337,6 @@ def _support_weights(u_row, k, support_db, out):  # pragma: no cover (numba)
         else:
             level = 20.0 * np.log10(wide / top)
             out[i] = min(max((level + support_db + 6.0) / 6.0, 0.0), 1.0)
-
-
-def linear_quantile(values: np.ndarray, q: float) -> float:
-    """``np.quantile(values, q)`` (its default, linear interpolation between the two nearest
-    ranks) of a non-empty ``(n,)`` array by a partial sort: the same value, without the
-    generic function's overhead (a tenth of a millisecond per call, twice per block)."""
-    n = values.size
-    position = q * (n - 1)
-    lo = int(math.floor(position))
-    hi = min(lo + 1, n - 1)
-    part = np.partition(values, (lo, hi) if hi > lo else lo)
-    a, b, t = float(part[lo]), float(part[hi]), position - lo
-    # numpy's lerp: from the nearer end (so that t = 1 gives b exactly)
-    return a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t)
 
 
 class BinMap:

@@ -206,7 +206,7 @@ def test_near_silence_in_x_is_not_masked(duet):
 
 @pytest.mark.parametrize("n", [1, 2, 7, 100, 517])
 def test_linear_quantile_is_numpys_quantile(n):
-    from player.separation import linear_quantile
+    from shared.stats import linear_quantile
 
     x = np.random.default_rng(n).lognormal(size=n)
     for q in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
