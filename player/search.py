@@ -219,6 +219,7 @@ class GlobalSearch:
                         self._best, self._which)
         _Places(1).merge(np.zeros(1), np.ones(1), ends, 0, self._apart)
         _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
+        _store_similarities(np.zeros((1, 1), dtype=np.float32), np.float32(1.0), np.float32(0.0), self._columns, 0, sim)
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, ends: np.ndarray, bands: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +227,7 @@ class GlobalSearch:
         ending at each end state ``(m,)`` (ascending, contiguous), and the tempo that gave
         it; on band energies if ``bands`` (the screening sweep of a long piece)."""
         w = self.u_active[: self.ctx]
-        total = w.sum()
+        total = self._ctx_active  # (w's sum)
         if total <= 0:
             return np.full(ends.shape, -np.inf), np.ones(ends.shape)
         lo = max(0, int(ends[0]) - self.max_lag)
@@ -512,10 +513,7 @@ class _ContextSimilarities:
             return
         r, scale, shift = rows()
         block = r @ obs[:missing].T  # (states, missing), newest first
-        if scale != 1.0 or shift != 0.0:
-            block *= scale
-            block += shift
-        self.sim[columns[:missing], lo:hi] = block.T
+        _store_similarities(block, np.float32(scale), np.float32(shift), columns, lo, self.sim)
         self.filled[lo:hi] = n_obs
 
 
@@ -554,6 +552,17 @@ def _merge_places(scores, tempos, ends, order, frame, kept, kept_states, kept_te
         kept[at], kept_states[at], kept_tempos[at], kept_frames[at] = score, state, tempos[i], frame
         n = min(n + 1, k)
     return n
+
+
+@kernel("void(float32[:, ::1], float32, float32, int64[::1], int64, float32[:, ::1])")
+def _store_similarities(block, scale, shift, columns, lo, sim):  # pragma: no cover (numba)
+    """``sim[columns[j], lo + i] = block[i, j] * scale + shift`` for the states ``i`` and
+    observations ``j`` of ``block`` ``(states, missing)`` (float32, as numpy would)."""
+    n, missing = block.shape
+    for j in range(missing):
+        row = columns[j]
+        for i in range(n):
+            sim[row, lo + i] = block[i, j] * scale + shift
 
 
 @kernel("void(float32[:, ::1], int64[::1], int64[:, ::1], int64[::1], int64, float32[::1], float64, float64[::1], int64[::1])")
