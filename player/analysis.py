@@ -19,6 +19,10 @@ class SpectrumStage:
     def process_frame(self, frame: Frame) -> None:
         frame.mag = self.spectrum.push(frame.samples)
 
+    def warm_up(self) -> None:
+        """Load the compiled kernel now, not in the first audio callback."""
+        self.spectrum.warm_up()
+
     def reset(self) -> None:
         self.spectrum.reset()
 

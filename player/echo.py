@@ -110,6 +110,7 @@ class LeakCanceller:
     def warm_up(self) -> None:
         """Load the compiled kernels now, not in the first audio callback (see
         :meth:`player.follower.Follower.warm_up`); the canceller's state is unchanged."""
+        self._played_spectrum.warm_up()
         _band_root(self._silence, self._band.start, self._out_c[0].copy())
         _track_similarity(self._silence, self._band.start, self._root, self._out_c, self._out_norm, 0,
                           self._similarity.copy(), 1)

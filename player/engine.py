@@ -183,6 +183,7 @@ class Engine:
         self.music_start_s = stored if stored is not None else music_start_s(bundle.audio)
         self.follower.reset(self._waiting_place(start), wait=not cfg.intro)
         self.follower.warm_up()
+        self.spectrum.warm_up()
         self.leak.warm_up()
         self.activity.warm_up()
         self.observation.warm_up()

@@ -410,13 +410,15 @@ class GlobalSearch:
         ``window_s``. Counted in seconds of playing, not of time: the sweeps pause with the
         soloist, and the one or two sweeps just after a long rest, whose long context is
         mostly that rest, cannot make a lead "sustained"."""
-        if not self._leads:
-            return 0.0
         since = self._played - window_s / self.params.fine_period_s
-        recent = [lead for at, lead in self._leads if at >= since]
-        if self._leads[0][0] > since or not recent:
+        if not self._leads or self._leads[0][0] > since:
             return 0.0
-        return float(min(recent))
+        recent = None
+        for at, lead in reversed(self._leads):  # (kept in the order played: the recent ones last)
+            if at < since:
+                break
+            recent = lead if recent is None else min(recent, lead)
+        return 0.0 if recent is None else float(recent)
 
     def candidates(self, position_states: float) -> list[Candidate]:
         """The last scored sweep's places, moved on to now at their tempo, that are far

@@ -506,12 +506,27 @@ class OnlineSpectrum:
         hop = self.hop
         if hop_samples.shape[0] != hop:
             raise ValueError(f"OnlineSpectrum.push expects {hop} samples, got {hop_samples.shape[0]}")
-        buf = self._buffer
-        buf[:-hop] = buf[hop:]
-        buf[-hop:] = hop_samples
-        np.multiply(buf, self._window, out=self._frame)
+        _slide_and_window(self._buffer, np.ascontiguousarray(hop_samples, dtype=np.float32), self._window,
+                          self._frame)
         np.abs(np.fft.rfft(self._frame), out=self._mag)
         return self._mag
+
+    def warm_up(self) -> None:
+        """Load the compiled kernel now (the state is unchanged)."""
+        _slide_and_window(self._buffer.copy(), np.zeros(self.hop, dtype=np.float32), self._window, self._frame.copy())
+
+
+@kernel("void(float32[::1], float32[::1], float32[::1], float32[::1])")
+def _slide_and_window(buf, new, window, frame):  # pragma: no cover (numba)
+    """Slide the samples of ``buf`` ``(n_fft,)`` back by ``len(new)``, put ``new`` at its
+    end, and ``frame = buf * window``."""
+    n, hop = buf.size, new.size
+    for i in range(n - hop):
+        buf[i] = buf[i + hop]
+    for i in range(hop):
+        buf[n - hop + i] = new[i]
+    for i in range(n):
+        frame[i] = buf[i] * window[i]
 
 
 class OnsetStrength:
