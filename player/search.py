@@ -152,7 +152,10 @@ class GlobalSearch:
         # the same context again (a 30-s piece would be swept 5 times over per new observation)
         self.slice = min(cfg.slice_states, -(-n // self.per_state))
         self._lags = np.round(np.arange(self.ctx)[None, :] * self._tempos[:, None]).astype(np.int64)  # (T, ctx)
-        self._rows = np.empty((self.slice + self.max_lag, params.n_obs_bins), dtype=np.float32)
+        # the templates' codes, read as they are, and each state's penalty in codes
+        self._codes = np.ascontiguousarray(templates.q, dtype=np.uint8)
+        self._penalty_codes = (np.zeros(n, dtype=np.float32) if templates.penalty is None else
+                               (templates.penalty / np.float32(templates.step)).astype(np.float32))
         self._sims = _ContextSimilarities(n, self.ctx)
         # a piece that takes longer than a state period to sweep is screened on bands
         screen = cfg.screen_bands_per_octave > 0 and n > self.slice * self.per_state
@@ -220,6 +223,8 @@ class GlobalSearch:
         _Places(1).merge(np.zeros(1), np.ones(1), ends, 0, self._apart)
         _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
         _store_similarities(np.zeros((1, 1), dtype=np.float32), np.float32(1.0), np.float32(0.0), self._columns, 0, sim)
+        _code_similarities(self._codes, 0, 0, 1, self.u_obs, 1, self._penalty_codes, np.zeros(1, dtype=np.int64),
+                           np.float32(1.0), np.float32(0.0), np.zeros((1, 1), dtype=np.float32))
 
     # ------------------------------------------------------------------ scoring
     def _scores(self, ends: np.ndarray, bands: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -232,16 +237,18 @@ class GlobalSearch:
             return np.full(ends.shape, -np.inf), np.ones(ends.shape)
         lo = max(0, int(ends[0]) - self.max_lag)
         hi = int(ends[-1]) + 1
+        columns = self._columns
         if bands:
             sims = self._band_sims
-            sims.update(lo, hi, self._detune, self._n_obs, self._columns, self.u_bands,
-                        lambda: (self._bands.rows(self._detune, lo, hi), 1.0, 0.0))
+            sims.update(lo, hi, self._detune, self._n_obs, lambda missing: _store_similarities(
+                self._bands.rows(self._detune, lo, hi) @ self.u_bands[:missing].T, np.float32(1.0), np.float32(0.0),
+                columns, lo, sims.sim))
         else:
             sims = self._sims
-            # log T = offset + step * q (each observation sums to 1)
-            sims.update(lo, hi, self._detune, self._n_obs, self._columns, self.u_obs,
-                        lambda: (self.templates.codes_into(self._rows[: hi - lo], self._detune, lo, hi),
-                                 self.templates.step, self.templates.offset))
+            t = self.templates  # log T = offset + step * q (each observation sums to 1)
+            sims.update(lo, hi, self._detune, self._n_obs, lambda missing: _code_similarities(
+                self._codes, self._detune, lo, hi, self.u_obs, missing, self._penalty_codes, columns,
+                np.float32(t.step), np.float32(t.offset), sims.sim))
         best, which = self._best, self._which
         _context_scores(sims.sim, ends, self._lags, self._columns, lo, w, float(total), best[: ends.size],
                         which[: ends.size])
@@ -501,21 +508,18 @@ class _ContextSimilarities:
         self.filled[:] = -self.ctx
         self.detune = -1
 
-    def update(self, lo: int, hi: int, detune: int, n_obs: int, columns: np.ndarray, obs: np.ndarray,
-               rows: Callable[[], tuple[np.ndarray, float, float]]) -> None:
-        """Bring states ``[lo, hi)`` up to observation ``n_obs`` (the newest; ``obs``
-        ``(>= ctx, n)`` newest first, ``columns`` the column of each age): ``shift + scale
-        * (r . u)`` for the observations each state lacks (all of them after a change of
-        the template variant), ``rows()`` giving ``(r (hi - lo, n), scale, shift)``."""
+    def update(self, lo: int, hi: int, detune: int, n_obs: int, fill: Callable[[int], None]) -> None:
+        """Bring states ``[lo, hi)`` up to observation ``n_obs`` (the newest): for the
+        observations each state lacks (all of them after a change of the template variant),
+        ``fill(missing)`` writes the similarities of those states to the ``missing`` newest
+        observations into ``sim``."""
         if detune != self.detune:
             self.filled[:] = -self.ctx
             self.detune = detune
         missing = min(self.ctx, n_obs - int(self.filled[lo:hi].min()))
         if missing <= 0:
             return
-        r, scale, shift = rows()
-        block = r @ obs[:missing].T  # (states, missing), newest first
-        _store_similarities(block, np.float32(scale), np.float32(shift), columns, lo, self.sim)
+        fill(missing)
         self.filled[lo:hi] = n_obs
 
 
@@ -554,6 +558,29 @@ def _merge_places(scores, tempos, ends, order, frame, kept, kept_states, kept_te
         kept[at], kept_states[at], kept_tempos[at], kept_frames[at] = score, state, tempos[i], frame
         n = min(n + 1, k)
     return n
+
+
+@kernel("void(uint8[:, :, ::1], int64, int64, int64, float32[:, ::1], int64, float32[::1], int64[::1], float32, "
+        "float32, float32[:, ::1])", fastmath=True)
+def _code_similarities(codes, detune, lo, hi, obs, missing, penalty_codes, columns, step, offset,
+                       sim):  # pragma: no cover (numba)
+    """``sim[columns[j], s] = offset + step * (q[s] - penalty_codes[s]) . obs[j]`` for the
+    states ``s`` in ``[lo, hi)`` and the ``missing`` newest observations ``j`` (``obs``
+    ``(>= missing, B)``, newest first), ``q`` the codes ``codes[detune]``: the log templates'
+    similarities, read from the 8-bit codes (each observation sums to 1)."""
+    n_b = obs.shape[1]
+    for j in range(missing):
+        u = obs[j]
+        u_sum = np.float32(0.0)
+        for b in range(n_b):
+            u_sum += u[b]
+        row = columns[j]
+        for s in range(lo, hi):
+            q = codes[detune, s]
+            acc = np.float32(0.0)
+            for b in range(n_b):
+                acc += np.float32(q[b]) * u[b]
+            sim[row, s] = (acc - penalty_codes[s] * u_sum) * step + offset
 
 
 @kernel("void(float32[:, ::1], float32, float32, int64[::1], int64, float32[:, ::1])")
