@@ -602,7 +602,7 @@ def _context_scores(sim, ends, lags, columns, lo, weights, total, best, which): 
     into ``best[i]``, and that ``t`` into ``which[i]`` (the first of equal ones). ``sim``:
     ``(ctx, n_states)`` similarities of the context's observations to the states;
     ``columns``: ``(ctx,)`` the row of the ``k``-th newest observation; ``lags``: ``(T,
-    ctx)`` states back."""
+    ctx)`` states back; ``ends`` contiguous (``ends[i] = ends[0] + i``)."""
     n_tempos, ctx = lags.shape
     m = ends.size
     worst = np.inf
@@ -617,9 +617,13 @@ def _context_scores(sim, ends, lags, columns, lo, weights, total, best, which): 
         acc[:] = 0.0
         for k in range(ctx):  # each observation's similarities are contiguous along the states
             w, column, lag = weights[k], columns[k], lags[t, k]
-            for i in range(m):
-                row = ends[i] - lag
-                acc[i] += w * (sim[column, row] if row >= 0 else worst)
+            base = ends[0] - lag  # the state ends[i] - lag is base + i: inside the piece from i = first on
+            first = min(max(-base, 0), m)
+            before = w * worst
+            for i in range(first):
+                acc[i] += before
+            for i in range(first, m):  # (no branch: a loop the compiler vectorises)
+                acc[i] += w * np.float64(sim[column, base + i])
         for i in range(m):
             if acc[i] / total > best[i]:
                 best[i], which[i] = acc[i] / total, t
