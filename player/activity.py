@@ -149,12 +149,13 @@ class ActivityDetector:
 
 @kernel("void(float32[::1], int64, int64, float64[::1])")
 def _band_power(mag, lo, hi, out):  # pragma: no cover (numba)
-    """The power of ``mag[lo:hi]`` (sum of squares) into ``out[0]`` and its mean log
-    magnitude (``log(mag + 1e-12)``) into ``out[1]``."""
+    """The power of ``mag[lo:hi]`` (sum of squares: float32 squares, as numpy's float32 dot,
+    summed in float64) into ``out[0]`` and its mean log magnitude (``log(mag + 1e-12)``)
+    into ``out[1]``."""
     power = 0.0
     logs = 0.0
     for i in range(lo, hi):
-        m = float(mag[i])
+        m = mag[i]
         power += m * m
         logs += math.log(m + 1e-12)
     out[0] = power

@@ -236,8 +236,8 @@ def _track_similarity(in_mag, lo, root, out_c, out_norm, frames, similarity, cou
     power = 0.0
     norm = 0.0
     for i in range(root.size):
-        m = float(in_mag[lo + i])
-        power += m * m
+        m = in_mag[lo + i]
+        power += m * m  # (float32 squares, summed in float64)
         r = np.float32(math.sqrt(in_mag[lo + i]))
         root[i] = r
         norm += r * r
