@@ -4,7 +4,8 @@ Runs, in one run and alternating, ``player run X.h5 --input U --output ... --ali
 (file mode, the whole process: start-up included) and Rubber Band's R2 engine
 (``rubberband -2 -D <U's duration> X out.wav``: stretching the same recording to the same
 length, which is all Rubber Band does), each ``--runs`` times, and prints the median CPU
-seconds (user + system of the child process) of each and their ratio. Also printed: the
+seconds (user + system of the child process) of each and their ratio (and each run's own
+ratio, ``ratio_runs``: the spread this host's drift leaves). Also printed: the
 player's start-up (CPU seconds of a run on the first half second of U), its run-loop
 real-time factor and its per-stage milliseconds per 20-ms block (from the timing file the
 player writes beside the alignment).
@@ -157,6 +158,8 @@ def main() -> None:
         "player_cpu_s": round(statistics.median(player_s), 3),
         "rubberband_r2_cpu_s": round(statistics.median(rb_s), 3),
         "ratio": round(statistics.median(player_s) / statistics.median(rb_s), 2),
+        # each run's own (its two processes ran one after the other): the spread this host's drift leaves
+        "ratio_runs": [round(p / r, 2) for p, r in zip(player_s, rb_s, strict=True)],
         "player_startup_cpu_s": round(statistics.median(start_s), 3),
         "run_loop_rtf": round(statistics.median(loop_rtf), 4),
         "rtf_including_startup": round(statistics.median(player_s) / u_s, 4),
