@@ -277,10 +277,7 @@ def detune_spectrum(mag: np.ndarray, cents: float, params: AnalysisParams,
     if mag.dtype != np.float64:  # (float16 spectra from a bundle: their products are float32's)
         mag = mag.astype(np.float32, copy=False)
     if out is None:
-        # the layouts numpy's cast (no detune) and gather along the last axis made: the
-        # sums over a frame that follow (the templates) round as they always did, and
-        # bundles stay bit-identical to older versions'
-        out = np.empty(mag.shape, dtype=np.float32, order="C" if cents == 0 else "F")
+        out = np.empty(mag.shape, dtype=np.float32)  # (C order: the features' kernel reads rows as they are)
     _detune_rows(mag.reshape(-1, mag.shape[-1]), float(cents), out.reshape(-1, mag.shape[-1]))
     return out
 
