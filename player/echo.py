@@ -234,14 +234,10 @@ def _track_similarity(in_mag, lo, root, out_c, out_norm, frames, similarity, cou
     ``out_norm``; a silent pair counts 0). Returns the input band's power."""
     rows = out_c.shape[0]
     power = 0.0
-    norm = 0.0
     for i in range(root.size):
         m = in_mag[lo + i]
         power += m * m  # (float32 squares, summed in float64)
-        r = np.float32(math.sqrt(in_mag[lo + i]))
-        root[i] = r
-        norm += r * r
-    norm = math.sqrt(norm)
+    norm = _band_root(in_mag, lo, root)
     for lag in range(similarity.size):
         row = (frames - lag) % rows
         scale = out_norm[row] * norm

@@ -222,7 +222,7 @@ class GlobalSearch:
                         self._best, self._which)
         _Places(1).merge(np.zeros(1), np.ones(1), ends, 0, self._apart)
         _best_path(np.zeros((2, self.n_long), dtype=np.float32), self._snap_w, self._recency, self._dp)
-        _store_similarities(np.zeros((1, 1), dtype=np.float32), np.float32(1.0), np.float32(0.0), self._columns, 0, sim)
+        _store_similarities(np.zeros((1, 1), dtype=np.float32), self._columns, 0, sim)
         _code_similarities(self._codes, 0, 0, 1, self.u_obs, 1, self._penalty_codes, np.zeros(1, dtype=np.int64),
                            np.float32(1.0), np.float32(0.0), np.zeros((1, 1), dtype=np.float32))
 
@@ -241,8 +241,7 @@ class GlobalSearch:
         if bands:
             sims = self._band_sims
             sims.update(lo, hi, self._detune, self._n_obs, lambda missing: _store_similarities(
-                self._bands.rows(self._detune, lo, hi) @ self.u_bands[:missing].T, np.float32(1.0), np.float32(0.0),
-                columns, lo, sims.sim))
+                self._bands.rows(self._detune, lo, hi) @ self.u_bands[:missing].T, columns, lo, sims.sim))
         else:
             sims = self._sims
             t = self.templates  # log T = offset + step * q (each observation sums to 1)
@@ -583,15 +582,15 @@ def _code_similarities(codes, detune, lo, hi, obs, missing, penalty_codes, colum
             sim[row, s] = (acc - penalty_codes[s] * u_sum) * step + offset
 
 
-@kernel("void(float32[:, ::1], float32, float32, int64[::1], int64, float32[:, ::1])")
-def _store_similarities(block, scale, shift, columns, lo, sim):  # pragma: no cover (numba)
-    """``sim[columns[j], lo + i] = block[i, j] * scale + shift`` for the states ``i`` and
-    observations ``j`` of ``block`` ``(states, missing)`` (float32, as numpy would)."""
+@kernel("void(float32[:, ::1], int64[::1], int64, float32[:, ::1])")
+def _store_similarities(block, columns, lo, sim):  # pragma: no cover (numba)
+    """``sim[columns[j], lo + i] = block[i, j]`` for the states ``i`` and observations ``j``
+    of ``block`` ``(states, missing)``."""
     n, missing = block.shape
     for j in range(missing):
         row = columns[j]
         for i in range(n):
-            sim[row, lo + i] = block[i, j] * scale + shift
+            sim[row, lo + i] = block[i, j]
 
 
 @kernel("void(float32[:, ::1], int64[::1], int64[:, ::1], int64[::1], int64, float32[::1], float64, float64[::1], int64[::1])")

@@ -264,7 +264,6 @@ class SoloRemover:
         return spectral_subtract(u_mag, self.leak_level * x_row, cfg.leak_keep)
 
 
-
 @kernel("void(float64[:, ::1], int64, float64[::1], float64, float64, float64[::1])")
 def _smoothed_gain(history, row, last, strength, power, gain):  # pragma: no cover (numba)
     """This block's ratio ``1 - strength * (1 - last)`` into ``history[row]`` (``(blocks,

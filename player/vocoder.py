@@ -190,7 +190,7 @@ class StreamingVocoder:
         _mid_and_advance(spec, self.channels, self._mid.copy(), self._mag.copy(), unlocked, unlocked, unlocked.copy(), True)
         _lock_to_peaks(unlocked, np.zeros(self.n_bins), unlocked)
         _clip_gain(self._gain.copy())
-        _apply_rotation(unlocked, self._no_gain, unlocked.copy(), spec, unlocked, unlocked.copy())
+        _apply_rotation(unlocked, self._no_gain, spec, unlocked, unlocked.copy())
         _overlap_add(np.zeros_like(self._ola), self._win, self._ola.copy(), self._ola_missing.copy(), self._norm, self.hop,
                      self._fifo.copy())
         _diff_energy(self._read_buf[: 1 + self._block], self._block, self._diff.copy(), np.empty(1))
@@ -330,7 +330,7 @@ class StreamingVocoder:
                     cut_weight = cut
 
         channel_spec = spec[:self.channels]  # (the mid's row, if any, is not synthesised)
-        _apply_rotation(u, self._no_gain if gain is None else gain, self._rot, channel_spec, mid, self._phasor)
+        _apply_rotation(u, self._no_gain if gain is None else gain, channel_spec, mid, self._phasor)
         frames = np.fft.irfft(channel_spec, n=n_fft, axis=-1)
         missing = self._ola_missing
         if cut_weight is not None:
@@ -443,12 +443,7 @@ def _windowed_frames(buf, hop, window, frames, with_mid):  # pragma: no cover (n
             frames[c, j] = buf[hop + j, c] * window[j]
     if with_mid:
         for j in range(n):
-            m = float(buf[j, 0])
-            for c in range(1, channels):
-                m += buf[j, c]
-            if channels > 1:
-                m *= 1.0 / channels
-            frames[channels, j] = m * window[j]
+            frames[channels, j] = _mid_sample(buf, j) * window[j]
 
 
 @kernel("void(complex128[:, ::1], int64, complex128[::1], float64[::1], complex128[::1], complex128[::1], "
@@ -500,6 +495,19 @@ def _lock_to_peaks(unlocked, mag, out):  # pragma: no cover (numba)
 
 
 @kernel()
+def _mid_sample(samples, j):  # pragma: no cover (numba)
+    """The mean of the channels of ``samples`` ``(n, channels)`` at row ``j`` (summed in
+    the samples' type, as ``to_mono(..., out=)`` does into its buffer's)."""
+    m = float(samples[j, 0])
+    channels = samples.shape[1]
+    for c in range(1, channels):
+        m += samples[j, c]
+    if channels > 1:
+        m *= 1.0 / channels
+    return m
+
+
+@kernel()
 def _unit(z):  # pragma: no cover (numba)
     """``(z + tiny) / |z + tiny|``: the unit phasor of ``z`` (1 where ``z`` is 0)."""
     re, im = z.real + 1e-30, z.imag
@@ -507,13 +515,12 @@ def _unit(z):  # pragma: no cover (numba)
     return complex(re * scale, im * scale)
 
 
-@kernel("void(complex128[::1], float64[::1], complex128[::1], complex128[:, ::1], complex128[::1], complex128[::1])")
-def _apply_rotation(u, gain, rot, spec, mid, phasor):  # pragma: no cover (numba)
-    """The synthesis spectra: every row of ``spec`` ``(channels, n_bins)`` times ``rot = u *
+@kernel("void(complex128[::1], float64[::1], complex128[:, ::1], complex128[::1], complex128[::1])")
+def _apply_rotation(u, gain, spec, mid, phasor):  # pragma: no cover (numba)
+    """The synthesis spectra: every row of ``spec`` ``(channels, n_bins)`` times ``u *
     gain``; and ``phasor``, the unit phasor of this frame's ``mid``, for the next frame."""
     for k in range(u.size):
         r = u[k] * gain[k]
-        rot[k] = r
         for c in range(spec.shape[0]):
             spec[c, k] *= r
         phasor[k] = _unit(mid[k])
@@ -548,14 +555,9 @@ def _overlap_add(frames, window, ola, missing, norm, hop, fifo):  # pragma: no c
 def _diff_energy(samples, block, diff, energy):  # pragma: no cover (numba)
     """The first difference of the mono mix of ``samples`` ``(1 + len(energy) * block,
     channels)`` into ``diff``, and its energy per ``block`` samples into ``energy``."""
-    channels = samples.shape[1]
     prev = 0.0
     for j in range(samples.shape[0]):
-        m = float(samples[j, 0])
-        for c in range(1, channels):
-            m += samples[j, c]
-        if channels > 1:
-            m *= 1.0 / channels
+        m = _mid_sample(samples, j)
         if j > 0:
             diff[j - 1] = m - prev
         prev = m
