@@ -10,10 +10,11 @@ a, resume at b), a backward one (cut at b, resume at a) and a start at a without
 when repeating the last bar or two.
 With ``--pause S`` the player stops for S seconds at the cut (the take's own room noise
 from before its first note) and then restarts at the other point; times then count from
-the restart.
+the restart. ``--again S`` adds a take played to its end, S seconds of the room, and the
+take again from the top (``again``: a musician playing the piece a second time).
 
     .venv/bin/python -m benchmarks.jump_eval CASES_DIR [--work /tmp/follow_eval] [--pairs 0.3,0.65 ...] [--pause 2]
-        [--back 1.5 2.5 4]
+        [--back 1.5 2.5 4] [--again 3]
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main() -> None:
                     help="seconds the player stops (room noise) between cut and restart")
     ap.add_argument("--back", nargs="*", type=float, default=[],
                     help="also restart this many seconds of the take back from each pair's first point")
+    ap.add_argument("--again", type=float, default=None,
+                    help="also play the take to its end, stop this many seconds and play it again from the top")
     args = ap.parse_args()
     config = engine_config(args.overrides)
     pairs = [tuple(float(v) for v in p.split(",")) for p in args.pairs]
@@ -126,7 +129,19 @@ def main() -> None:
                 for r in results[first:]:
                     print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s",
                           flush=True)
-    for kind in ("forward", "backward", *(f"back{d:g}s" for d in args.back), "start_mid"):
+            if args.again is not None:
+                room = room_noise(u, sr, onsets[0], args.again)
+                cut = len(u) / sr
+                restart = cut + room.size / sr
+                rows = run(bundle, np.concatenate([u, room, u]), sr, config)
+                lost = relock_time(rows, restart, spliced_truth(du, dx, restart, 0.0), restart + du[-1])
+                results.append((case.name, "again", 1.0, lost, max(0.0, lost - onsets[0])))
+                r = results[-1]
+                print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s",
+                      flush=True)
+    kinds = ("forward", "backward", *(f"back{d:g}s" for d in args.back), "start_mid",
+             *(("again",) if args.again is not None else ()))
+    for kind in kinds:
         vals = np.array([r[3] for r in results if r[1] == kind])
         played = np.array([r[4] for r in results if r[1] == kind])
         print(f"{kind:<10} max {vals.max():6.2f} s  mean {vals.mean():6.2f} s  median {np.median(vals):6.2f} s"

@@ -206,7 +206,8 @@ def _live_timing(engine, session, choice, block: int) -> dict:
     stats = engine.stats
     report = {"samplerate": choice.samplerate, "input_device": choice.input_name, "output_device": choice.output_name,
               "host_api": choice.host_api, "blocksize": block, "u_duration_s": round(engine.u_time_s, 3),
-              "frames": stats.frames, "blocks": stats.blocks, "jumps": stats.jumps, "nan_blocks": stats.nan_blocks,
+              "frames": stats.frames, "blocks": stats.blocks, "jumps": stats.jumps, "agains": stats.agains,
+              "nan_blocks": stats.nan_blocks,
               "stage_s": {k: round(v, 4) for k, v in stats.seconds.items()},
               "cpu_share": round(sum(stats.seconds.values()) / max(engine.u_time_s, 1e-9), 4)}
     if session is not None:

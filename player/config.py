@@ -44,6 +44,12 @@ class EngineConfig:
             starts there, its tempo estimate is pulled towards it rather than towards the
             recording's, a tutti and an introduction play at it, and the search's tempo
             hypotheses are around it; the player is still followed wherever they go.
+        again_after_s: once the recording has played to the end of its music, a silence
+            of the soloist this long (seconds of U) ends the run: the player waits again
+            where it began (``start_s``) for the soloist's next note, as at launch, so that
+            playing the piece again from the top is followed from its first note (a
+            restart elsewhere is found by the search, as a start in the middle is).
+            0: never (the position stays at the end).
     """
 
     follower: FollowerConfig = field(default_factory=FollowerConfig)
@@ -61,9 +67,10 @@ class EngineConfig:
     output_latency_s: float = 0.0
     intro: bool = False
     tempo: float = 1.0
+    again_after_s: float = 2.0
 
     def __post_init__(self) -> None:
-        check_fields(self, non_negative=("start_s", "output_latency_s"), positive=("tempo",))
+        check_fields(self, non_negative=("start_s", "output_latency_s", "again_after_s"), positive=("tempo",))
         for name in STAGE_FIELDS:
             want = _STAGE_TYPES[name]
             if not isinstance(getattr(self, name), want):

@@ -64,6 +64,7 @@ class EngineStats:
     frames: int = 0
     nan_blocks: int = 0
     jumps: int = 0
+    agains: int = 0  # runs ended at the end of the music (see EngineConfig.again_after_s)
     seconds: dict = field(default_factory=lambda: {"analysis": 0.0, "follower": 0.0, "search": 0.0,
                                                    "separation": 0.0, "vocoder": 0.0})
 
@@ -136,6 +137,14 @@ class Engine:
         if cfg.follower.silence_penalty > 0 and silent.any():
             templates = templates.with_penalty(np.where(silent, cfg.follower.silence_penalty, 0.0))
         sections = section_starts(silent, p.coarse_period_s, cfg.jumps.section_gap_s)
+        #: where X's music ends (seconds): the end of its last state that is not silent (or,
+        #: for a recording that stops loud, its last state, the farthest the filter goes)
+        loud = np.flatnonzero(~silent)
+        last = bundle.n_states - 1
+        self.music_end_s = float(min(loud[-1] + 1 if loud.size else last, last)) * p.coarse_period_s
+        self._again_after = int(round(cfg.again_after_s / p.fine_period_s))
+        self._quiet_frames = 0  # frames the soloist has been silent for since the last note
+        self._again_due = False
         self.follower = Follower(templates, p, cfg.follower, onset_terms, tempo=cfg.tempo)
         self.follower.set_sections(sections)
         self.presence = SoloPresence(cfg.separation, p.fine_period_s)
@@ -199,10 +208,11 @@ class Engine:
         the last restart (at once with ``intro``)."""
         return self.follower.started
 
-    def restart(self, x_s: float) -> None:
+    def restart(self, x_s: float, wait: bool | None = None) -> None:
         """Start again at ``x_s`` seconds of X, waiting for the soloist's next note (or, with
-        ``intro``, playing from there at once: what ``start_s`` does at launch). Call
-        between blocks (the live worker does).
+        ``intro``, playing from there at once: what ``start_s`` does at launch; ``wait``
+        True: wait for the soloist whatever ``intro`` says). Call between blocks (the live
+        worker does).
 
         What a restart resets (what was heard before it must not start the new run): the
         follower's belief, the relocator (its frames, screening, trial and the search's
@@ -213,13 +223,24 @@ class Engine:
         the input resampler's stream.
         """
         x_s = float(min(max(x_s, 0.0), max(0.0, self.bundle.duration_s - 1e-3)))
-        self.follower.reset(self._waiting_place(x_s), keep_detune=True, wait=not self.config.intro)
+        wait = not self.config.intro if wait is None else wait
+        self.follower.reset(self._waiting_place(x_s), keep_detune=True, wait=wait)
         restarted = (self.relocator, self.spectrum, self.observation, self.presence, self.remover, self.anticipator)
         for stage in restarted:
             if stage is not None:
                 stage.reset()
         self.activity.release()
         self._playing = False
+
+    def _count_quiet(self, active: bool, x_s: float) -> None:
+        """Count the soloist's silence; once the recording has played to the end of its
+        music (``x_s``: the position, seconds of X) and the silence has lasted
+        ``again_after_s``, the run ends at the end of this block (see
+        :class:`player.config.EngineConfig`)."""
+        self._quiet_frames = 0 if active else self._quiet_frames + 1
+        if (self._again_after > 0 and self.follower.started and self._quiet_frames >= self._again_after
+                and x_s >= self.music_end_s):
+            self._again_due = True
 
     def _waiting_place(self, x_s: float) -> float:
         """Where to wait for the soloist's first note when asked to start at ``x_s``
@@ -261,6 +282,10 @@ class Engine:
         stats.seconds["analysis"] += time.perf_counter() - t0
         for hop_samples in hops:
             self._process_frame(hop_samples, u_time)
+        if self._again_due:  # the piece is over: wait where the run began for the next note
+            self._again_due = False
+            stats.agains += 1
+            self.restart(self.config.start_s, wait=True)
         n_out = int(round(self._in_samples * self.output_sr / self.input_sr)) - self._out_samples
         self._out_samples += n_out
         out = self._render(n_out)
@@ -326,6 +351,7 @@ class Engine:
                 self.anticipator.reset()
         st = self.follower.state
         self.anticipator.process_frame(frame, st.x_s, st.tempo)
+        self._count_quiet(frame.active, st.x_s)
         t3 = time.perf_counter()
         stats.frames += 1
         stats.seconds["analysis"] += t1 - t0

@@ -177,7 +177,7 @@ def run_file(
         result = RunResult(u_duration_s=info.n_samples / info.sr, cpu_s=cpu, wall_s=wall,
                            frames=engine.stats.frames, stage_s={**engine.stats.seconds, "io": io_s},
                            counters={"blocks": engine.stats.blocks, "nan_blocks": engine.stats.nan_blocks,
-                                     "jumps": engine.stats.jumps},
+                                     "jumps": engine.stats.jumps, "agains": engine.stats.agains},
                            trace=recorder.result())
         if alignment_path is not None:
             with atomic_output(alignment_path, force) as tmp:

@@ -266,6 +266,36 @@ def test_relocks_after_stopping_and_restarting_earlier(long_piece):
     assert np.all(np.diff(rows[during, 1]) > 0)  # kept going at the tempo through the pause
 
 
+def test_plays_again_from_the_top_after_the_end(long_piece):
+    """The player plays the piece to its end, stops for 3 s (room noise) and plays it again
+    from the top: the recording, over, waits at its start as at launch, and the second run
+    is followed from its first note, without the search's help."""
+    case, bundle = long_piece
+    pause = np.resize(case.u[: int(0.8 * case.sr)], 3 * case.sr)  # the take's room before its first note
+    twice = np.concatenate([case.u, pause, case.u])
+    rows = follow(bundle, twice, case.sr)
+    engine = follow.last_engine
+    assert engine.stats.agains == 1 and engine.stats.jumps == 0
+    offset = (case.u.size + pause.size) / case.sr
+    err = causal_errors(rows, case.onsets_u + offset, case.onsets_x)
+    assert abs(err[0]) <= 0.1 and pct_within(err, 0.1) >= 90, np.round(err, 2)
+    # the first run ended at the end of the music, not before: nothing was cut short
+    first = causal_errors(rows, case.onsets_u, case.onsets_x)
+    assert pct_within(first, 0.1) >= 90, np.round(first, 2)
+
+
+def test_a_pause_before_the_end_is_not_the_end(long_piece):
+    """The player stops for 3 s in the middle and goes on: the recording plays on through
+    the pause (it is not over), and the run goes on."""
+    case, bundle = long_piece
+    cut = int(float(case.map_u(30.0)) * case.sr)
+    pause = np.resize(case.u[: int(0.8 * case.sr)], 3 * case.sr)
+    rows = follow(bundle, np.concatenate([case.u[:cut], pause, case.u[cut:]]), case.sr)
+    assert follow.last_engine.stats.agains == 0
+    during = (rows[:, 0] > cut / case.sr + 0.5) & (rows[:, 0] < (cut + pause.size) / case.sr)
+    assert np.all(np.diff(rows[during, 1]) > 0)
+
+
 def test_starts_mid_piece_without_start(long_piece):
     """The player starts at beat 30 without --start: found within 5 s."""
     case, bundle = long_piece
