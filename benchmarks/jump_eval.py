@@ -76,6 +76,11 @@ def silence_before_first_note(onsets: np.ndarray, t: float) -> float:
     return float(after[0] - t) if after.size else 0.0
 
 
+def print_result(r: tuple) -> None:
+    """One re-lock: case, kind, splice point, seconds from the splice and from the first note."""
+    print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cases", type=Path)
@@ -127,8 +132,7 @@ def main() -> None:
                 silent = silence_before_first_note(onsets, start)
                 results.append((case.name, "start_mid", fa, lost, max(0.0, lost - silent)))
                 for r in results[first:]:
-                    print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s",
-                          flush=True)
+                    print_result(r)
             if args.again is not None:
                 room = room_noise(u, sr, onsets[0], args.again)
                 cut = len(u) / sr
@@ -136,9 +140,7 @@ def main() -> None:
                 rows = run(bundle, np.concatenate([u, room, u]), sr, config)
                 lost = relock_time(rows, restart, spliced_truth(du, dx, restart, 0.0), restart + du[-1])
                 results.append((case.name, "again", 1.0, lost, max(0.0, lost - onsets[0])))
-                r = results[-1]
-                print(f"{r[0]:<26} {r[1]:<10} at {r[2]:.2f}  relock {r[3]:6.2f} s  from the first note {r[4]:6.2f} s",
-                      flush=True)
+                print_result(results[-1])
     kinds = ("forward", "backward", *(f"back{d:g}s" for d in args.back), "start_mid",
              *(("again",) if args.again is not None else ()))
     for kind in kinds:

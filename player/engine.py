@@ -142,8 +142,7 @@ class Engine:
         loud = np.flatnonzero(~silent)
         last = bundle.n_states - 1
         self.music_end_s = float(min(loud[-1] + 1 if loud.size else last, last)) * p.coarse_period_s
-        self._again_after = int(round(cfg.again_after_s / p.fine_period_s))
-        self._quiet_frames = 0  # frames the soloist has been silent for since the last note
+        self._again_after = int(round(cfg.again_after_s / p.fine_period_s))  # frames
         self._again_due = False
         self.follower = Follower(templates, p, cfg.follower, onset_terms, tempo=cfg.tempo)
         self.follower.set_sections(sections)
@@ -232,13 +231,12 @@ class Engine:
         self.activity.release()
         self._playing = False
 
-    def _count_quiet(self, active: bool, x_s: float) -> None:
-        """Count the soloist's silence; once the recording has played to the end of its
-        music (``x_s``: the position, seconds of X) and the silence has lasted
-        ``again_after_s``, the run ends at the end of this block (see
-        :class:`player.config.EngineConfig`)."""
-        self._quiet_frames = 0 if active else self._quiet_frames + 1
-        if (self._again_after > 0 and self.follower.started and self._quiet_frames >= self._again_after
+    def _check_the_end(self, x_s: float) -> None:
+        """Once the recording has played to the end of its music (``x_s``: the position,
+        seconds of X) and the soloist has been silent for ``again_after_s``, the run ends
+        at the end of this block (see :class:`player.config.EngineConfig`)."""
+        follower = self.follower
+        if (self._again_after > 0 and follower.started and follower.silent_frames >= self._again_after
                 and x_s >= self.music_end_s):
             self._again_due = True
 
@@ -351,7 +349,7 @@ class Engine:
                 self.anticipator.reset()
         st = self.follower.state
         self.anticipator.process_frame(frame, st.x_s, st.tempo)
-        self._count_quiet(frame.active, st.x_s)
+        self._check_the_end(st.x_s)
         t3 = time.perf_counter()
         stats.frames += 1
         stats.seconds["analysis"] += t1 - t0

@@ -642,6 +642,12 @@ class Follower:
         _mixture_mean(np.zeros(self.n_detune), self.cents)
 
     @property
+    def silent_frames(self) -> int:
+        """Frames the soloist has been silent for since their last note (0 while they play,
+        and before the first note or a relocation)."""
+        return self._silent_frames
+
+    @property
     def position_states(self) -> float:
         """The filter's position (fractional state index, window-centre matched)."""
         return self._s_hat
